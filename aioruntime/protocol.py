@@ -1,0 +1,221 @@
+"""The IBM Qiskit Runtime wire protocol, in one place.
+
+Route paths, state strings, IBM error codes, headers and the JSON codec that both the
+``aioruntime`` client and the ``emulator`` server use. Nothing else in either package builds
+wire JSON by hand: payloads and results go through :func:`dumps` / :func:`loads`, which wrap
+``qiskit_ibm_runtime.json.RuntimeEncoder`` / ``RuntimeDecoder`` (the official codec).
+
+The shapes follow ``shared/spec/ibm-runtime-rest-api.md`` (qiskit-ibm-runtime 0.51.0). Where the
+spec and the installed official client disagree, the client wins and the difference is noted
+next to the constant.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Any, Final
+
+__all__ = [
+    "API_VERSION",
+    "DEFAULT_INSTANCE",
+    "ErrorCode",
+    "JobState",
+    "SessionMode",
+    "SessionState",
+    "TERMINAL_JOB_STATES",
+    "client_job_status",
+    "dumps",
+    "error_body",
+    "loads",
+    "parse_bool",
+    "session_status_string",
+]
+
+# ---------------------------------------------------------------------------------------------
+# Versions and headers
+# ---------------------------------------------------------------------------------------------
+
+#: ``IBM-API-Version`` sent by qiskit-ibm-runtime 0.51.0 (``api/rest/base.py``).
+API_VERSION: Final = "2026-04-15"
+HEADER_API_VERSION: Final = "IBM-API-Version"
+HEADER_SERVICE_CRN: Final = "Service-CRN"
+HEADER_CLIENT_APP: Final = "X-Qx-Client-Application"
+
+#: The instance CRN used when none is configured (documented in the README).
+DEFAULT_INSTANCE: Final = "crn:v1:bluemix:public:quantum-computing:us-east:a/0123456789abcdef::"
+
+#: IAM grant type of the API-key exchange.
+IAM_GRANT_TYPE: Final = "urn:ibm:params:oauth:grant-type:apikey"
+
+# ---------------------------------------------------------------------------------------------
+# Routes. IBM Cloud hosts first (IAM, Global Search, Global Catalog), then the Runtime API,
+# whose paths are relative to the runtime base URL (``…/api/v1``).
+# ---------------------------------------------------------------------------------------------
+
+IAM_TOKEN: Final = "/identity/token"
+SEARCH: Final = "/v3/resources/search"
+#: ``GLOBAL_CATALOG_URL`` is pointed at ``<server>/catalog``; the SDK appends ``/{plan_id}``.
+CATALOG_PREFIX: Final = "/catalog"
+CATALOG_ENTRY: Final = CATALOG_PREFIX + "/{plan_id}"
+
+#: Where the emulator serves the Runtime API. The second prefix contains ``experimental`` so the
+#: official client uses the URL verbatim with no ``url_resolver`` (spec 1.2, recipe B).
+RUNTIME_PREFIXES: Final = ("/api/v1", "/experimental/api/v1")
+
+BACKENDS: Final = "/backends"
+BACKEND_CONFIGURATION: Final = "/backends/{name}/configuration"
+BACKEND_PROPERTIES: Final = "/backends/{name}/properties"
+BACKEND_STATUS: Final = "/backends/{name}/status"
+INSTANCES_USAGE: Final = "/instances/usage"
+JOBS: Final = "/jobs"
+JOB: Final = "/jobs/{job_id}"
+JOB_RESULTS: Final = "/jobs/{job_id}/results"
+JOB_METRICS: Final = "/jobs/{job_id}/metrics"
+JOB_LOGS: Final = "/jobs/{job_id}/logs"
+JOB_CANCEL: Final = "/jobs/{job_id}/cancel"
+JOB_TAGS: Final = "/jobs/{job_id}/tags"
+SESSIONS: Final = "/sessions"
+SESSION: Final = "/sessions/{session_id}"
+#: Cancel, despite the name (spec 2.6 U).
+SESSION_CLOSE: Final = "/sessions/{session_id}/close"
+
+# Extensions IBM does not have. They live under their own sub-path of the runtime base so a
+# client can probe for them; IBM answers 404 there and clients fall back to plain polling.
+EXT_PREFIX: Final = "/aioruntime"
+EXT_CAPABILITIES: Final = EXT_PREFIX + "/capabilities"
+#: Long-poll: answers the job (as ``JOB``) once it is final or ``timeout`` seconds have passed.
+EXT_JOB_WAIT: Final = EXT_PREFIX + "/jobs/{job_id}/wait"
+EXT_STATISTICS: Final = EXT_PREFIX + "/statistics"
+#: Upper bound of one long-poll, seconds (the client asks for less and loops).
+EXT_WAIT_MAX_SECONDS: Final = 60.0
+
+HEALTH: Final = "/health"
+
+# ---------------------------------------------------------------------------------------------
+# States
+# ---------------------------------------------------------------------------------------------
+
+
+class JobState(enum.StrEnum):
+    """Job states as the server sends them in ``state.status`` (capitalised words)."""
+
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_JOB_STATES
+
+
+TERMINAL_JOB_STATES: Final = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+
+
+class SessionMode(enum.StrEnum):
+    DEDICATED = "dedicated"
+    BATCH = "batch"
+
+
+class SessionState(enum.StrEnum):
+    """Server-side session states (spec 3.3)."""
+
+    OPEN = "open"
+    ACTIVE = "active"
+    INACTIVE = "inactive"
+    CLOSED = "closed"
+
+
+def session_status_string(state: str, accepting_jobs: bool) -> str:
+    """What the official ``Session.status()`` shows for a REST ``state`` (spec 3.3)."""
+    if state in ("open", "inactive"):
+        return "Pending"
+    if state == "pending_inactive" or (state == "active" and accepting_jobs):
+        return "In progress, accepting new jobs"
+    if state == "pending_closed" or state == "active":
+        return "In progress, not accepting new jobs"
+    return state.capitalize()
+
+
+#: Reason code the client turns into ``RuntimeJobMaxTimeoutError`` (``CANCELLED`` → ``ERROR``).
+REASON_RAN_TOO_LONG: Final = 1305
+
+
+def client_job_status(state: str, reason_code: int | None) -> str:
+    """The status name the official ``RuntimeJobV2.status()`` reports for a wire state."""
+    upper = state.upper()
+    if upper == "COMPLETED":
+        return "DONE"
+    if upper == "FAILED":
+        return "ERROR"
+    if upper == "CANCELLED" and reason_code == REASON_RAN_TOO_LONG:
+        return "ERROR"
+    return upper
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors (codes from IBM's public registry, quantum.cloud.ibm.com/docs/errors)
+# ---------------------------------------------------------------------------------------------
+
+
+class ErrorCode(enum.IntEnum):
+    INTERNAL = 1000
+    VALIDATION = 1002
+    TRANSPILATION = 1003  # used for "circuit is not ISA for this backend"
+    BACKEND_NOT_AVAILABLE = 1004
+    BACKEND_NOT_FOUND = 1007
+    TOO_MANY_JOBS = 1012
+    NOT_AUTHORIZED = 1200
+    INVALID_CREDENTIALS = 1201
+    TOO_MANY_REQUESTS = 1202
+    #: Not in the public registry excerpt we have; chosen for "no such job / session".
+    NOT_FOUND = 1291
+    #: Chosen for session-state conflicts (closed or not accepting jobs).
+    SESSION_NOT_ACCEPTING = 1217
+    #: Chosen for "the job is already final" on cancel (409).
+    INVALID_STATE = 1218
+    RAN_TOO_LONG = REASON_RAN_TOO_LONG
+    #: The spec's trace uses 1517 for a job that failed while executing.
+    EXECUTION_FAILED = 1517
+    #: A worker process died under the job, or the emulator restarted with the job in flight.
+    EMULATOR_FAULT = 1519
+
+
+def error_body(code: int, message: str, status: int, *, more_info: str = "") -> dict[str, Any]:
+    """The one error body shape: IBM's ``errors`` list, plus the singular ``error`` object the
+    official client looks for first (spec 1.4), so its exception text is clean."""
+    item = {"code": str(code), "message": message, "more_info": more_info}
+    return {"errors": [item], "error": item, "status_code": status, "trace": ""}
+
+
+# ---------------------------------------------------------------------------------------------
+# Codec
+# ---------------------------------------------------------------------------------------------
+
+
+def dumps(obj: Any) -> str:
+    """Encode with the official ``RuntimeEncoder`` (QPY circuits, compressed ndarrays, results)."""
+    from qiskit_ibm_runtime.json import RuntimeEncoder
+
+    return json.dumps(obj, cls=RuntimeEncoder)
+
+
+def loads(text: str | bytes) -> Any:
+    """Decode with the official ``RuntimeDecoder``."""
+    from qiskit_ibm_runtime.json import RuntimeDecoder
+
+    return json.loads(text, cls=RuntimeDecoder)
+
+
+def parse_bool(value: str | None, default: bool = False) -> bool:
+    """Query booleans arrive as ``True``/``true``/``false`` (spec pitfall 13)."""
+    if value is None:
+        return default
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no", ""):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
