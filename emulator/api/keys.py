@@ -1,0 +1,40 @@
+"""Typed application keys shared by the app factory and the handlers."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from aiohttp import web
+
+from ..backends import Device
+from ..clock import Clock
+from ..config import Config
+from ..scheduler import Scheduler
+from ..store import Store
+
+CONFIG = web.AppKey("config", Config)
+STORE = web.AppKey("store", Store)
+SCHEDULER = web.AppKey("scheduler", Scheduler)
+CLOCK = web.AppKey("clock", Clock)
+DEVICES = web.AppKey("devices", dict[str, Device])
+REQUEST_LOG = web.AppKey("request_log", list[dict[str, Any]])
+
+
+class ApiError(Exception):
+    """A request the API refuses: answered as IBM's error body with ``status``."""
+
+    def __init__(self, status: int, code: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: the instance (CRN) the request acts for."""
+
+    instance: str
+    key_id: str
+
+
+CALLER = "aioruntime.caller"  # request[CALLER]

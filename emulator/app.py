@@ -1,0 +1,181 @@
+"""The app factory: routes, middleware, and the start and stop of the store and scheduler.
+
+``create_app(config)`` returns an aiohttp application. Its cleanup context opens the SQLite
+store, starts the scheduler (which re-queues unfinished jobs) and warms the worker processes;
+on shutdown it cancels the pipelines and closes the store, in reverse order, also when start-up
+fails halfway.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from aioruntime import protocol as p
+
+from .api import cloud, runtime
+from .api.keys import (
+    CALLER,
+    CLOCK,
+    CONFIG,
+    DEVICES,
+    REQUEST_LOG,
+    SCHEDULER,
+    STORE,
+    ApiError,
+    Caller,
+)
+from .auth import AuthError, authenticate
+from .backends import DEFAULT_BACKENDS, resolve_devices
+from .classical import JobInputError
+from .clock import make_clock
+from .config import Config
+from .scheduler import Scheduler, SubmitError
+from .sessions import SessionError
+from .store import Store
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("emulator.app")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, code: int, message: str) -> web.Response:
+    return web.json_response(p.error_body(code, message, status), status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every refusal leaves as IBM's error body; nothing leaves as a bare 500."""
+    try:
+        return await handler(request)
+    except (ApiError, SubmitError, SessionError) as exc:
+        return _error(exc.status, exc.code, exc.message)
+    except JobInputError as exc:
+        return _error(400, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = p.ErrorCode.NOT_FOUND if exc.status == 404 else p.ErrorCode.VALIDATION
+        if exc.status == 413:
+            return _error(413, p.ErrorCode.VALIDATION,
+                          f"The request body is larger than {request.app[CONFIG].max_body_bytes} bytes.")
+        return _error(exc.status, code, exc.reason or "request refused")
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error(500, p.ErrorCode.INTERNAL, "Internal error in the emulator.")
+
+
+@web.middleware
+async def record_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Keeps what each request carried (for protocol-conformance tests), not its payload."""
+    body_keys: list[str] | None = None
+    if request.can_read_body and request.content_type == "application/json":
+        try:
+            body = json.loads(await request.read())
+            if isinstance(body, dict):
+                body_keys = sorted(body)
+                if isinstance(body.get("params"), dict):
+                    body_keys += sorted(f"params.{k}" for k in body["params"])
+        except ValueError:
+            body_keys = None
+    request.app[REQUEST_LOG].append({
+        "method": request.method,
+        "path": request.path,
+        "query": sorted(request.query.keys()),
+        "headers": sorted(h.lower() for h in request.headers),
+        "body_keys": body_keys,
+    })
+    return await handler(request)
+
+
+@web.middleware
+async def runtime_auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Runtime routes need a valid token and a ``Service-CRN`` the key may use (else 401)."""
+    config = request.config_dict[CONFIG]
+    try:
+        principal = authenticate(config, request.headers.get("Authorization"))
+    except AuthError:
+        return _error(401, p.ErrorCode.INVALID_CREDENTIALS, "Invalid or expired credentials.")
+    crn = request.headers.get(p.HEADER_SERVICE_CRN)
+    if crn is None and len(principal.instances) == 1:
+        crn = principal.instances[0]
+    if crn is None or crn not in principal.instances:
+        return _error(401, p.ErrorCode.NOT_AUTHORIZED,
+                      "You are not authorized to use this instance (Service-CRN).")
+    request[CALLER] = Caller(instance=crn, key_id=principal.key_id)
+    return await handler(request)
+
+
+def _runtime_app() -> web.Application:
+    sub = web.Application(middlewares=[runtime_auth_middleware])
+    sub.add_routes(runtime.routes())
+    return sub
+
+
+async def health(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    return web.json_response({
+        "status": "ok",
+        "backends": list(request.app[DEVICES]),
+        "clock": str(config.clock),
+        "lanes": config.lanes,
+        "runtime_paths": list(p.RUNTIME_PREFIXES),
+    })
+
+
+def create_app(config: Config) -> web.Application:
+    """Build the emulator application for ``config`` (not started)."""
+    devices = resolve_devices(config.backends or DEFAULT_BACKENDS)
+    middlewares = [error_middleware]
+    if config.record_requests:
+        middlewares.append(record_middleware)
+    app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
+    app[CONFIG] = config
+    app[DEVICES] = {d.name: d for d in devices}
+    app[CLOCK] = make_clock(config.clock)
+    app[REQUEST_LOG] = []
+    app.router.add_get(p.HEALTH, health)
+    app.add_routes(cloud.routes())
+    for prefix in p.RUNTIME_PREFIXES:
+        app.add_subapp(prefix, _runtime_app())
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    async with AsyncExitStack() as stack:
+        if config.data_dir is None:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="aioruntime-emulator-"))
+            path: Path | str = Path(tmp) / "emulator.sqlite3"
+        elif str(config.data_dir) == ":memory:":
+            path = ":memory:"
+        else:
+            path = config.data_dir / "emulator.sqlite3"
+        store = await stack.enter_async_context(Store(path))
+        scheduler = Scheduler(config=config, store=store, clock=app[CLOCK],
+                              devices=list(app[DEVICES].values()))
+        await stack.enter_async_context(scheduler)
+        await scheduler.warm()
+        app[STORE] = store
+        app[SCHEDULER] = scheduler
+        log.info("emulator ready: %s, clock %s, %d lanes", ", ".join(app[DEVICES]),
+                 config.clock, config.lanes)
+        yield
+
+
+def runtime_url(base_url: str, *, experimental: bool = False) -> str:
+    """The runtime base URL for a server at ``base_url``."""
+    return base_url.rstrip("/") + p.RUNTIME_PREFIXES[1 if experimental else 0]
+
+
+_ = Any

@@ -1,0 +1,207 @@
+"""Run the emulator in a background thread, for tests and benchmarks.
+
+``EmulatorThread`` serves the real app over loopback on a free port, on its own event loop, so
+a test can drive it with the blocking official client, with aioruntime on another loop, or both::
+
+    with EmulatorThread(Config(clock=ClockSpec.parse("manual"))) as emu:
+        service = emu.official_service()
+        ...
+        emu.advance(61)                    # move the manual clock: TTLs expire, no sleeping
+        stats = emu.statistics()
+
+Everything that touches the server's objects goes through :meth:`EmulatorThread.call`, which
+runs it on the server's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Coroutine, Iterator, Mapping
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from aioruntime import protocol as p
+
+from .api.keys import CLOCK, REQUEST_LOG, SCHEDULER, STORE
+from .app import create_app
+from .clock import ManualClock
+from .config import DEFAULT_API_KEY, Config
+from .scheduler import Scheduler, Statistics
+from .store import Store
+
+__all__ = ["EmulatorThread"]
+
+T = TypeVar("T")
+
+
+class EmulatorThread:
+    def __init__(self, config: Config | None = None, *, start_timeout: float = 120.0) -> None:
+        self.config = config or Config(port=0)
+        self._start_timeout = start_timeout
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="emulator", daemon=True)
+        self._runner: web.AppRunner | None = None
+        self.app: web.Application | None = None
+        self.port = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> EmulatorThread:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._thread.start()
+        try:
+            self._submit(self._start()).result(self._start_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    async def _start(self) -> None:
+        self.app = create_app(self.config)
+        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        await site.start()
+        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        self.port = sockets[0].getsockname()[1]
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            if self._runner is not None:
+                with contextlib.suppress(Exception):
+                    self._submit(self._runner.cleanup()).result(60)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+        if not self._loop.is_running():
+            self._loop.close()
+
+    def _submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    # -- access to the server ----------------------------------------------------------------
+
+    def call(self, fn: Callable[[], T] | Callable[[], Coroutine[Any, Any, T]], timeout: float = 60) -> T:
+        """Run ``fn`` on the server's loop (a coroutine function is awaited) and return its value."""
+
+        async def run() -> T:
+            result = fn()
+            if asyncio.iscoroutine(result):
+                return await result  # type: ignore[no-any-return]
+            return result  # type: ignore[return-value]
+
+        return self._submit(run()).result(timeout)
+
+    @property
+    def scheduler(self) -> Scheduler:
+        assert self.app is not None
+        return self.app[SCHEDULER]
+
+    @property
+    def store(self) -> Store:
+        assert self.app is not None
+        return self.app[STORE]
+
+    def statistics(self) -> Statistics:
+        return self.call(self.scheduler.statistics)
+
+    def advance(self, seconds: float) -> None:
+        """Move a manual clock forward (and let the woken timers run)."""
+        assert self.app is not None
+        clock = self.app[CLOCK]
+        if not isinstance(clock, ManualClock):
+            raise TypeError("advance() needs the emulator to run with clock 'manual'")
+
+        async def step() -> None:
+            clock.advance(seconds)
+            for _ in range(5):  # let woken timers and the dispatch that follows them run
+                await asyncio.sleep(0)
+
+        self.call(step)
+
+    def until(self, predicate: Callable[[Scheduler], bool], timeout: float = 60) -> None:
+        """Block until ``predicate(scheduler)`` holds on the server (re-checked as jobs move)."""
+        self.call(lambda: self.scheduler.until(lambda: predicate(self.scheduler), timeout),
+                  timeout=timeout + 5)
+
+    def wait_final(self, job_id: str, timeout: float = 120) -> str:
+        """Block until the job is final (server-side event, no polling); returns its state."""
+        rec = self.call(lambda: self.store.wait_final(job_id, timeout), timeout=timeout + 5)
+        if rec is None:
+            raise KeyError(job_id)
+        return rec.state
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        assert self.app is not None
+        return self.app[REQUEST_LOG]
+
+    # -- pointing clients at it --------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def runtime_url(self) -> str:
+        return self.base_url + p.RUNTIME_PREFIXES[0]
+
+    @property
+    def api_key(self) -> str:
+        return self.config.api_keys[0].key if self.config.api_keys else DEFAULT_API_KEY
+
+    @property
+    def instance(self) -> str:
+        return self.config.instances[0]
+
+    def client_env(self, *, experimental_url: bool = True) -> dict[str, str]:
+        """Environment for the official client with no code changes (spec 5.2, recipe B)."""
+        return {
+            "QISKIT_IBM_TOKEN": self.api_key,
+            "QISKIT_IBM_INSTANCE": self.instance,
+            "QISKIT_IBM_URL": (
+                self.base_url + p.RUNTIME_PREFIXES[1] if experimental_url else self.runtime_url
+            ),
+            "QISKIT_IBM_CHANNEL": "ibm_quantum_platform",
+            "IAM_URL": self.base_url,
+            "GLOBAL_SEARCH_URL": self.base_url,
+            "GLOBAL_CATALOG_URL": self.base_url + p.CATALOG_PREFIX,
+        }
+
+    @contextlib.contextmanager
+    def environment(self, extra: Mapping[str, str] | None = None) -> Iterator[None]:
+        """Temporarily set :meth:`client_env` in ``os.environ``."""
+        values = {**self.client_env(), **(extra or {})}
+        saved = {k: os.environ.get(k) for k in values}
+        os.environ.update(values)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def official_service(self, **kwargs: Any) -> Any:
+        """An unmodified ``QiskitRuntimeService`` pointed here (spec 5.1, recipe A)."""
+        from qiskit_ibm_runtime import QiskitRuntimeService
+
+        with self.environment():
+            return QiskitRuntimeService(
+                channel="ibm_quantum_platform",
+                token=kwargs.pop("token", self.api_key),
+                instance=kwargs.pop("instance", self.instance),
+                url=self.runtime_url,
+                url_resolver=lambda url, instance, private_endpoint=False, channel=None: url,
+                **kwargs,
+            )
