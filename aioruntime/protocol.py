@@ -41,6 +41,8 @@ API_VERSION: Final = "2026-04-15"
 HEADER_API_VERSION: Final = "IBM-API-Version"
 HEADER_SERVICE_CRN: Final = "Service-CRN"
 HEADER_CLIENT_APP: Final = "X-Qx-Client-Application"
+#: Emulator extension: a retried ``POST /jobs`` with the same key returns the first job.
+HEADER_IDEMPOTENCY_KEY: Final = "Idempotency-Key"
 
 #: The instance CRN used when none is configured (documented in the README).
 DEFAULT_INSTANCE: Final = "crn:v1:bluemix:public:quantum-computing:us-east:a/0123456789abcdef::"

@@ -14,18 +14,19 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
 from aioruntime import protocol as p
 
 from .api import cloud, runtime
+from .api.admin import admin_app
 from .api.keys import (
     CALLER,
     CLOCK,
     CONFIG,
     DEVICES,
+    FAULTS,
     REQUEST_LOG,
     SCHEDULER,
     STORE,
@@ -37,6 +38,7 @@ from .backends import DEFAULT_BACKENDS, resolve_devices
 from .classical import JobInputError
 from .clock import make_clock
 from .config import Config
+from .faults import Faults
 from .scheduler import Scheduler, SubmitError
 from .sessions import SessionError
 from .store import Store
@@ -115,8 +117,8 @@ async def runtime_auth_middleware(request: web.Request, handler: Handler) -> web
     return await handler(request)
 
 
-def _runtime_app() -> web.Application:
-    sub = web.Application(middlewares=[runtime_auth_middleware])
+def _runtime_app(faults: Faults) -> web.Application:
+    sub = web.Application(middlewares=[faults.middleware(), runtime_auth_middleware])
     sub.add_routes(runtime.routes())
     return sub
 
@@ -143,10 +145,12 @@ def create_app(config: Config) -> web.Application:
     app[DEVICES] = {d.name: d for d in devices}
     app[CLOCK] = make_clock(config.clock)
     app[REQUEST_LOG] = []
+    app[FAULTS] = Faults()
     app.router.add_get(p.HEALTH, health)
     app.add_routes(cloud.routes())
     for prefix in p.RUNTIME_PREFIXES:
-        app.add_subapp(prefix, _runtime_app())
+        app.add_subapp(prefix, _runtime_app(app[FAULTS]))
+    app.add_subapp("/admin", admin_app())
     app.cleanup_ctx.append(_lifecycle)
     return app
 
@@ -162,8 +166,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         else:
             path = config.data_dir / "emulator.sqlite3"
         store = await stack.enter_async_context(Store(path))
-        scheduler = Scheduler(config=config, store=store, clock=app[CLOCK],
-                              devices=list(app[DEVICES].values()))
+        clock = app[CLOCK]
+        if (anchor := await store.get_meta("clock")) is not None:
+            clock.resume(anchor)  # TTL clocks of stored sessions carry on where they were
+        if (anchor := clock.anchor()) is not None:
+            await store.set_meta("clock", anchor)
+        scheduler = Scheduler(config=config, store=store, clock=clock,
+                              devices=list(app[DEVICES].values()), faults=app[FAULTS])
         await stack.enter_async_context(scheduler)
         await scheduler.warm()
         app[STORE] = store
@@ -177,5 +186,3 @@ def runtime_url(base_url: str, *, experimental: bool = False) -> str:
     """The runtime base URL for a server at ``base_url``."""
     return base_url.rstrip("/") + p.RUNTIME_PREFIXES[1 if experimental else 0]
 
-
-_ = Any

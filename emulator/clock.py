@@ -45,6 +45,13 @@ class Clock:
     def hold_s(self, quantum_s: float, aer_s: float) -> float:
         raise NotImplementedError
 
+    def anchor(self) -> dict[str, float] | None:
+        """What to persist so model time carries on across restarts (None: it does not)."""
+        return None
+
+    def resume(self, anchor: dict[str, float]) -> None:
+        """Carry on from a persisted :meth:`anchor`, also if the scale changed meanwhile."""
+
     async def wait_for(self, event: asyncio.Event, deadline: float | None) -> bool:
         """Wait until ``event`` is set or model time reaches ``deadline``; True if the event fired."""
         if event.is_set():
@@ -67,11 +74,21 @@ class ScaledClock(Clock):
 
     def __init__(self, scale: float) -> None:
         self.scale = scale
-        self._origin = time.monotonic()
+        # Model time is anchored to the wall clock so that it can continue after a restart.
+        self._anchor_wall = time.time()
+        self._anchor_model = 0.0
         self.name = "realtime" if scale == 1.0 else f"scaled:{scale:g}"
 
     def now(self) -> float:
-        return (time.monotonic() - self._origin) / self.scale
+        return self._anchor_model + (time.time() - self._anchor_wall) / self.scale
+
+    def anchor(self) -> dict[str, float]:
+        return {"wall": self._anchor_wall, "model": self._anchor_model, "scale": self.scale}
+
+    def resume(self, anchor: dict[str, float]) -> None:
+        wall = time.time()
+        model = anchor["model"] + max(0.0, wall - anchor["wall"]) / anchor["scale"]
+        self._anchor_wall, self._anchor_model = wall, model
 
     async def sleep_until(self, deadline: float) -> None:
         delay = (deadline - self.now()) * self.scale

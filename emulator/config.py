@@ -86,6 +86,8 @@ class Config:
     #: Secret that signs IAM tokens; random per process unless given (tokens then die on restart).
     token_secret: str = field(default_factory=lambda: secrets.token_hex(32))
     token_ttl_s: int = 3600
+    #: Key of the admin API (fault injection, pause/resume); random unless given.
+    admin_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     #: Interactive TTLs and the default max TTL, in model seconds (IBM defaults).
     session_interactive_ttl_s: float = 60.0
     batch_interactive_ttl_s: float = 1.0
@@ -109,6 +111,8 @@ class Config:
             raise ValueError("at least one API key is required")
         if not self.instances:
             raise ValueError("at least one instance CRN is required")
+        if len(self.token_secret.encode()) < 32:
+            raise ValueError("the token secret must be at least 32 bytes (HS256)")
         for key in self.api_keys:
             for crn in key.instances:
                 if crn not in self.instances:
@@ -151,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--instance", action="append",
         help=f"accepted instance CRN, repeatable (default: {DEFAULT_INSTANCE})",
     )
+    p.add_argument("--admin-key", help="key of the admin API (default: random, printed at start)")
     return p
 
 
@@ -194,6 +199,8 @@ def from_args(
         kwargs["instances"] = tuple(dict.fromkeys(instances))
     if (v := env.get(ENV_PREFIX + "TOKEN_SECRET")) is not None:
         kwargs["token_secret"] = v
+    if (v := pick("admin-key")) is not None:
+        kwargs["admin_key"] = v
     return Config(**kwargs)  # type: ignore[arg-type]
 
 

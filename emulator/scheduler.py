@@ -33,6 +33,7 @@ from . import classical
 from .backends import Device
 from .clock import Clock, utcnow
 from .config import Config
+from .faults import Faults
 from .lanes import POST, PRE, LaneStatistics, Lanes, WorkerPool
 from .sessions import SessionBook
 from .store import JobRecord, SessionRecord, Store
@@ -103,7 +104,13 @@ class QPU:
 
 class Scheduler:
     def __init__(
-        self, *, config: Config, store: Store, clock: Clock, devices: list[Device]
+        self,
+        *,
+        config: Config,
+        store: Store,
+        clock: Clock,
+        devices: list[Device],
+        faults: Faults | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -114,7 +121,12 @@ class Scheduler:
         self.workers = WorkerPool(size=len(devices) * (config.lanes + 1))
         self.timing = TimingParams()
         self.sessions = SessionBook(store, clock, config, self._spawn)
+        self.faults = faults or Faults()
         self._live: dict[str, _Live] = {}
+        #: (instance, Idempotency-Key) → job id, so a retried submission is not a second job.
+        self._idempotency = {
+            (r.instance, r.idempotency_key): r.id for r in store.jobs() if r.idempotency_key
+        }
         self._background: set[asyncio.Task[Any]] = set()
         self._timekeeper: asyncio.Task[None] | None = None
         self._accepting = True
@@ -198,8 +210,16 @@ class Scheduler:
         private: bool = False,
         log_level: str = "WARNING",
         runtime: str = "",
+        idempotency_key: str | None = None,
     ) -> JobRecord:
-        """Create, persist and start a job. Raises SubmitError / SessionError when refused."""
+        """Create, persist and start a job. Raises SubmitError / SessionError when refused.
+
+        With an ``idempotency_key`` already used by this instance, the earlier job is returned
+        and nothing new is created.
+        """
+        if idempotency_key and (known := self._idempotency.get((instance, idempotency_key))):
+            if (earlier := self.store.job(known)) is not None:
+                return earlier
         if not self._accepting:
             raise SubmitError(503, ErrorCode.BACKEND_NOT_AVAILABLE, "The emulator is shutting down.")
         pending = sum(1 for j in self._live.values() if j.rec.instance == instance)
@@ -223,7 +243,10 @@ class Scheduler:
             private=private,
             log_level=log_level,
             runtime=runtime,
+            idempotency_key=idempotency_key,
         )
+        if idempotency_key:
+            self._idempotency[(instance, idempotency_key)] = rec.id
         await self.store.add_job(rec, params_json)
         if session is not None:
             self.sessions.job_added(session)
@@ -279,6 +302,10 @@ class Scheduler:
                 )
                 rec.stages["pre_end"] = utcnow().isoformat()
             live.params_json = None  # the prepared job replaces it
+            if self.faults.fail_job():
+                await self._finish(rec, JobState.FAILED, ErrorCode.EMULATOR_FAULT,
+                                   "Injected fault: the job failed on purpose (admin fault plan).")
+                return
             rec.quantum_seconds = prepared.quantum_seconds
             limit = min(rec.cost or self.config.job_max_execution_s, self.config.job_max_execution_s)
             async with self._qpu_turn(live):

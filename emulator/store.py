@@ -57,6 +57,8 @@ class JobRecord:
     #: Wall seconds Aer took beyond the modelled hold (spec: reported, never billed).
     emulator_lag_s: float = 0.0
     logs: str = ""
+    #: The client's ``Idempotency-Key`` header, if it sent one (an emulator extension).
+    idempotency_key: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -100,7 +102,6 @@ class SessionRecord:
 
 _JOB_META = [f.name for f in fields(JobRecord)]
 _SESSION_META = [f.name for f in fields(SessionRecord)]
-_JSON_COLUMNS = {"tags", "stages", "timestamps"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -109,6 +110,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, instance TEXT NOT NULL, meta TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS usage (instance TEXT PRIMARY KEY, seconds REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -268,6 +270,21 @@ class Store:
         )
         await self.db.commit()
         self._sessions[rec.id] = rec
+
+    # -- small named values (e.g. the model clock's anchor) ----------------------------------
+
+    async def get_meta(self, key: str) -> Any:
+        async with self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else json.loads(row[0])
+
+    async def set_meta(self, key: str, value: Any) -> None:
+        await self.db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, json.dumps(value)),
+        )
+        await self.db.commit()
 
     # -- usage -------------------------------------------------------------------------------
 

@@ -38,14 +38,38 @@ __all__ = ["EmulatorThread"]
 
 T = TypeVar("T")
 
+_shared_lock = threading.Lock()
+_shared_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _loop_in_thread() -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, name="emulator-loop", daemon=True).start()
+    return loop
+
+
+def shared_loop() -> asyncio.AbstractEventLoop:
+    """One background loop per process. Emulators started on it share anyio's worker
+    processes (they belong to the loop), so the second emulator starts with warm workers."""
+    global _shared_loop
+    with _shared_lock:
+        if _shared_loop is None:
+            _shared_loop = _loop_in_thread()
+        return _shared_loop
+
 
 class EmulatorThread:
-    def __init__(self, config: Config | None = None, *, start_timeout: float = 120.0) -> None:
+    """The emulator on a background event loop; ``own_loop=True`` gives it a private one."""
+
+    def __init__(
+        self, config: Config | None = None, *, start_timeout: float = 120.0, own_loop: bool = False
+    ) -> None:
         self.config = config or Config(port=0)
         self._start_timeout = start_timeout
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="emulator", daemon=True)
+        self._own_loop = own_loop
+        self._loop = _loop_in_thread() if own_loop else shared_loop()
         self._runner: web.AppRunner | None = None
+        self._started = False
         self.app: web.Application | None = None
         self.port = 0
 
@@ -59,7 +83,7 @@ class EmulatorThread:
         self.stop()
 
     def start(self) -> None:
-        self._thread.start()
+        self._started = True
         try:
             self._submit(self._start()).result(self._start_timeout)
         except BaseException:
@@ -76,14 +100,14 @@ class EmulatorThread:
         self.port = sockets[0].getsockname()[1]
 
     def stop(self) -> None:
-        if self._thread.is_alive():
-            if self._runner is not None:
-                with contextlib.suppress(Exception):
-                    self._submit(self._runner.cleanup()).result(60)
+        """Stop serving and clean up the app (idempotent)."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            with contextlib.suppress(Exception):
+                self._submit(runner.cleanup()).result(60)
+        if self._own_loop and self._started:
+            self._started = False
             self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-        if not self._loop.is_running():
-            self._loop.close()
 
     def _submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self._loop)

@@ -10,6 +10,7 @@ from aiohttp import web
 from ..backends import Device
 from ..clock import Clock
 from ..config import Config
+from ..faults import Faults
 from ..scheduler import Scheduler
 from ..store import Store
 
@@ -19,6 +20,7 @@ SCHEDULER = web.AppKey("scheduler", Scheduler)
 CLOCK = web.AppKey("clock", Clock)
 DEVICES = web.AppKey("devices", dict[str, Device])
 REQUEST_LOG = web.AppKey("request_log", list[dict[str, Any]])
+FAULTS = web.AppKey("faults", Faults)
 
 
 class ApiError(Exception):
@@ -37,4 +39,4 @@ class Caller:
     key_id: str
 
 
-CALLER = "aioruntime.caller"  # request[CALLER]
+CALLER = web.RequestKey("caller", Caller)

@@ -151,6 +151,7 @@ async def submit_job(request: web.Request) -> web.Response:
         private=bool(_field(body, "private", bool)),
         log_level=_field(body, "log_level", str) or "WARNING",
         runtime=_field(body, "runtime", str) or "",
+        idempotency_key=request.headers.get(p.HEADER_IDEMPOTENCY_KEY),
     )
     answer: dict[str, Any] = {"id": rec.id, "backend": rec.backend}
     if rec.session_id:
@@ -327,6 +328,8 @@ async def capabilities(request: web.Request) -> web.Response:
         "extensions": {
             "job_wait": {"path": p.EXT_JOB_WAIT, "max_timeout": config.wait_max_s},
             "statistics": {"path": p.EXT_STATISTICS},
+            # POST /jobs with this header twice returns the first job: retrying is safe.
+            "idempotent_submit": {"header": p.HEADER_IDEMPOTENCY_KEY},
         },
     })
 

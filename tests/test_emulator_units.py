@@ -1,0 +1,170 @@
+"""Unit tests of the emulator's small parts: config, clock, lanes, auth, store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+
+from aioruntime import protocol as p
+from emulator.auth import AuthError, authenticate, issue_token
+from emulator.clock import ManualClock, ScaledClock, make_clock
+from emulator.config import ApiKey, ClockSpec, Config, from_args
+from emulator.lanes import POST, PRE, Lanes
+from emulator.store import JobRecord, SessionRecord, Store
+
+OTHER = "crn:v1:bluemix:public:quantum-computing:us-east:a/other::"
+
+
+def test_flags_and_environment() -> None:
+    config = from_args(
+        ["--port", "0", "--lanes", "3", "--clock", "scaled:0.01", "--noise",
+         "--api-key", "k1", "--api-key", f"k2@{OTHER}", "--instance", p.DEFAULT_INSTANCE,
+         "--instance", OTHER, "--backends", "ibm_fez"],
+        environ={},
+    )
+    assert (config.port, config.lanes, config.noise, config.backends) == (0, 3, True, "ibm_fez")
+    assert config.clock == ClockSpec(mode="scaled", scale=0.01)
+    assert config.instances_for_key("k1") == (p.DEFAULT_INSTANCE, OTHER)
+    assert config.instances_for_key("k2") == (OTHER,)
+    assert config.instances_for_key("nope") is None
+    env = from_args([], environ={"AIORUNTIME_EMULATOR_PORT": "9999", "AIORUNTIME_EMULATOR_CLOCK": "realtime"})
+    assert env.port == 9999 and str(env.clock) == "realtime"
+    assert from_args(["--ephemeral"], environ={}).data_dir == Path(":memory:")
+
+
+@pytest.mark.parametrize("text", ["scaled:0", "scaled:x", "fast", "scaled:-1"])
+def test_bad_clock_flags_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="clock"):
+        ClockSpec.parse(text)
+
+
+def test_config_refuses_unknown_bound_instance_and_zero_lanes() -> None:
+    with pytest.raises(ValueError, match="not an --instance"):
+        Config(api_keys=(ApiKey.parse(f"k@{OTHER}"),))
+    with pytest.raises(ValueError, match="lanes"):
+        Config(lanes=0)
+
+
+async def test_manual_clock_wakes_sleepers_in_order() -> None:
+    clock = ManualClock()
+    woke: list[str] = []
+
+    async def sleeper(name: str, t: float) -> None:
+        await clock.sleep_until(t)
+        woke.append(name)
+
+    tasks = [asyncio.create_task(sleeper(n, t)) for n, t in (("b", 20), ("a", 10), ("c", 30))]
+    await asyncio.sleep(0)
+    clock.advance(15)
+    await asyncio.sleep(0)
+    assert woke == ["a"]
+    clock.advance(20)
+    await asyncio.gather(*tasks)
+    assert woke == ["a", "b", "c"]
+    with pytest.raises(ValueError):
+        clock.advance(-1)
+
+
+async def test_clock_wait_for_event_or_deadline() -> None:
+    clock = ManualClock()
+    event = asyncio.Event()
+    waiter = asyncio.create_task(clock.wait_for(event, 5.0))
+    await asyncio.sleep(0)
+    clock.advance(5)
+    assert await waiter is False
+    waiter = asyncio.create_task(clock.wait_for(event, 100.0))
+    await asyncio.sleep(0)
+    event.set()
+    assert await waiter is True
+
+
+def test_scaled_and_instant_holds() -> None:
+    assert ScaledClock(0.01).hold_s(2.0, 0.005) == pytest.approx(0.015)
+    assert ScaledClock(0.01).hold_s(2.0, 1.0) == 0.0  # Aer slower than the model: no extra hold
+    assert make_clock(ClockSpec.parse("instant")).hold_s(100.0, 0.0) == 0.0
+    assert make_clock(ClockSpec.parse("manual")).name == "manual"
+
+
+async def test_lanes_bound_width_and_serve_post_first() -> None:
+    lanes = Lanes(2)
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def work(name: str, priority: int) -> None:
+        async with lanes.slot(priority=priority):
+            order.append(name)
+            await release.wait()
+
+    holders = [asyncio.create_task(work(f"h{i}", PRE)) for i in range(2)]
+    await asyncio.sleep(0)
+    waiters = [asyncio.create_task(work("pre", PRE)), asyncio.create_task(work("post", POST))]
+    await asyncio.sleep(0)
+    stats = lanes.statistics()
+    assert (stats.busy, stats.waiting, stats.peak_busy) == (2, 2, 2)
+    release.set()
+    await asyncio.gather(*holders, *waiters)
+    assert order.index("post") < order.index("pre")
+    assert lanes.statistics().busy == 0
+
+
+async def test_lanes_cancelled_waiter_leaves_and_pause_gates() -> None:
+    lanes = Lanes(1)
+    lanes.pause()
+    waiter = asyncio.create_task(lanes._acquire(PRE))
+    await asyncio.sleep(0)
+    assert lanes.statistics().waiting == 1
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert lanes.statistics().waiting == 0
+    got = asyncio.create_task(lanes._acquire(PRE))
+    await asyncio.sleep(0)
+    assert not got.done()
+    lanes.resume()
+    await got
+    assert lanes.statistics().busy == 1
+
+
+def test_tokens_expire_and_are_bound() -> None:
+    config = Config(api_keys=(ApiKey("k"), ApiKey("bound", (OTHER,))),
+                    instances=(p.DEFAULT_INSTANCE, OTHER), token_ttl_s=60)
+    token, iat, exp = issue_token(config, "bound")
+    assert exp - iat == 60
+    assert authenticate(config, f"Bearer {token}").instances == (OTHER,)
+    assert authenticate(config, "apikey k").instances == (p.DEFAULT_INSTANCE, OTHER)
+    expired = jwt.encode({"iss": "aioruntime-emulator", "sub": "x", "iat": int(time.time()) - 100,
+                          "exp": int(time.time()) - 50, "instances": [OTHER]},
+                         config.token_secret, algorithm="HS256")
+    forged = jwt.encode({"iss": "aioruntime-emulator", "sub": "x", "iat": int(time.time()),
+                         "exp": int(time.time()) + 50, "instances": [OTHER]},
+                        "not-the-secret-" * 4, algorithm="HS256")
+    for bad in (None, f"Bearer {expired}", f"Bearer {forged}", "apikey nope", "Token x"):
+        with pytest.raises(AuthError):
+            authenticate(config, bad)
+    with pytest.raises(AuthError):
+        issue_token(config, "unknown")
+
+
+async def test_store_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    async with Store(path) as store:
+        rec = JobRecord(id="j1", seq=store.next_seq(), instance="i", backend="b",
+                        program_id="sampler", created="2026-01-01T00:00:00+00:00", tags=["t"])
+        await store.add_job(rec, '{"pubs": []}')
+        rec.state = p.JobState.COMPLETED
+        await store.save_result(rec, "RESULT")
+        await store.save_session(SessionRecord(id="s1", instance="i", backend="b"))
+        await store.add_usage("i", 2.5)
+    async with Store(path) as store:
+        again = store.job("j1")
+        assert again is not None and again.state == "Completed" and again.tags == ["t"]
+        assert await store.result("j1") == "RESULT"
+        assert await store.params("j1") == '{"pubs": []}'
+        assert store.session("s1") is not None
+        assert store.usage("i") == 2.5
+        assert store.next_seq() == 2
+        assert (await store.wait_final("j1", 0)) is again
