@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -123,6 +124,7 @@ class Scheduler:
         self.sessions = SessionBook(store, clock, config, self._spawn)
         self.faults = faults or Faults()
         self._live: dict[str, _Live] = {}
+        self._live_per_instance: Counter[str] = Counter()
         #: (instance, Idempotency-Key) → job id, so a retried submission is not a second job.
         self._idempotency = {
             (r.instance, r.idempotency_key): r.id for r in store.jobs() if r.idempotency_key
@@ -222,7 +224,7 @@ class Scheduler:
                 return earlier
         if not self._accepting:
             raise SubmitError(503, ErrorCode.BACKEND_NOT_AVAILABLE, "The emulator is shutting down.")
-        pending = sum(1 for j in self._live.values() if j.rec.instance == instance)
+        pending = self._live_per_instance[instance]
         if pending >= self.config.max_pending_jobs_per_instance:
             raise SubmitError(
                 429, ErrorCode.TOO_MANY_JOBS,
@@ -256,6 +258,7 @@ class Scheduler:
     def _start(self, rec: JobRecord, params_json: str | None) -> None:
         live = _Live(rec, params_json)
         self._live[rec.id] = live
+        self._live_per_instance[rec.instance] += 1
         live.task = asyncio.create_task(self._pipeline(live), name=f"job-{rec.id}")
 
     async def cancel(self, rec: JobRecord, *, reason: str = "cancelled by the user") -> bool:
@@ -354,7 +357,8 @@ class Scheduler:
             await self._finish(rec, JobState.FAILED, ErrorCode.INTERNAL,
                                f"Internal error in the emulator: {type(exc).__name__}: {exc}")
         finally:
-            self._live.pop(rec.id, None)
+            if self._live.pop(rec.id, None) is not None:
+                self._live_per_instance[rec.instance] -= 1
 
     async def _finish(
         self,
@@ -482,13 +486,10 @@ class Scheduler:
     # -- statistics --------------------------------------------------------------------------
 
     def statistics(self) -> Statistics:
-        counts: dict[str, dict[str, int]] = {name: {} for name in self.devices}
-        for rec in self.store.jobs():
-            per = counts.setdefault(rec.backend, {})
-            per[rec.state] = per.get(rec.state, 0) + 1
+        """A snapshot per backend; O(backends), cheap enough for every status request."""
         out = []
         for name, qpu in self.qpus.items():
-            c = counts[name]
+            count = self.store.count
             out.append(BackendStatistics(
                 backend=name,
                 lanes=self.lanes[name].statistics(),
@@ -497,11 +498,11 @@ class Scheduler:
                 qpu_owner=qpu.owner,
                 qpu_peak=qpu.peak,
                 qpu_ready=len(qpu.ready),
-                queued=c.get(JobState.QUEUED, 0),
-                running=c.get(JobState.RUNNING, 0),
-                completed=c.get(JobState.COMPLETED, 0),
-                failed=c.get(JobState.FAILED, 0),
-                cancelled=c.get(JobState.CANCELLED, 0),
+                queued=count(name, JobState.QUEUED),
+                running=count(name, JobState.RUNNING),
+                completed=count(name, JobState.COMPLETED),
+                failed=count(name, JobState.FAILED),
+                cancelled=count(name, JobState.CANCELLED),
             ))
         return Statistics(tuple(out))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -133,6 +134,9 @@ class Store:
         self._usage: dict[str, float] = {}
         self._final_events: dict[str, asyncio.Event] = {}
         self._seq = 0
+        #: Jobs per (backend, state) as last saved, so statistics never scan every job.
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._counted: dict[str, tuple[str, str]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -156,6 +160,7 @@ class Store:
                 async for (meta,) in cur:
                     rec = JobRecord(**_known(json.loads(meta), _JOB_META))
                     self._jobs[rec.id] = rec
+                    self._count(rec)
                     self._seq = max(self._seq, rec.seq)
             async with db.execute("SELECT meta FROM sessions") as cur:
                 async for (meta,) in cur:
@@ -186,6 +191,21 @@ class Store:
     def job(self, job_id: str) -> JobRecord | None:
         return self._jobs.get(job_id)
 
+    def count(self, backend: str, state: str) -> int:
+        """How many jobs of ``backend`` were last saved in ``state`` (O(1))."""
+        return self._counts[(backend, state)]
+
+    def _count(self, rec: JobRecord | None, *, job_id: str | None = None) -> None:
+        key = rec.id if rec is not None else job_id
+        assert key is not None
+        old = self._counted.pop(key, None)
+        if old is not None:
+            self._counts[old] -= 1
+        if rec is not None:
+            new = (rec.backend, str(rec.state))
+            self._counted[key] = new
+            self._counts[new] += 1
+
     def jobs(self) -> Iterator[JobRecord]:
         """All jobs in submission order."""
         return iter(list(self._jobs.values()))
@@ -201,11 +221,13 @@ class Store:
         )
         await self.db.commit()
         self._jobs[rec.id] = rec
+        self._count(rec)
 
     async def save_job(self, rec: JobRecord) -> None:
         """Persist the metadata of ``rec`` and wake waiters if it is final."""
         await self.db.execute("UPDATE jobs SET meta = ? WHERE id = ?", (_encode(rec), rec.id))
         await self.db.commit()
+        self._count(rec)
         if rec.terminal:
             event = self._final_events.pop(rec.id, None)
             if event is not None:
@@ -218,6 +240,7 @@ class Store:
             (_encode(rec), result_json, rec.id),
         )
         await self.db.commit()
+        self._count(rec)
         if rec.terminal:
             event = self._final_events.pop(rec.id, None)
             if event is not None:
@@ -237,6 +260,7 @@ class Store:
         await self.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         await self.db.commit()
         self._jobs.pop(job_id, None)
+        self._count(None, job_id=job_id)
         event = self._final_events.pop(job_id, None)
         if event is not None:
             event.set()
