@@ -1,0 +1,415 @@
+"""The device catalogue: which IBM QPUs the emulator serves, and their transpiler/noise views.
+
+Every device comes from a snapshot shipped with qiskit-ibm-runtime,
+``qiskit_ibm_runtime/fake_provider/backends/<source>/{conf,props}_<source>.json``. Those files are
+the exact server format (spec 2.3 E/F), so the emulator serves them as they are, with only
+``backend_name`` renamed to the served name.
+
+Names. Every snapshot directory ``<source>`` is served by default as ``ibm_<source>``. Input
+spellings ``ibm_<source>``, ``ibmq_<source>``, ``fake_<source>``, ``alt_<source>`` and the bare
+``<source>`` are all accepted, so ``ibmq_manila`` (the name in ``conf_manila.json``),
+``ibm_manila`` and ``fake_manila`` all mean the Manila snapshot. The names are derived from the
+directory names, so listing the catalogue reads no file; only the requested devices' files are
+ever opened.
+
+Per-device objects that are expensive to build (targets, noise models) are cached with
+:func:`functools.lru_cache` keyed by the source name: worker processes are long-lived and build
+each of them once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import warnings
+from dataclasses import dataclass
+from functools import cache, lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qiskit.transpiler import Target
+    from qiskit_aer.noise import NoiseModel
+    from qiskit_ibm_runtime.fake_provider.fake_backend import FakeBackendV2
+
+__all__ = [
+    "DEFAULT_BACKENDS",
+    "Device",
+    "DeviceLimits",
+    "available_devices",
+    "device_configuration",
+    "device_for_name",
+    "device_limits",
+    "device_noise_model",
+    "device_noise_model_for",
+    "device_properties",
+    "device_target",
+    "resolve_devices",
+    "restrict_noise_model",
+    "served_name",
+    "source_for_name",
+]
+
+#: A small 5-qubit Falcon next to two large Herons.
+DEFAULT_BACKENDS: str = "ibm_fez,ibm_torino,ibm_manila"
+
+#: Prefixes accepted in front of a snapshot directory name.
+_PREFIXES = ("ibm_", "ibmq_", "fake_", "alt_")
+#: Served names must be plain identifiers (they appear in URL paths).
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """One served QPU.
+
+    ``configuration`` and ``properties`` are the JSON-ready payloads of
+    ``GET /backends/{name}/configuration`` and ``…/properties``; treat them as read-only (they are
+    fresh copies per :class:`Device`, but shared by everyone holding this object).
+    """
+
+    name: str
+    """Served name, e.g. ``ibm_fez``, or an alias like ``my_qpu``."""
+    source: str
+    """Snapshot directory name, e.g. ``fez``: the key of every per-device cache."""
+    num_qubits: int
+    configuration: dict[str, Any]
+    """``conf_<source>.json`` with ``backend_name`` = ``name``, ``simulator`` false and an
+    ``online_date``."""
+    properties: dict[str, Any]
+    """``props_<source>.json`` with ``backend_name`` = ``name``."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The catalogue
+# ---------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _snapshot_dir() -> Path:
+    # Locate the package without importing it: importing qiskit_ibm_runtime.fake_provider pulls in
+    # every fake backend class.
+    spec = importlib.util.find_spec("qiskit_ibm_runtime")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("qiskit-ibm-runtime is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "fake_provider" / "backends"
+
+
+def _conf_path(source: str) -> Path:
+    return _snapshot_dir() / source / f"conf_{source}.json"
+
+
+def _props_path(source: str) -> Path:
+    return _snapshot_dir() / source / f"props_{source}.json"
+
+
+@lru_cache(maxsize=1)
+def _sources() -> tuple[str, ...]:
+    """Snapshot directories that have both a configuration and a properties file."""
+    out = []
+    for entry in sorted(_snapshot_dir().iterdir()):
+        source = entry.name
+        if entry.is_dir() and _conf_path(source).is_file() and _props_path(source).is_file():
+            out.append(source)
+    return tuple(out)
+
+
+def served_name(source: str) -> str:
+    """The default served name of a snapshot: ``ibm_<source>``."""
+    return f"ibm_{source}"
+
+
+def available_devices() -> dict[str, str]:
+    """Served IBM name → snapshot source, for every snapshot with conf and props files.
+
+    The keys are the default served names (``ibm_<source>``); :func:`source_for_name` accepts the
+    other spellings too. Reads directory listings only.
+    """
+    return {served_name(s): s for s in _sources()}
+
+
+def source_for_name(name: str) -> str | None:
+    """The snapshot source a device name refers to, or ``None``.
+
+    Accepts ``ibm_manila``, ``ibmq_manila``, ``fake_manila``, ``alt_manila`` and ``manila``
+    (case-insensitive).
+    """
+    key = name.strip().lower()
+    sources = set(_sources())
+    if key in sources:
+        return key
+    for prefix in _PREFIXES:
+        if key.startswith(prefix) and key[len(prefix) :] in sources:
+            return key[len(prefix) :]
+    return None
+
+
+def _unknown(name: str) -> ValueError:
+    known = ", ".join(available_devices())
+    return ValueError(f"unknown device {name!r}; known devices: {known}")
+
+
+@cache
+def _raw_json(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def device_configuration(source: str) -> dict[str, Any]:
+    """A fresh copy of ``conf_<source>.json`` as shipped (``backend_name`` not renamed)."""
+    return json.loads(_raw_json(str(_conf_path(source))))  # type: ignore[no-any-return]
+
+
+def device_properties(source: str) -> dict[str, Any]:
+    """A fresh copy of ``props_<source>.json`` as shipped."""
+    return json.loads(_raw_json(str(_props_path(source))))  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceLimits:
+    """The configuration fields the classical stage validates jobs against."""
+
+    num_qubits: int
+    max_shots: int
+    """Shots per PUB, at most."""
+    max_experiments: int | None
+    """Circuits per sub-job (``None`` when the snapshot does not say)."""
+    rep_delay_range_s: tuple[float, float] | None
+    """Allowed ``execution.rep_delay``, seconds (the configuration gives µs)."""
+    default_rep_delay_s: float
+    """Used when the job does not set ``rep_delay`` (250 µs when the snapshot does not say)."""
+
+
+@cache
+def device_limits(source: str) -> DeviceLimits:
+    """The device's :class:`DeviceLimits`, cached per worker process."""
+    conf = device_configuration(source)
+    rng = conf.get("rep_delay_range")
+    default = conf.get("default_rep_delay")
+    return DeviceLimits(
+        num_qubits=int(conf["n_qubits"]),
+        max_shots=int(conf.get("max_shots") or 100_000),
+        max_experiments=int(conf["max_experiments"]) if conf.get("max_experiments") else None,
+        rep_delay_range_s=(float(rng[0]) * 1e-6, float(rng[1]) * 1e-6) if rng else None,
+        default_rep_delay_s=float(default) * 1e-6 if default is not None else 250e-6,
+    )
+
+
+def device_for_name(name: str, source_name: str | None = None) -> Device:
+    """Build the :class:`Device` served as ``name`` from the snapshot ``source_name`` refers to
+    (``name`` itself when omitted). Raises ``ValueError`` for unknown names."""
+    source = source_for_name(source_name if source_name is not None else name)
+    if source is None:
+        raise _unknown(source_name if source_name is not None else name)
+    conf = device_configuration(source)
+    conf["backend_name"] = name
+    # The official client skips sessions for simulators and drops configurations without an
+    # online_date (spec pitfalls 8 and 9).
+    conf["simulator"] = False
+    conf.setdefault("online_date", "2020-01-01T00:00:00+00:00")
+    props = device_properties(source)
+    props["backend_name"] = name
+    return Device(
+        name=name,
+        source=source,
+        num_qubits=int(conf["n_qubits"]),
+        configuration=conf,
+        properties=props,
+    )
+
+
+def resolve_devices(spec: str) -> list[Device]:
+    """Parse a comma-separated device list: items ``ibm_fez`` or ``alias=ibm_fez``.
+
+    A bare item is served under its default name ``ibm_<source>`` whatever spelling was used
+    (``fake_manila`` → ``ibm_manila``); ``alias=…`` serves the snapshot under ``alias``.
+
+    Raises:
+        ValueError: for an empty list, an unknown device (the message lists the known names), an
+            invalid alias, or two items served under the same name.
+    """
+    items = [item.strip() for item in spec.split(",") if item.strip()]
+    if not items:
+        raise ValueError(f"no devices given in {spec!r}; known devices: "
+                         + ", ".join(available_devices()))
+    devices: list[Device] = []
+    seen: set[str] = set()
+    for item in items:
+        if "=" in item:
+            alias, _, target = (part.strip() for part in item.partition("="))
+            if not _NAME_RE.match(alias):
+                raise ValueError(
+                    f"invalid served name {alias!r} in {item!r}: use letters, digits, '_' or '-'"
+                )
+        else:
+            alias, target = "", item
+        source = source_for_name(target)
+        if source is None:
+            raise _unknown(target)
+        name = alias or served_name(source)
+        if name in seen:
+            raise ValueError(f"device name {name!r} is served twice in {spec!r}")
+        seen.add(name)
+        devices.append(device_for_name(name, source))
+    return devices
+
+
+# ---------------------------------------------------------------------------------------------
+# Transpiler and noise views (cached per worker process)
+# ---------------------------------------------------------------------------------------------
+
+
+@cache
+def _fake_backend(source: str) -> FakeBackendV2:
+    """A fake backend over one snapshot, built without importing every fake backend class."""
+    from qiskit_ibm_runtime.fake_provider.fake_backend import FakeBackendV2
+
+    if source not in _sources():
+        raise _unknown(source)
+    cls = type(
+        f"EmulatedFake_{source}",
+        (FakeBackendV2,),
+        {
+            "dirname": str(_snapshot_dir() / source),
+            "conf_filename": f"conf_{source}.json",
+            "props_filename": f"props_{source}.json",
+            "backend_name": f"fake_{source}",
+        },
+    )
+    return cls()
+
+
+@cache
+def device_target(source: str) -> Target:
+    """The device's transpiler :class:`~qiskit.transpiler.Target`, with instruction durations.
+
+    Built exactly as the fake backends build theirs (``convert_to_target`` with control flow and
+    fractional gates allowed), so it accepts every ISA circuit the device can run.
+    """
+    return _fake_backend(source).target
+
+
+@cache
+def device_noise_model(source: str) -> NoiseModel:
+    """``NoiseModel.from_backend`` on the fake backend: the whole device.
+
+    Slow for large devices (about 4 s for 156 qubits) and slow to *simulate with* (Aer converts
+    every qubit's errors per run): the QPU stage uses :func:`device_noise_model_for` instead.
+    """
+    from qiskit_aer.noise import NoiseModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return NoiseModel.from_backend(_fake_backend(source))
+
+
+def restrict_noise_model(model: NoiseModel, physical: tuple[int, ...]) -> NoiseModel:
+    """Any device-wide noise model (e.g. a job's ``simulator.noise_model``) cut down to
+    ``physical`` and renumbered ``0..n-1`` in that order, like :func:`device_noise_model_for`.
+    Errors touching other qubits go; all-qubit errors stay; relaxation on delays is re-indexed."""
+    from qiskit.circuit import Delay
+    from qiskit_aer.noise import NoiseModel
+    from qiskit_aer.noise.passes import RelaxationNoisePass
+
+    index = {p: i for i, p in enumerate(physical)}
+    out = NoiseModel(basis_gates=list(model.basis_gates))
+    # NoiseModel has no public per-qubit accessors; its attribute layout is stable since Aer 0.8.
+    for name, per_qubits in model._local_quantum_errors.items():
+        for qubits, error in per_qubits.items():
+            if all(q in index for q in qubits):
+                out.add_quantum_error(error, name, [index[q] for q in qubits], warnings=False)
+    for qubits, error in model._local_readout_errors.items():
+        if all(q in index for q in qubits):
+            out.add_readout_error(error, [index[q] for q in qubits], warnings=False)
+    for name, error in model._default_quantum_errors.items():
+        out.add_all_qubit_quantum_error(error, name, warnings=False)
+    if model._default_readout_error is not None:
+        out.add_all_qubit_readout_error(model._default_readout_error, warnings=False)
+    for noise_pass in model._custom_noise_passes:
+        # Relaxation during delays (the only custom pass from_backend adds): per-qubit arrays.
+        if (isinstance(noise_pass, RelaxationNoisePass) and physical
+                and len(noise_pass._t1s) > max(physical)):
+            sel = list(physical)
+            out._custom_noise_passes.append(RelaxationNoisePass(
+                t1s=noise_pass._t1s[sel].tolist(), t2s=noise_pass._t2s[sel].tolist(),
+                dt=noise_pass._dt, op_types=Delay,
+                excited_state_populations=noise_pass._p1s[sel].tolist(),
+            ))
+    return out
+
+
+@lru_cache(maxsize=256)
+def device_noise_model_for(source: str, physical_qubits: tuple[int, ...]) -> NoiseModel:
+    """The device noise model restricted to ``physical_qubits``, renumbered ``0..n-1`` in that
+    order (qubit ``i`` of the model is physical qubit ``physical_qubits[i]``).
+
+    Equal to restricting :func:`device_noise_model` (same ``NoiseModel.from_backend`` applied to
+    the sub-target), but costs milliseconds for a few qubits instead of seconds for the device.
+    """
+    from qiskit_aer.noise import NoiseModel
+
+    sub = _sub_target(device_target(source), physical_qubits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return NoiseModel.from_backend(_target_backend_class()(sub))
+
+
+def _sub_target(target: Target, physical_qubits: tuple[int, ...]) -> Target:
+    """``target`` restricted to ``physical_qubits`` and renumbered in that order."""
+    from qiskit.transpiler import Target
+
+    index = {q: i for i, q in enumerate(physical_qubits)}
+    qprops = target.qubit_properties
+    sub = Target(
+        num_qubits=len(physical_qubits),
+        dt=target.dt,
+        granularity=target.granularity,
+        min_length=target.min_length,
+        pulse_alignment=target.pulse_alignment,
+        acquire_alignment=target.acquire_alignment,
+        qubit_properties=[qprops[q] for q in physical_qubits] if qprops else None,
+    )
+    for name in target.operation_names:
+        op = target.operation_from_name(name)
+        qmap = target[name]
+        if None in qmap:  # a global instruction (e.g. control flow)
+            sub.add_instruction(op, name=name)
+            continue
+        props = {
+            tuple(index[q] for q in qargs): inst_props
+            for qargs, inst_props in qmap.items()
+            if qargs is not None and all(q in index for q in qargs)
+        }
+        if props:
+            sub.add_instruction(op, props, name=name)
+    return sub
+
+
+@lru_cache(maxsize=1)
+def _target_backend_class() -> type:
+    """A minimal BackendV2 around a Target, for ``NoiseModel.from_backend``. Defined lazily so
+    that listing and resolving devices does not import qiskit."""
+    from qiskit.providers import BackendV2, Options
+
+    class TargetBackend(BackendV2):  # type: ignore[misc]
+        def __init__(self, target: Target) -> None:
+            super().__init__(name="emulator_subtarget")
+            self._sub_target = target
+
+        @property
+        def target(self) -> Target:
+            return self._sub_target
+
+        @property
+        def max_circuits(self) -> None:
+            return None
+
+        @classmethod
+        def _default_options(cls) -> Options:
+            return Options()
+
+        def run(self, run_input: Any, **options: Any) -> Any:
+            raise NotImplementedError("a noise-model helper, not a simulator")
+
+    return TargetBackend

@@ -1,0 +1,580 @@
+"""The job stages on real Aer: pre-processing, sampling, post-processing.
+
+Params are built exactly as the official client builds them (``base_primitive._run``): coerced
+PUBs plus options, encoded with ``RuntimeEncoder`` (which turns each PUB into a plain list).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import math
+import pickle
+import time
+import zlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio.to_process
+import numpy as np
+import pytest
+from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
+from qiskit.circuit import Parameter
+from qiskit.primitives import PrimitiveResult, PubResult, SamplerPubResult
+from qiskit.primitives.containers.estimator_pub import EstimatorPub
+from qiskit.primitives.containers.sampler_pub import SamplerPub
+from qiskit.quantum_info import SparseObservable, SparsePauliOp
+from qiskit.transpiler import generate_preset_pass_manager
+from qiskit_aer.noise import NoiseModel, ReadoutError
+from qiskit_ibm_runtime.execution_span import DoubleSliceSpan, ExecutionSpans
+from qiskit_ibm_runtime.json import RuntimeEncoder
+
+from aioruntime.protocol import ErrorCode, loads
+from emulator.backends import device_target
+from emulator.classical import (
+    JobInputError,
+    PreparedJob,
+    Sampled,
+    postprocess,
+    preprocess,
+    sample,
+)
+from emulator.timing import TimingParams, circuit_duration_s
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+T1 = T0 + timedelta(seconds=3)
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def to_isa(circuit: QuantumCircuit, source: str = "fez") -> QuantumCircuit:
+    pm = generate_preset_pass_manager(
+        optimization_level=1, target=device_target(source), seed_transpiler=11
+    )
+    return pm.run(circuit)
+
+
+def bell(measure: bool = True) -> QuantumCircuit:
+    qc = QuantumCircuit(2)
+    qc.h(0)
+    qc.cx(0, 1)
+    if measure:
+        qc.measure_all()
+    return qc
+
+
+def params_json(pubs: list[Any], options: dict[str, Any] | None = None, **extra: Any) -> str:
+    """What the official client sends as ``params`` (spec 4.1)."""
+    body = {"pubs": pubs, "options": options or {}, "version": 2, "support_qiskit": True}
+    body.update(extra)
+    return json.dumps(body, cls=RuntimeEncoder)
+
+
+def sampler_params(pubs: list[tuple[Any, ...]], options: dict[str, Any] | None = None) -> str:
+    return params_json([SamplerPub.coerce(p) for p in pubs], options)
+
+
+def estimator_params(pubs: list[tuple[Any, ...]], options: dict[str, Any] | None = None,
+                     **extra: Any) -> str:
+    return params_json([EstimatorPub.coerce(p) for p in pubs], options, **extra)
+
+
+def run(program: str, params: str, *, source: str = "fez", noise: bool = False,
+        **kwargs: Any) -> tuple[PreparedJob, PrimitiveResult]:
+    prepared = preprocess(program, params, source, **kwargs)
+    sampled = sample(prepared, noise=noise)
+    result = loads(postprocess(prepared, sampled, T0, T1))
+    assert isinstance(result, PrimitiveResult)
+    return prepared, result
+
+
+def observable(label: str, circuit: QuantumCircuit) -> SparsePauliOp:
+    """A virtual-qubit observable laid out on the ISA circuit's physical qubits."""
+    return SparsePauliOp(label).apply_layout(circuit.layout)
+
+
+@pytest.fixture(scope="module")
+def isa_bell() -> QuantumCircuit:
+    return to_isa(bell())
+
+
+@pytest.fixture(scope="module")
+def isa_bell_state() -> QuantumCircuit:
+    return to_isa(bell(measure=False))
+
+
+def within(value: float, want: float, std: float, slack: float = 1e-9) -> bool:
+    return abs(value - want) <= 5 * std + slack
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampler
+# ---------------------------------------------------------------------------------------------
+
+
+def test_bell_on_fez(isa_bell: QuantumCircuit) -> None:
+    assert isa_bell.num_qubits == 156
+    prepared, result = run("sampler", sampler_params([(isa_bell, None, 2000)]))
+    (pub,) = result
+    assert isinstance(pub, SamplerPubResult)
+    counts = pub.data.meas.get_counts()
+    assert set(counts) <= {"00", "11"}
+    assert sum(counts.values()) == 2000 == pub.data.meas.num_shots
+    assert abs(counts.get("00", 0) - 1000) < 5 * math.sqrt(2000 * 0.25)
+    assert pub.metadata == {"circuit_metadata": {}}
+    # only the Bell pair's qubits reach Aer
+    assert len(prepared.metadata["physical_qubits"]) == 2
+    assert prepared.sampler_pubs[0].circuit.num_qubits == 2
+    assert (prepared.num_circuits, prepared.executions) == (1, 2000)
+
+
+def test_seed_reproduces(isa_bell: QuantumCircuit) -> None:
+    def bits(seed: int) -> np.ndarray:
+        params = sampler_params([(isa_bell, None, 500)], {"simulator": {"seed_simulator": seed}})
+        _, result = run("sampler", params)
+        return np.asarray(result[0].data.meas.array)
+
+    first = bits(1234)
+    assert np.array_equal(first, bits(1234))
+    assert not np.array_equal(first, bits(4321))
+
+
+def test_result_metadata_and_execution_spans(isa_bell: QuantumCircuit) -> None:
+    circuit = isa_bell.copy()
+    circuit.metadata = {"name": "bell", "n": 2}
+    _, result = run("sampler", sampler_params([(circuit, None, 100), (circuit, None, 30)]))
+    assert result.metadata["version"] == 2
+    spans = result.metadata["execution"]["execution_spans"]
+    assert isinstance(spans, ExecutionSpans) and len(spans) == 1
+    span = spans[0]
+    assert isinstance(span, DoubleSliceSpan)
+    assert (span.start, span.stop) == (T0, T1)
+    assert span.pub_idxs == [0, 1] and span.size == 130
+    assert span.mask(0).shape == (100,) and span.mask(0).all()
+    assert span.mask(1).shape == (30,) and span.mask(1).all()
+    assert result[0].metadata == {"circuit_metadata": {"name": "bell", "n": 2}}
+    assert result[1].data.meas.num_shots == 30
+
+
+def test_parameter_broadcasting_shapes() -> None:
+    theta, phi = Parameter("θ"), Parameter("φ")
+    qc = QuantumCircuit(1)
+    qc.ry(theta, 0)
+    qc.rz(phi, 0)
+    qc.measure_all()
+    circuit = to_isa(qc)
+    values = np.zeros((2, 3, 2))
+    values[1, :, 0] = np.pi  # second row: RY(π)|0> = |1>
+    prepared, result = run("sampler", sampler_params([(circuit, values, 50)]))
+    meas = result[0].data.meas
+    assert result[0].data.shape == (2, 3) and meas.shape == (2, 3) and meas.num_shots == 50
+    assert meas[0, 1].get_counts() == {"0": 50}
+    assert meas[1, 2].get_counts() == {"1": 50}
+    assert (prepared.num_circuits, prepared.executions) == (6, 300)
+    span = result.metadata["execution"]["execution_spans"][0]
+    assert span.size == 300 and span.mask(0).shape == (2, 3, 50) and span.mask(0).all()
+
+
+def test_one_field_per_classical_register() -> None:
+    qr = QuantumRegister(3, "q")
+    alpha, beta = ClassicalRegister(1, "alpha"), ClassicalRegister(2, "beta")
+    qc = QuantumCircuit(qr, alpha, beta)
+    qc.x(0)
+    qc.x(2)
+    qc.measure(0, alpha[0])
+    qc.measure([1, 2], beta)
+    _, result = run("sampler", sampler_params([(to_isa(qc), None, 20)]))
+    data = result[0].data
+    assert sorted(data) == ["alpha", "beta"]
+    assert data.alpha.get_counts() == {"1": 20}
+    assert data.beta.get_counts() == {"10": 20}
+
+
+def test_default_shots(isa_bell: QuantumCircuit) -> None:
+    assert SamplerPub.coerce((isa_bell,)).shots is None  # the client sends shots: null
+    _, result = run("sampler", sampler_params([(isa_bell,)], {"default_shots": 77}))
+    assert result[0].data.meas.num_shots == 77
+    prepared = preprocess("sampler", sampler_params([(isa_bell,)]), "fez")
+    assert prepared.sampler_pubs[0].shots == 4096
+
+
+def test_idle_qubits_with_delays_and_barriers_are_not_simulated(isa_bell: QuantumCircuit) -> None:
+    circuit = isa_bell.copy()
+    circuit.barrier()  # all 156 qubits
+    circuit.delay(100, 150, unit="dt")  # an idle qubit
+    prepared, result = run("sampler", sampler_params([(circuit, None, 100)]))
+    assert len(prepared.metadata["physical_qubits"]) == 2
+    assert set(result[0].data.meas.get_counts()) <= {"00", "11"}
+
+
+def test_dynamic_circuit() -> None:
+    qc = QuantumCircuit(2, 2)
+    qc.x(0)
+    qc.measure(0, 0)
+    with qc.if_test((qc.clbits[0], 1)):
+        qc.x(1)
+    qc.measure(1, 1)
+    circuit = to_isa(qc)
+    assert "if_else" in circuit.count_ops()
+    _, result = run("sampler", sampler_params([(circuit, None, 50)]))
+    assert result[0].data.c.get_counts() == {"11": 50}
+
+
+def test_noisy_bell_on_fez_is_fast(isa_bell: QuantumCircuit) -> None:
+    prepared = preprocess("sampler", sampler_params([(isa_bell, None, 4000)],
+                                                     {"simulator": {"seed_simulator": 5}}), "fez")
+    start = time.perf_counter()
+    sampled = sample(prepared, noise=True)  # builds the 2-qubit noise model on first use
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    again = sample(prepared, noise=True)
+    second = time.perf_counter() - start
+    assert first < 3.0 and second < 0.5, (first, second)
+    assert again.aer_seconds < 0.5
+    counts = sampled.data[0].meas.get_counts()
+    errors = counts.get("01", 0) + counts.get("10", 0)
+    assert 0 < errors < 0.1 * 4000  # noisy, but still a Bell pair
+
+
+def test_compacted_noisy_run_matches_the_whole_device_model() -> None:
+    """Compaction + restricted noise model is the same simulation as the whole-device model:
+    with one seed, Aer draws the very same shots."""
+    from qiskit_aer.primitives import SamplerV2
+
+    from emulator.backends import device_noise_model
+
+    qc = QuantumCircuit(5, 3)
+    qc.h(1)
+    qc.cx(1, 2)
+    qc.cx(2, 3)
+    qc.measure([1, 2, 3], [0, 1, 2])
+    circuit = to_isa(qc, "manila")
+    prepared = preprocess("sampler", sampler_params([(circuit, None, 3000)],
+                                                     {"simulator": {"seed_simulator": 17}}),
+                          "manila")
+    assert prepared.sampler_pubs[0].circuit.num_qubits == 3
+    ours = sample(prepared, noise=True).data[0].c.get_counts()
+    whole = SamplerV2(seed=17, options={"backend_options": {"noise_model":
+                                                             device_noise_model("manila")}})
+    theirs = whole.run([(circuit, None, 3000)]).result()[0].data.c.get_counts()
+    assert ours == theirs
+    assert len(ours) > 2  # there is noise
+
+
+def test_circuits_on_distant_qubits_are_simulated_apart() -> None:
+    """Two GHZ states at opposite ends of the chip: two small simulations, not one wide one."""
+    def ghz(first: int) -> QuantumCircuit:
+        qc = QuantumCircuit(156)
+        qc.h(first)
+        for q in range(first, first + 5):
+            qc.cx(q, q + 1)
+        qc.measure_all()  # all 156 qubits: 150 of them only ever read 0
+        return qc
+
+    pm = generate_preset_pass_manager(optimization_level=1, target=device_target("fez"),
+                                      initial_layout=list(range(156)))
+    a, b = pm.run(ghz(0)), pm.run(ghz(100))
+    prepared = preprocess("sampler", sampler_params([(a, None, 200), (b, None, 200)]), "fez")
+    assert prepared.metadata["pub_qubits"] == [tuple(range(6)), tuple(range(100, 106))]
+    assert [p.circuit.num_qubits for p in prepared.sampler_pubs] == [7, 7]  # + one ground qubit
+    sampled = sample(prepared, noise=True)
+    assert sampled.aer_seconds < 5
+    _, result = run("sampler", sampler_params([(b, None, 200)]))
+    counts = result[0].data.meas.get_counts()
+    ones = "0" * 50 + "1" * 6 + "0" * 100
+    assert set(counts) == {"0" * 156, ones}
+
+
+def test_user_noise_model_is_honoured(isa_bell: QuantumCircuit) -> None:
+    model = NoiseModel()
+    model.add_all_qubit_readout_error(ReadoutError([[0.5, 0.5], [0.5, 0.5]]))
+    params = sampler_params([(isa_bell, None, 400)], {"simulator": {"noise_model": model}})
+    _, result = run("sampler", params, noise=False)
+    assert {"01", "10"} <= set(result[0].data.meas.get_counts())
+
+
+def test_circuit_without_registers_gives_an_empty_databin(isa_bell_state: QuantumCircuit) -> None:
+    _, result = run("sampler", sampler_params([(isa_bell_state, None, 10)]))
+    assert list(result[0].data) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Estimator
+# ---------------------------------------------------------------------------------------------
+
+
+def test_estimator_bell(isa_bell_state: QuantumCircuit) -> None:
+    labels = ["ZZ", "XX", "YY", "IZ", "ZI"]
+    obs = [observable(label, isa_bell_state) for label in labels]
+    params = estimator_params([(isa_bell_state, obs, None, None)],
+                              {"simulator": {"seed_simulator": 3}})
+    prepared, result = run("estimator", params)
+    (pub,) = result
+    assert isinstance(pub, PubResult)
+    evs, stds = pub.data.evs, pub.data.stds
+    assert evs.shape == stds.shape == pub.data.ensemble_standard_error.shape == (5,)
+    assert evs[0] == pytest.approx(1.0) and evs[1] == pytest.approx(1.0)
+    assert evs[2] == pytest.approx(-1.0)
+    for k in (3, 4):
+        assert within(evs[k], 0.0, stds[k])
+        assert 0 < stds[k] <= 0.015625 * 1.01
+    assert pub.metadata["target_precision"] == 0.015625
+    assert pub.metadata["shots"] == 4096
+    assert pub.metadata["num_randomizations"] == 1
+    assert pub.metadata["circuit_metadata"] == {}
+    assert result.metadata["version"] == 2
+    assert {"dynamical_decoupling", "twirling", "resilience"} <= set(result.metadata)
+    # ZZ, IZ, ZI share the Z basis; XX and YY need a group each
+    assert len(prepared.sampler_pubs) == 3
+    assert prepared.executions == 3 * 4096
+
+
+def test_estimator_on_a_falcon() -> None:
+    circuit = to_isa(bell(measure=False), "manila")
+    labels = ["XX", "YY", "ZZ"]
+    params = estimator_params([(circuit, [observable(k, circuit) for k in labels], None, None)])
+    _, result = run("estimator", params, source="manila")
+    assert result[0].data.evs == pytest.approx([1.0, -1.0, 1.0])
+
+
+def test_estimator_parameter_grid(isa_bell_state: QuantumCircuit) -> None:
+    theta = Parameter("θ")
+    qc = QuantumCircuit(1)
+    qc.ry(theta, 0)
+    circuit = to_isa(qc)
+    thetas = np.linspace(0, np.pi, 7)
+    obs = [[observable("Z", circuit)], [observable("X", circuit)]]  # shape (2, 1)
+    values = thetas.reshape(1, 7, 1)  # parameter shape (1, 7)
+    params = estimator_params([(circuit, obs, values, 0.02)])
+    prepared, result = run("estimator", params)
+    data = result[0].data
+    assert data.evs.shape == data.stds.shape == (2, 7)
+    for k, theta_k in enumerate(thetas):
+        assert within(data.evs[0, k], math.cos(theta_k), data.stds[0, k], 1e-6)
+        assert within(data.evs[1, k], math.sin(theta_k), data.stds[1, k], 1e-6)
+    assert np.all(data.stds <= 0.02 * 1.01)
+    assert result[0].metadata["shots"] == 2500 == math.ceil(1 / 0.02**2)
+    # one Z group and one X group, each at 7 parameter sets
+    assert (prepared.num_circuits, prepared.executions) == (14, 14 * 2500)
+
+
+def test_estimator_sums_terms_and_supports_projectors(isa_bell_state: QuantumCircuit) -> None:
+    weighted = SparsePauliOp(["ZZ", "XX", "II"], [0.5, -2.0, 0.25]).apply_layout(
+        isa_bell_state.layout
+    )
+    projector = SparseObservable("00").apply_layout(isa_bell_state.layout)
+    params = estimator_params([(isa_bell_state, [weighted, projector], None, 0.01)])
+    _, result = run("estimator", params)
+    evs, stds = result[0].data.evs, result[0].data.stds
+    assert evs[0] == pytest.approx(0.5 - 2.0 + 0.25)
+    assert within(evs[1], 0.5, stds[1])
+
+
+def test_estimator_precision_defaults(isa_bell_state: QuantumCircuit) -> None:
+    obs = observable("ZZ", isa_bell_state)
+    pub = (isa_bell_state, obs, None, None)
+    with_default = preprocess("estimator", estimator_params([pub], {"default_precision": 0.05}),
+                              "fez")
+    assert with_default.sampler_pubs[0].shots == 400
+    assert with_default.post[0].precision == 0.05
+    with_shots = preprocess("estimator", estimator_params([pub], {"default_shots": 1000}), "fez")
+    assert with_shots.sampler_pubs[0].shots == 1000
+    explicit = preprocess("estimator", estimator_params([(isa_bell_state, obs, None, 0.1)],
+                                                        {"default_shots": 1000}), "fez")
+    assert explicit.sampler_pubs[0].shots == 100
+
+
+# ---------------------------------------------------------------------------------------------
+# The time model
+# ---------------------------------------------------------------------------------------------
+
+
+def test_quantum_seconds_sampler(isa_bell: QuantumCircuit) -> None:
+    target = device_target("fez")
+    timing = TimingParams(overhead_s=1.5, init_s=1e-4)
+    params = sampler_params([(isa_bell, None, 1000), (isa_bell, None, 10)],
+                            {"execution": {"rep_delay": 100e-6}})
+    prepared = preprocess("sampler", params, "fez", timing=timing)
+    duration = isa_bell.estimate_duration(target, unit="s")
+    want = 1.5 + 1010 * (100e-6 + 1e-4 + duration)
+    assert prepared.quantum_seconds == pytest.approx(want, rel=1e-12)
+    assert prepared.metadata["rep_delay_s"] == pytest.approx(100e-6)
+    default = preprocess("sampler", sampler_params([(isa_bell, None, 1000)]), "fez")
+    t = TimingParams()
+    assert default.quantum_seconds == pytest.approx(
+        t.overhead_s + 1000 * (250e-6 + t.init_s + duration), rel=1e-12
+    )
+
+
+def test_quantum_seconds_estimator_counts_groups_and_parameter_sets() -> None:
+    theta = Parameter("θ")
+    qc = QuantumCircuit(2)
+    qc.ry(theta, 0)
+    qc.cx(0, 1)
+    circuit = to_isa(qc)
+    obs = [observable("ZZ", circuit), observable("XX", circuit)]
+    values = np.linspace(0, 1, 4).reshape(4, 1, 1)  # parameter shape (4, 1) x observables (2,)
+    prepared = preprocess("estimator", estimator_params([(circuit, obs, values, 0.1)]), "fez")
+    target = device_target("fez")
+    # By hand: the circuit + (for XX) H = rz·sx·rz on both qubits, then both measured.
+    q0, q1 = circuit.layout.final_index_layout()
+    z_group = circuit.copy()
+    z_group.measure_all()
+    x_group = circuit.copy()
+    for q in (q0, q1):
+        x_group.rz(math.pi / 2, q)
+        x_group.sx(q)
+        x_group.rz(math.pi / 2, q)
+    x_group.measure_all()
+    durations = [circuit_duration_s(c, target) for c in (z_group, x_group)]
+    t = TimingParams()
+    want = t.overhead_s + sum(4 * 100 * (250e-6 + t.init_s + d) for d in durations)
+    assert prepared.quantum_seconds == pytest.approx(want, rel=1e-9)
+    assert (prepared.num_circuits, prepared.executions) == (8, 800)
+
+
+def test_subjobs_follow_max_experiments() -> None:
+    theta = Parameter("θ")
+    qc = QuantumCircuit(1)
+    qc.rx(theta, 0)
+    qc.measure_all()
+    values = np.zeros((301, 1))
+    prepared = preprocess("sampler", sampler_params([(to_isa(qc), values, 10)]), "fez")
+    assert prepared.num_circuits == 301 and prepared.metadata["subjobs"] == 2
+    assert prepared.quantum_seconds > 2 * TimingParams().overhead_s
+
+
+def test_max_executions(isa_bell: QuantumCircuit) -> None:
+    params = sampler_params([(isa_bell, None, 600), (isa_bell, None, 500)])
+    assert preprocess("sampler", params, "fez", max_executions=1100).executions == 1100
+    with pytest.raises(JobInputError) as info:
+        preprocess("sampler", params, "fez", max_executions=1000)
+    assert info.value.code == ErrorCode.VALIDATION
+    assert "1100" in info.value.message and "1000" in info.value.message
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+
+
+def corrupt_qpy(params: str) -> str:
+    body = json.loads(params)
+    body["pubs"][0][0]["__value__"] = base64.standard_b64encode(
+        zlib.compress(b"definitely not QPY")
+    ).decode()
+    return json.dumps(body)
+
+
+def wide_circuit() -> QuantumCircuit:
+    qc = QuantumCircuit(157)
+    qc.rz(0.1, 0)
+    qc.measure_all()
+    return qc
+
+
+def bad_cases(isa_bell: QuantumCircuit, isa_bell_state: QuantumCircuit) -> list[Any]:
+    zz = observable("ZZ", isa_bell_state)
+    good = sampler_params([(isa_bell, None, 10)])
+    not_coupled = QuantumCircuit(156)
+    not_coupled.cz(0, 100)
+    return [
+        ("sampler", "{not json", ErrorCode.VALIDATION, ["not valid JSON"]),
+        ("sampler", "[1, 2]", ErrorCode.VALIDATION, ["JSON object"]),
+        ("sampler", corrupt_qpy(good), ErrorCode.VALIDATION, ["circuit (QPY)", "pubs[0][0]"]),
+        ("qaoa", good, ErrorCode.VALIDATION, ["Unknown program", "qaoa"]),
+        ("sampler", params_json([]), ErrorCode.VALIDATION, ["non-empty"]),
+        ("sampler", sampler_params([(wide_circuit(), None, 10)]), ErrorCode.VALIDATION,
+         ["157 qubits", "156", "ibm_fez"]),
+        ("sampler", sampler_params([(bell(), None, 10)]), ErrorCode.TRANSPILATION,
+         ["instruction 'h' on qubits (0,)", "not supported by ibm_fez"]),
+        ("sampler", sampler_params([(not_coupled, None, 10)]), ErrorCode.TRANSPILATION,
+         ["'cz' on qubits (0, 100)"]),
+        ("estimator", estimator_params([(bell(False), "ZZ", None, None)]),
+         ErrorCode.TRANSPILATION, ["'h'"]),
+        ("sampler", params_json([[isa_bell, np.zeros((0,)), 0]]), ErrorCode.VALIDATION,
+         ["shots", "between 1 and 100000", "not 0"]),
+        ("sampler", params_json([[isa_bell, np.zeros((0,)), 100_001]]), ErrorCode.VALIDATION,
+         ["shots", "100000", "100001"]),
+        ("sampler", sampler_params([(isa_bell,)], {"default_shots": -5}), ErrorCode.VALIDATION,
+         ["default_shots"]),
+        ("sampler", params_json([[isa_bell, np.zeros((0,)), 2.5]]), ErrorCode.VALIDATION,
+         ["shots must be an integer"]),
+        ("estimator", estimator_params([(isa_bell_state, zz, None, 0.0)]), ErrorCode.VALIDATION,
+         ["precision", "> 0"]),
+        ("estimator", params_json([[isa_bell_state, zz.to_list(), np.zeros(0), -0.1]]),
+         ErrorCode.VALIDATION, ["precision", "-0.1"]),
+        ("estimator", estimator_params([(isa_bell_state, zz, None, None)],
+                                       {"default_precision": 0.0}),
+         ErrorCode.VALIDATION, ["default_precision"]),
+        ("estimator", estimator_params([(isa_bell_state, zz, None, 0.001)]),
+         ErrorCode.VALIDATION, ["1000000 shots", "100000"]),
+        ("sampler", sampler_params([(isa_bell, None, 10)], {"execution": {"rep_delay": 1e-3}}),
+         ErrorCode.VALIDATION, ["rep_delay", "0.001", "500 µs"]),
+        ("sampler", sampler_params([(isa_bell, None, 10)], {"execution": {"rep_delay": "x"}}),
+         ErrorCode.VALIDATION, ["rep_delay"]),
+        ("sampler", params_json([[isa_bell, np.zeros((2,)), 10]]), ErrorCode.VALIDATION,
+         ["pubs[0]", "0 parameters", "shape (2,)"]),
+        ("estimator", params_json([[isa_bell_state, {"ZZ": 1.0}, np.zeros(0), None]]),
+         ErrorCode.VALIDATION, ["pubs[0]", "number of qubits"]),
+        ("sampler", params_json(["not a pub"]), ErrorCode.VALIDATION, ["pubs[0]"]),
+        ("sampler", sampler_params([(isa_bell, None, 10)],
+                                   {"execution": {"meas_type": "kerneled"}}),
+         ErrorCode.VALIDATION, ["meas_type"]),
+    ]
+
+
+def test_bad_inputs(isa_bell: QuantumCircuit, isa_bell_state: QuantumCircuit) -> None:
+    for program, params, code, words in bad_cases(isa_bell, isa_bell_state):
+        with pytest.raises(JobInputError) as info:
+            preprocess(program, params, "fez")
+        err = info.value
+        assert err.code == code, (words, err.message)
+        for word in words:
+            assert word in err.message, (word, err.message)
+
+
+def test_job_input_error_pickles() -> None:
+    err = JobInputError(ErrorCode.TRANSPILATION, "instruction 'h' is not supported")
+    back = pickle.loads(pickle.dumps(err))
+    assert isinstance(back, JobInputError)
+    assert (back.code, back.message, back.args) == (err.code, err.message, err.args)
+    assert str(back) == str(err)
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker processes
+# ---------------------------------------------------------------------------------------------
+
+
+def test_stage_outputs_pickle(isa_bell: QuantumCircuit, isa_bell_state: QuantumCircuit) -> None:
+    for program, params in (
+        ("sampler", sampler_params([(isa_bell, None, 10)])),
+        ("estimator", estimator_params([(isa_bell_state, observable("XX", isa_bell_state))])),
+    ):
+        prepared = preprocess(program, params, "fez")
+        sampled = sample(prepared, noise=False)
+        for obj in (prepared, sampled):
+            assert type(pickle.loads(pickle.dumps(obj))) is type(obj)
+        again = pickle.loads(pickle.dumps(prepared))
+        assert loads(postprocess(again, pickle.loads(pickle.dumps(sampled)), T0, T1))
+
+
+async def test_stages_run_in_worker_processes(isa_bell: QuantumCircuit) -> None:
+    params = sampler_params([(isa_bell, None, 300)], {"simulator": {"seed_simulator": 9}})
+    prepared = await anyio.to_process.run_sync(
+        functools.partial(preprocess, timing=TimingParams(), max_executions=10_000),
+        "sampler", params, "fez",
+    )
+    assert isinstance(prepared, PreparedJob)
+    sampled = await anyio.to_process.run_sync(functools.partial(sample, noise=False), prepared)
+    assert isinstance(sampled, Sampled)
+    text = await anyio.to_process.run_sync(postprocess, prepared, sampled, T0, T1)
+    counts = loads(text)[0].data.meas.get_counts()
+    assert sum(counts.values()) == 300 and set(counts) <= {"00", "11"}
+    with pytest.raises(JobInputError) as info:
+        await anyio.to_process.run_sync(preprocess, "sampler", "{", "fez")
+    assert info.value.code == ErrorCode.VALIDATION
