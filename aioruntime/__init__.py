@@ -1,0 +1,88 @@
+"""aioruntime: an asyncio-native client for IBM's Qiskit Runtime REST API.
+
+::
+
+    from aioruntime import AsyncRuntimeService, AsyncSession, AsyncEstimatorV2
+
+    async with AsyncRuntimeService(url=..., token=..., instance=...) as service:
+        backend = await service.backend("ibm_fez")
+        async with AsyncSession(backend) as session:
+            job = await AsyncEstimatorV2(mode=session).run([(isa_circuit, observable)])
+            result = await job
+
+The wire protocol lives in :mod:`aioruntime.protocol`; the exception tree is drawn in
+:mod:`aioruntime.errors`.
+"""
+
+from __future__ import annotations
+
+from ._http import VERSION as __version__
+from .errors import (
+    AioRuntimeError,
+    ApiError,
+    BackendNotFoundError,
+    BadRequestError,
+    ClosedError,
+    InputValueError,
+    InvalidStateError,
+    JobCancelledError,
+    JobError,
+    JobFailedError,
+    JobMaxTimeoutError,
+    JobNotFoundError,
+    JobTimeoutError,
+    NotAuthorizedError,
+    NotFoundError,
+    ProgramNotFoundError,
+    RateLimitError,
+    RequestTimeoutError,
+    ServerError,
+    ServiceClosedError,
+    SessionClosedError,
+    SessionNotFoundError,
+    TransportError,
+    UsageError,
+)
+from .job import AsyncRuntimeJob, WaitStatistics
+from .primitives import AsyncEstimatorV2, AsyncSamplerV2
+from .service import AsyncBackend, AsyncRuntimeService, ServiceState, ServiceStatistics
+from .session import AsyncBatch, AsyncSession, ModeState
+
+__all__ = [
+    "AioRuntimeError",
+    "ApiError",
+    "AsyncBackend",
+    "AsyncBatch",
+    "AsyncEstimatorV2",
+    "AsyncRuntimeJob",
+    "AsyncRuntimeService",
+    "AsyncSamplerV2",
+    "AsyncSession",
+    "BackendNotFoundError",
+    "BadRequestError",
+    "ClosedError",
+    "InputValueError",
+    "InvalidStateError",
+    "JobCancelledError",
+    "JobError",
+    "JobFailedError",
+    "JobMaxTimeoutError",
+    "JobNotFoundError",
+    "JobTimeoutError",
+    "ModeState",
+    "NotAuthorizedError",
+    "NotFoundError",
+    "ProgramNotFoundError",
+    "RateLimitError",
+    "RequestTimeoutError",
+    "ServerError",
+    "ServiceClosedError",
+    "ServiceState",
+    "ServiceStatistics",
+    "SessionClosedError",
+    "SessionNotFoundError",
+    "TransportError",
+    "UsageError",
+    "WaitStatistics",
+    "__version__",
+]

@@ -1,0 +1,435 @@
+"""aioruntime without the emulator: public surface, errors, configuration, IAM token handling,
+retries, and the waiting machinery against an in-loop fake server (no sleeps, no emulator)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from client_helpers import API_KEY, INSTANCE, FakeRuntime
+from qiskit.primitives.containers import PrimitiveResult
+
+import aioruntime
+from aioruntime import (
+    AioRuntimeError,
+    ApiError,
+    AsyncRuntimeJob,
+    AsyncRuntimeService,
+    InputValueError,
+    InvalidStateError,
+    JobCancelledError,
+    JobError,
+    JobFailedError,
+    JobMaxTimeoutError,
+    JobNotFoundError,
+    JobTimeoutError,
+    NotAuthorizedError,
+    ServerError,
+    ServiceClosedError,
+    ServiceState,
+    TransportError,
+    UsageError,
+)
+from aioruntime import errors as errors_module
+from aioruntime import protocol as p
+from aioruntime._http import ClientConfig, TokenManager
+from aioruntime.session import parse_max_time
+
+# -- public surface --------------------------------------------------------------------------------
+
+PROMISED = {
+    "AsyncRuntimeService", "AsyncBackend", "AsyncSession", "AsyncBatch", "AsyncSamplerV2",
+    "AsyncEstimatorV2", "AsyncRuntimeJob", "AioRuntimeError", "TransportError", "ApiError",
+    "JobError", "UsageError", "JobFailedError", "JobMaxTimeoutError", "JobCancelledError",
+    "JobTimeoutError", "JobNotFoundError", "NotAuthorizedError", "SessionClosedError",
+}  # fmt: skip
+
+
+def test_public_names_are_exported_and_sorted() -> None:
+    assert aioruntime.__all__ == sorted(aioruntime.__all__)
+    assert PROMISED <= set(aioruntime.__all__)
+    for name in aioruntime.__all__:
+        assert getattr(aioruntime, name) is not None, name
+    assert set(errors_module.__all__) - {"api_error_class"} <= set(aioruntime.__all__)
+
+
+def test_exception_tree_families_do_not_mix() -> None:
+    families = [errors_module.TransportError, ApiError, JobError, UsageError]
+    classes = [
+        obj
+        for obj in vars(errors_module).values()
+        if inspect.isclass(obj) and issubclass(obj, AioRuntimeError) and obj is not AioRuntimeError
+    ]
+    for cls in classes:
+        assert sum(issubclass(cls, fam) for fam in families) == 1, cls
+        assert cls.__name__ in (errors_module.__doc__ or ""), f"{cls.__name__} not in the tree"
+    assert issubclass(JobMaxTimeoutError, JobFailedError)
+    assert issubclass(JobTimeoutError, TimeoutError)
+    assert issubclass(InputValueError, ValueError)
+    assert issubclass(errors_module.RequestTimeoutError, TimeoutError)
+    assert errors_module.api_error_class(401) is NotAuthorizedError
+    assert errors_module.api_error_class(409) is InvalidStateError
+    assert errors_module.api_error_class(503) is ServerError
+    err = JobNotFoundError("gone", job_id="j1", code=1291)
+    assert (err.status, err.code, err.job_id) == (404, 1291, "j1")
+    assert "HTTP 404" in str(err) and "1291" in str(err)
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+
+def test_config_reads_the_official_environment_variables() -> None:
+    env = {
+        "QISKIT_IBM_TOKEN": "key-from-env",
+        "QISKIT_IBM_URL": "http://127.0.0.1:9/api/v1/",
+        "QISKIT_IBM_INSTANCE": INSTANCE,
+        "IAM_URL": "http://127.0.0.1:9/identity/token",
+    }
+    config = ClientConfig.build(environ=env)
+    assert config.token == "key-from-env"
+    assert config.runtime_url == "http://127.0.0.1:9/api/v1"  # verbatim, no resolver
+    assert config.instance == INSTANCE
+    assert config.iam_url == "http://127.0.0.1:9"
+    assert "key-from-env" not in repr(config)
+    # arguments win over the environment
+    assert ClientConfig.build(token="arg", environ=env).token == "arg"
+
+
+def test_config_defaults_and_friendly_errors() -> None:
+    eu = "crn:v1:bluemix:public:quantum-computing:eu-de:a/abc::"
+    config = ClientConfig.build(token="k", instance=eu, environ={})
+    assert config.runtime_url == "https://eu-de.quantum.cloud.ibm.com/api/v1"
+    assert config.iam_url == "https://iam.cloud.ibm.com"
+    with pytest.raises(InputValueError, match="QISKIT_IBM_TOKEN"):
+        ClientConfig.build(instance=eu, environ={})
+    with pytest.raises(InputValueError, match="QISKIT_IBM_INSTANCE"):
+        ClientConfig.build(token="k", environ={})
+    with pytest.raises(InputValueError, match="max_connections"):
+        ClientConfig.build(token="k", instance=eu, environ={}, max_connections=10)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(None, None), (600, 600), ("2h 30m", 9000), ("1d 1s", 86401), ("25m", 1500)],
+)
+def test_max_time_accepts_the_official_forms(value: Any, seconds: int | None) -> None:
+    assert parse_max_time(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["soon", "", 0, -5, True, 1.5])
+def test_max_time_rejects_nonsense(value: Any) -> None:
+    with pytest.raises(InputValueError):
+        parse_max_time(value)
+
+
+def test_official_status_names() -> None:
+    assert p.client_job_status("Completed", None) == "DONE"
+    assert p.client_job_status("Failed", 1002) == "ERROR"
+    assert p.client_job_status("Cancelled", 1305) == "ERROR"
+    assert p.client_job_status("Cancelled", None) == "CANCELLED"
+
+
+# -- IAM tokens ------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_token_refresh_is_single_flight_and_proactive() -> None:
+    clock = FakeClock()
+    calls = 0
+    gate = asyncio.Event()
+
+    async def fetch() -> tuple[str, float]:
+        nonlocal calls
+        calls += 1
+        await gate.wait()
+        return f"token-{calls}", 100.0
+
+    tokens = TokenManager(fetch, clock=clock)
+    waiters = [asyncio.create_task(tokens.get()) for _ in range(50)]
+    await asyncio.sleep(0)
+    gate.set()
+    assert set(await asyncio.gather(*waiters)) == {"token-1"}
+    assert calls == 1
+
+    # before 80 % of the lifetime: no refresh at all
+    clock.now += 79
+    assert await tokens.get() == "token-1" and calls == 1
+    # past 80 %: callers keep the valid token while ONE refresh runs in the background
+    gate.clear()
+    clock.now += 2
+    assert await asyncio.gather(*(tokens.get() for _ in range(20))) == ["token-1"] * 20
+    assert calls == 2
+    gate.set()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert await tokens.get() == "token-2" and calls == 2
+    # expired (10 s early): callers wait for the refresh, still only one
+    clock.now += 95
+    gate.clear()
+    waiters = [asyncio.create_task(tokens.get()) for _ in range(10)]
+    await asyncio.sleep(0)
+    gate.set()
+    assert set(await asyncio.gather(*waiters)) == {"token-3"} and calls == 3
+    assert tokens.refreshes == 3
+    await tokens.aclose()
+
+
+async def test_cancelled_caller_does_not_cancel_the_shared_refresh() -> None:
+    gate = asyncio.Event()
+
+    async def fetch() -> tuple[str, float]:
+        await gate.wait()
+        return "t", 100.0
+
+    tokens = TokenManager(fetch)
+    first = asyncio.create_task(tokens.get())
+    second = asyncio.create_task(tokens.get())
+    await asyncio.sleep(0)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    gate.set()
+    assert await second == "t"
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeRuntime]:
+    server = FakeRuntime()
+    await server.start()
+    yield server
+    await server.close()
+
+
+async def test_iam_exchange_and_headers(fake: FakeRuntime) -> None:
+    async with fake.service() as service:
+        assert await service.usage() == {
+            "usage_consumed_seconds": 1,
+            "usage_limit_seconds": 10,
+            "usage_remaining_seconds": 9,
+        }
+        await service.usage()
+    assert fake.iam_calls == 1
+    assert fake.iam_forms[0] == {
+        "grant_type": p.IAM_GRANT_TYPE,
+        "apikey": API_KEY,
+        "response_type": "cloud_iam",
+    }
+
+
+async def test_bad_api_key_is_not_authorized(fake: FakeRuntime) -> None:
+    async with fake.service(token="wrong") as service:
+        with pytest.raises(NotAuthorizedError, match="API key"):
+            await service.usage()
+
+
+async def test_revoked_token_is_renewed_once_then_refused(fake: FakeRuntime) -> None:
+    async with fake.service() as service:
+        await service.usage()
+        first = service._http.tokens._token
+        assert first is not None
+        fake.revoked.add(first.value)
+        await service.usage()  # 401 → one new token → success
+        assert fake.iam_calls == 2
+        fake.reject_all_tokens = True
+        with pytest.raises(NotAuthorizedError) as info:
+            await service.usage()
+        assert info.value.status == 401 and info.value.code == 1201
+        assert fake.iam_calls == 3  # one more try with a fresh token, then give up
+
+
+async def test_5xx_is_retried_like_the_official_client(fake: FakeRuntime) -> None:
+    async with fake.service(retries=5) as service:
+        fake.fail_next = [503, 502, 500]
+        await service.usage()
+        assert service.statistics().transport.retries == 3
+        fake.fail_next = [503] * 6
+        with pytest.raises(ServerError) as info:
+            await service.usage()
+        assert info.value.status == 503 and info.value.code == 1000
+
+
+async def test_lifecycle_misuse_is_explained(fake: FakeRuntime) -> None:
+    service = fake.service()
+    assert service.state.value == "unopened"
+    with pytest.raises(ServiceClosedError, match="not open yet"):
+        await service.backends()
+    async with service:
+        assert service.state.value == "open"
+    assert service.state is ServiceState.CLOSED
+    with pytest.raises(ServiceClosedError, match="closed"):
+        await service.job("x")
+    with pytest.raises(ServiceClosedError, match="cannot be reopened"):
+        await service.open()
+
+
+async def test_unreachable_server_is_a_transport_error() -> None:
+    service = AsyncRuntimeService(
+        url="http://127.0.0.1:9/api/v1", token="k", instance=INSTANCE,
+        iam_url="http://127.0.0.1:9", retries=1, backoff_s=0.001,
+    )  # fmt: skip
+    async with service:
+        with pytest.raises(TransportError):
+            await service.usage()
+
+
+# -- waiting ---------------------------------------------------------------------------------------
+
+
+def _job(service: AsyncRuntimeService, job_id: str) -> AsyncRuntimeJob:
+    return AsyncRuntimeJob(service=service, job_id=job_id, program_id="sampler")
+
+
+async def _until(predicate: Any) -> None:
+    """Yield to the loop until ``predicate()`` holds (bounded by the test timeout). The
+    predicates read client or fake-server state that changes within a few loop iterations."""
+    while not predicate():  # noqa: ASYNC110 - no event to wait on for client-internal state
+        await asyncio.sleep(0.001)
+
+
+EMPTY_RESULT = p.dumps(PrimitiveResult([], metadata={"version": 2}))
+
+
+async def test_many_awaiters_of_one_job_share_one_waiter(fake: FakeRuntime) -> None:
+    async with fake.service() as service:
+        handles = [_job(service, "j1") for _ in range(5)]  # different handles, same job
+        awaiters = [asyncio.create_task(h.result()) for h in handles for _ in range(40)]
+        await _until(lambda: fake.waits_in_flight == 1)
+        assert service.statistics().waits.waiters == 1
+        fake.finish("j1", result_text=EMPTY_RESULT)
+        results = await asyncio.gather(*awaiters)
+        assert all(isinstance(r, PrimitiveResult) for r in results)
+        assert fake.wait_requests == 1
+        assert fake.paths("GET").count("/api/v1/aioruntime/capabilities") == 1
+        assert all(h.done() and h.last_status == "DONE" for h in handles)
+
+
+async def test_ten_thousand_waiters_are_bounded_by_the_limiter(fake: FakeRuntime) -> None:
+    n, slots = 10_000, 32
+    async with fake.service(max_concurrent_waits=slots, max_connections=64) as service:
+        waits = [asyncio.create_task(_job(service, f"j{i}").wait()) for i in range(n)]
+        await _until(lambda: fake.waits_in_flight == slots)
+        stats = service.statistics().waits
+        assert (stats.waiters, stats.slots_busy, stats.queued) == (n, slots, n - slots)
+        for i in range(n):
+            fake.finish(f"j{i}")
+        assert set(await asyncio.gather(*waits)) == {"DONE"}
+        assert fake.max_waits_in_flight == slots
+        assert fake.wait_requests == n  # one answered long-poll per job, no storm
+        assert service.statistics().waits.waiters == 0
+
+
+async def test_long_polls_rotate_round_robin(fake: FakeRuntime) -> None:
+    async with fake.service(max_concurrent_waits=2, wait_slice_s=0.05) as service:
+        waits = [asyncio.create_task(_job(service, f"r{i}").wait()) for i in range(6)]
+        # every waiter gets a turn although none of the jobs ends
+        await _until(
+            lambda: len({path for _, path, _ in fake.requests if path.endswith("/wait")}) == 6
+        )
+        assert fake.max_waits_in_flight <= 2
+        for i in range(6):
+            fake.finish(f"r{i}")
+        await asyncio.gather(*waits)
+
+
+async def test_polling_fallback_backs_off(fake: FakeRuntime) -> None:
+    fake.wait_extension = False
+    async with fake.service(poll_rate=1000) as service:
+        job = _job(service, "p1")
+        waiter = asyncio.create_task(job.result())
+        await _until(lambda: fake.paths("GET").count("/api/v1/jobs/p1") >= 4)
+        fake.finish("p1", result_text=EMPTY_RESULT)
+        assert isinstance(await waiter, PrimitiveResult)
+        polls = [q for m, path, q in fake.requests if path == "/api/v1/jobs/p1"]
+        assert all(q == {"exclude_params": "true"} for q in polls)
+        assert service.statistics().waits.mode == "poll"
+        assert not [path for path in fake.paths() if path.endswith("/wait")]
+
+
+async def test_timeout_leaves_the_job_running(fake: FakeRuntime) -> None:
+    async with fake.service() as service:
+        job = _job(service, "t1")
+        with pytest.raises(JobTimeoutError) as info:
+            await job.result(timeout=0.05)
+        assert info.value.job_id == "t1" and isinstance(info.value, TimeoutError)
+        assert fake.cancels == [] and not job.done()
+        await _until(lambda: service.statistics().waits.waiters == 0)  # the waiter stopped
+        assert await job.status() == "RUNNING"
+
+
+async def test_cancelling_the_awaiting_task_does_not_cancel_the_job(fake: FakeRuntime) -> None:
+    async with fake.service() as service:
+        job = _job(service, "c1")
+        task = asyncio.create_task(job.result())
+        await _until(lambda: fake.waits_in_flight == 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await _until(lambda: service.statistics().waits.waiters == 0)
+        assert fake.cancels == []
+        assert await job.status() == "RUNNING"
+        # job.cancel() does cancel it; awaiting it then raises JobCancelledError
+        await job.cancel()
+        assert fake.cancels == ["c1"] and job.last_status == "CANCELLED" and job.done()
+        with pytest.raises(JobCancelledError):
+            await job
+        with pytest.raises(InvalidStateError) as info:
+            await job.cancel()  # already final: 409
+        assert info.value.job_id == "c1"
+
+
+async def test_one_awaiter_cancelled_others_keep_waiting(fake: FakeRuntime) -> None:
+    async with fake.service() as service:
+        job = _job(service, "k1")
+        quitter = asyncio.create_task(job.result())
+        stayer = asyncio.create_task(job.result())
+        await _until(lambda: fake.waits_in_flight == 1)
+        quitter.cancel()
+        await asyncio.gather(quitter, return_exceptions=True)
+        fake.finish("k1", result_text=EMPTY_RESULT)
+        assert isinstance(await stayer, PrimitiveResult)
+        assert fake.wait_requests == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "exc"),
+    [("Failed", 1517, JobFailedError), ("Cancelled", 1305, JobMaxTimeoutError)],
+)
+async def test_outcomes_map_to_the_error_tree(
+    fake: FakeRuntime, status: str, code: int, exc: type[JobError]
+) -> None:
+    async with fake.service() as service:
+        job = _job(service, "f1")
+        fake.finish("f1", status, reason="it broke", reason_code=code)
+        with pytest.raises(exc) as info:
+            await job
+        assert info.value.job_id == "f1"
+        assert isinstance(info.value, JobFailedError) and info.value.reason_code == code
+        assert f"Error code {code}; it broke" in str(info.value)
+        assert await job.status() == "ERROR"
+
+
+async def test_unknown_job_is_not_found(fake: FakeRuntime) -> None:
+    async with fake.service() as service:
+        with pytest.raises(JobNotFoundError) as info:
+            await _job(service, "missing-1").result()
+        assert info.value.job_id == "missing-1" and info.value.code == 1291
+
+
+async def test_closing_the_service_stops_waiters_with_a_clear_error(fake: FakeRuntime) -> None:
+    service = fake.service()
+    await service.open()
+    task = asyncio.create_task(_job(service, "z1").result())
+    await _until(lambda: fake.waits_in_flight == 1)
+    await service.aclose()
+    with pytest.raises(ServiceClosedError, match="closed while waiting"):
+        await task
