@@ -1,86 +1,13 @@
-"""``python -m emulator`` / ``aioruntime-emulator``: serve the emulated Qiskit Runtime service."""
+"""``python -m emulator``.
 
-from __future__ import annotations
-
-import asyncio
-import logging
-import signal
-import sys
-from collections.abc import Sequence
-
-from aiohttp import web
-
-from aioruntime import protocol as p
-
-from .api.keys import DEVICES
-from .app import create_app
-from .config import Config, from_args
-
-log = logging.getLogger("emulator")
-
-
-def connection_snippet(config: Config, base_url: str) -> str:
-    key, crn = config.api_keys[0].key, config.instances[0]
-    return f"""\
-Point the official client at it, either with arguments:
-
-    import os
-    os.environ.update(IAM_URL="{base_url}", GLOBAL_SEARCH_URL="{base_url}",
-                      GLOBAL_CATALOG_URL="{base_url}{p.CATALOG_PREFIX}")
-    from qiskit_ibm_runtime import QiskitRuntimeService
-    service = QiskitRuntimeService(
-        channel="ibm_quantum_platform", token="{key}",
-        instance="{crn}",
-        url="{base_url}{p.RUNTIME_PREFIXES[0]}",
-        url_resolver=lambda url, instance, private_endpoint=False, channel=None: url,
-    )
-
-or with the environment only (then QiskitRuntimeService() needs no arguments):
-
-    export QISKIT_IBM_TOKEN={key}
-    export QISKIT_IBM_INSTANCE={crn}
-    export QISKIT_IBM_URL={base_url}{p.RUNTIME_PREFIXES[1]}
-    export IAM_URL={base_url} GLOBAL_SEARCH_URL={base_url} GLOBAL_CATALOG_URL={base_url}{p.CATALOG_PREFIX}
+Imports nothing at module level: anyio's worker processes re-run the parent's main module by
+path (as ``__mp_main__``, with ``sys.modules["__main__"]`` removed), and importing the emulator
+there would fail and start a second copy of its imports in every worker.
 """
 
-
-async def serve(config: Config) -> None:
-    app = create_app(config)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()  # starts the store and scheduler, warms the workers
-    try:
-        site = web.TCPSite(runner, config.host, config.port)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        base_url = f"http://{config.host}:{port}"
-        print(f"aioruntime emulator listening on {base_url}", flush=True)
-        print(f"  backends: {', '.join(app[DEVICES])}; clock {config.clock}; "
-              f"{config.lanes} lanes per backend; noise {'on' if config.noise else 'off'}")
-        print(connection_snippet(config, base_url), flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        log.info("stopping")
-    finally:
-        await runner.cleanup()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        config = from_args(argv)
-    except ValueError as exc:
-        print(f"aioruntime-emulator: {exc}", file=sys.stderr)
-        return 2
-    try:
-        asyncio.run(serve(config))
-    except ValueError as exc:  # e.g. an unknown backend name
-        print(f"aioruntime-emulator: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
 if __name__ == "__main__":
+    import sys
+
+    from emulator.cli import main
+
     sys.exit(main())

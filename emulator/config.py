@@ -96,6 +96,9 @@ class Config:
     session_idle_close_s: float = 30 * 60.0
     #: IBM's service cap on one job's QPU time.
     job_max_execution_s: float = 3 * 3600.0
+    #: On SIGTERM, wait this long (wall seconds) for jobs in flight before exiting; what is
+    #: still unfinished stays in the store and is re-queued at the next start.
+    drain_timeout_s: float = 30.0
     max_body_bytes: int = 64 * 1024 * 1024
     max_pending_jobs_per_instance: int = 10_000
     max_executions_per_job: int = 10_000_000
@@ -156,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"accepted instance CRN, repeatable (default: {DEFAULT_INSTANCE})",
     )
     p.add_argument("--admin-key", help="key of the admin API (default: random, printed at start)")
+    p.add_argument("--drain-timeout", type=float,
+                   help="seconds to let jobs in flight finish on SIGTERM (default 30)")
     return p
 
 
@@ -199,9 +204,25 @@ def from_args(
         kwargs["instances"] = tuple(dict.fromkeys(instances))
     if (v := env.get(ENV_PREFIX + "TOKEN_SECRET")) is not None:
         kwargs["token_secret"] = v
+    elif isinstance(data_dir := kwargs.get("data_dir"), Path) and str(data_dir) != ":memory:":
+        # Tokens must outlive a restart on the same data directory, as IBM's do.
+        kwargs["token_secret"] = _persistent_secret(data_dir / "token_secret")
+    if (v := pick("drain-timeout")) is not None:
+        kwargs["drain_timeout_s"] = float(v)
     if (v := pick("admin-key")) is not None:
         kwargs["admin_key"] = v
     return Config(**kwargs)  # type: ignore[arg-type]
+
+
+def _persistent_secret(path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        secret = secrets.token_hex(32)
+        path.write_text(secret)
+        path.chmod(0o600)
+        return secret
 
 
 def _split(value: str | None) -> list[str]:

@@ -35,6 +35,9 @@ class FaultPlan:
     job_failure_rate: float = 0.0
     #: Added latency before every runtime request, milliseconds.
     latency_ms: float = 0.0
+    #: A stall inside the worker process at the start of each job's pre-processing,
+    #: milliseconds (a slow classical stage; also a window to kill a worker mid-job).
+    worker_delay_ms: float = 0.0
     #: Only requests whose path contains one of these substrings are affected (empty: all).
     paths: tuple[str, ...] = field(default_factory=tuple)
 
@@ -52,7 +55,7 @@ class FaultPlan:
         for rate in (plan.error_rate, plan.error_after_create_rate, plan.job_failure_rate):
             if not 0.0 <= rate <= 1.0:
                 raise ValueError("rates must be between 0 and 1")
-        if plan.latency_ms < 0 or any(not 400 <= s <= 599 for s in plan.error_statuses):
+        if plan.latency_ms < 0 or plan.worker_delay_ms < 0 or any(not 400 <= s <= 599 for s in plan.error_statuses):
             raise ValueError("latency must be >= 0 and statuses 4xx/5xx")
         return plan
 

@@ -5,9 +5,9 @@ are in classical processing at once. Post-processing is served before pre-proces
 wait, so a job that has left the QPU is never stuck behind a queue of new arrivals.
 
 All CPU work (decoding, validation, binding, Aer, encoding) runs in worker processes through
-:func:`run_in_worker` (``anyio.to_process``): a crashed worker fails only the call running in it,
-its process is replaced on the next call, and cancelling the awaiting task kills the worker so a
-cancelled job stops computing at once.
+:class:`WorkerPool`: a crashed worker fails only the call running in it, its process is replaced
+on the next call, and cancelling the awaiting task kills the worker so a cancelled job stops
+computing at once.
 """
 
 from __future__ import annotations
@@ -15,17 +15,26 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
+import pickle
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
-import anyio.to_process
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
 
-__all__ = ["LaneStatistics", "Lanes", "WorkerPool"]
+__all__ = ["LaneStatistics", "Lanes", "WorkerDied", "WorkerPool"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("emulator.lanes")
+
+_SPARE_ATTEMPTS = 4
 
 #: Priorities: lower is served first.
 POST = 0
@@ -110,23 +119,111 @@ class Lanes:
         return LaneStatistics(self.width, self._busy, self._live_waiters(), self._peak)
 
 
-class WorkerPool:
-    """Runs module-level functions in worker processes (``anyio.to_process``).
+class WorkerDied(Exception):
+    """The worker process running a call died during it (killed, crashed, out of memory)."""
 
-    ``size`` bounds how many worker processes run at once; it is sized by the scheduler to the
-    sum of lanes and QPUs, so the lanes, not this pool, decide who runs.
+
+@dataclass(eq=False, slots=True)
+class _Worker:
+    process: Process
+    stdout: BufferedByteReceiveStream
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+
+class WorkerPool:
+    """Runs module-level functions in worker processes (``python -m emulator.worker``).
+
+    At most ``size`` calls run at once (the lanes, not this pool, decide who runs; ``size`` is
+    their total plus the QPUs). Idle workers are reused, most recent first. A call whose task is
+    cancelled kills its worker, so a cancelled job stops computing at once; a worker that dies
+    during a call raises :class:`WorkerDied` for that call only, and a fresh worker replaces it.
     """
 
     def __init__(self, size: int) -> None:
         self._limiter = anyio.CapacityLimiter(size)
+        self._idle: list[_Worker] = []
+        self._all: set[_Worker] = set()
+        self._closed = False
 
     async def run(self, func: Callable[..., T], *args: Any) -> T:
-        return await anyio.to_process.run_sync(
-            func, *args, cancellable=True, limiter=self._limiter
+        """``func(*args)`` in a worker; its exceptions are re-raised here."""
+        request = pickle.dumps((func, args), pickle.HIGHEST_PROTOCOL)
+        async with self._limiter:
+            for _ in range(_SPARE_ATTEMPTS):
+                worker = await self._checkout()
+                try:
+                    await worker.process.stdin.send(b"%d\n" % len(request) + request)  # type: ignore[union-attr]
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    # it died while idle: nothing was running in it, try another
+                    await self._discard(worker)
+                    log.warning("a worker process had died while idle; it was replaced")
+                    continue
+                return await self._answer(worker)  # type: ignore[no-any-return]
+            raise WorkerDied("no worker process could be started")
+
+    async def _answer(self, worker: _Worker) -> Any:
+        try:
+            header = await worker.stdout.receive_until(b"\n", 64)
+            tag, length = header.split(b" ")
+            payload = await worker.stdout.receive_exactly(int(length))
+        except BaseException as exc:
+            await self._discard(worker)
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                raise
+            raise WorkerDied(f"the worker process died during the call ({exc!r})") from exc
+        self._idle.append(worker)
+        result = pickle.loads(payload)
+        if tag == b"EXC":
+            raise result
+        return result
+
+    async def _checkout(self) -> _Worker:
+        if self._closed:
+            raise RuntimeError("the worker pool is closed")
+        while self._idle:
+            worker = self._idle.pop()
+            if worker.alive:
+                return worker
+            await self._discard(worker)
+        process = await anyio.open_process(
+            [sys.executable, "-u", "-m", "emulator.worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )
+        worker = _Worker(process, BufferedByteReceiveStream(process.stdout))  # type: ignore[arg-type]
+        self._all.add(worker)
+        try:
+            with anyio.fail_after(120):
+                ready = await worker.stdout.receive_until(b"\n", 16)
+            if ready != b"READY":
+                raise WorkerDied(f"unexpected greeting from a worker: {ready!r}")
+        except BaseException:
+            await self._discard(worker)
+            raise
+        return worker
+
+    async def _discard(self, worker: _Worker) -> None:
+        self._all.discard(worker)
+        with anyio.CancelScope(shield=True):
+            if worker.alive:
+                worker.process.kill()
+            await worker.process.aclose()
 
     async def warm(self, func: Callable[..., Any], *args: Any, count: int) -> None:
         """Start ``count`` workers at once and run ``func`` in each (imports, device caches)."""
         async with anyio.create_task_group() as tg:
             for _ in range(min(count, int(self._limiter.total_tokens))):
                 tg.start_soon(self.run, func, *args)
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._all if w.alive]
+
+    async def aclose(self) -> None:
+        """Stop every worker (closing stdin lets idle ones exit; busy ones are killed)."""
+        self._closed = True
+        workers, self._idle = list(self._all), []
+        for worker in workers:
+            await self._discard(worker)

@@ -26,16 +26,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from anyio import BrokenWorkerProcess
-
 from aioruntime.protocol import ErrorCode, JobState
 
-from . import classical
+from . import classical, worker
 from .backends import Device
 from .clock import Clock, utcnow
 from .config import Config
 from .faults import Faults
-from .lanes import POST, PRE, LaneStatistics, Lanes, WorkerPool
+from .lanes import POST, PRE, LaneStatistics, Lanes, WorkerDied, WorkerPool
 from .sessions import SessionBook
 from .store import JobRecord, SessionRecord, Store
 from .timing import TimingParams
@@ -161,7 +159,7 @@ class Scheduler:
     async def warm(self) -> None:
         """Start the worker processes and load the served devices into them."""
         sources = tuple(sorted({d.source for d in self.devices.values()}))
-        await self.workers.warm(_warm_worker, sources, count=self.config.lanes + 1)
+        await self.workers.warm(worker.warm, sources, count=self.config.lanes + 1)
 
     async def drain(self) -> None:
         """Stop accepting jobs and wait for every job in flight to finish."""
@@ -181,6 +179,7 @@ class Scheduler:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        await self.workers.aclose()
 
     async def until(self, predicate: Callable[[], bool], timeout: float | None = None) -> None:
         """Wait until ``predicate()`` holds, re-checking whenever a job moves (no polling)."""
@@ -300,8 +299,8 @@ class Scheduler:
                 self._moved()
                 await self.store.save_job(rec)
                 prepared = await self.workers.run(
-                    _preprocess, rec.program_id, params, device.source, self.timing,
-                    self.config.max_executions_per_job,
+                    worker.preprocess, rec.program_id, params, device.source, self.timing,
+                    self.config.max_executions_per_job, self.faults.plan.worker_delay_ms / 1000,
                 )
                 rec.stages["pre_end"] = utcnow().isoformat()
             live.params_json = None  # the prepared job replaces it
@@ -325,7 +324,7 @@ class Scheduler:
                     )
                     return
                 t0 = time.monotonic()
-                sampled = await self.workers.run(_sample, prepared, self.config.noise)
+                sampled = await self.workers.run(worker.sample, prepared, self.config.noise)
                 aer_s = time.monotonic() - t0
                 hold = self.clock.hold_s(prepared.quantum_seconds, aer_s)
                 if hold > 0:
@@ -337,14 +336,14 @@ class Scheduler:
             async with lanes.slot(priority=POST):
                 rec.stages["post_start"] = utcnow().isoformat()
                 result = await self.workers.run(
-                    classical.postprocess, prepared, sampled, span_start, span_stop
+                    worker.postprocess, prepared, sampled, span_start, span_stop
                 )
                 rec.stages["post_end"] = utcnow().isoformat()
             await self._finish(rec, JobState.COMPLETED, None, None,
                                charged=prepared.quantum_seconds, result=result)
         except classical.JobInputError as exc:
             await self._finish(rec, JobState.FAILED, exc.code, exc.message)
-        except BrokenWorkerProcess:
+        except WorkerDied:
             await self._finish(
                 rec, JobState.FAILED, ErrorCode.EMULATOR_FAULT,
                 "The emulator's worker process running this job died; the worker was replaced. "
@@ -505,26 +504,3 @@ class Scheduler:
                 cancelled=count(name, JobState.CANCELLED),
             ))
         return Statistics(tuple(out))
-
-
-# Worker-process entry points (module level so they pickle by reference).
-
-
-def _warm_worker(sources: tuple[str, ...]) -> None:
-    from .backends import device_target
-
-    for source in sources:
-        device_target(source)
-
-
-def _preprocess(
-    program_id: str, params: str, source: str, timing: TimingParams, max_executions: int
-) -> classical.PreparedJob:
-    return classical.preprocess(
-        program_id, params, source, timing=timing, max_executions=max_executions
-    )
-
-
-def _sample(prepared: classical.PreparedJob, noise: bool) -> classical.Sampled:
-    return classical.sample(prepared, noise=noise)
-

@@ -216,11 +216,11 @@ class EmulatorThread:
                 else:
                     os.environ[k] = v
 
-    def official_service(self, **kwargs: Any) -> Any:
+    def official_service(self, *, env: Mapping[str, str] | None = None, **kwargs: Any) -> Any:
         """An unmodified ``QiskitRuntimeService`` pointed here (spec 5.1, recipe A)."""
         from qiskit_ibm_runtime import QiskitRuntimeService
 
-        with self.environment():
+        with self.environment(env):
             return QiskitRuntimeService(
                 channel="ibm_quantum_platform",
                 token=kwargs.pop("token", self.api_key),

@@ -1,0 +1,96 @@
+"""The command line: ``python -m emulator`` / ``aioruntime-emulator`` serve the emulated service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from aioruntime import protocol as p
+
+from .api.keys import DEVICES, SCHEDULER
+from .app import create_app
+from .config import Config, from_args
+
+log = logging.getLogger("emulator")
+
+
+def connection_snippet(config: Config, base_url: str) -> str:
+    key, crn = config.api_keys[0].key, config.instances[0]
+    return f"""\
+Point the official client at it, either with arguments:
+
+    import os
+    os.environ.update(IAM_URL="{base_url}", GLOBAL_SEARCH_URL="{base_url}",
+                      GLOBAL_CATALOG_URL="{base_url}{p.CATALOG_PREFIX}")
+    from qiskit_ibm_runtime import QiskitRuntimeService
+    service = QiskitRuntimeService(
+        channel="ibm_quantum_platform", token="{key}",
+        instance="{crn}",
+        url="{base_url}{p.RUNTIME_PREFIXES[0]}",
+        url_resolver=lambda url, instance, private_endpoint=False, channel=None: url,
+    )
+
+or with the environment only (then QiskitRuntimeService() needs no arguments):
+
+    export QISKIT_IBM_TOKEN={key}
+    export QISKIT_IBM_INSTANCE={crn}
+    export QISKIT_IBM_URL={base_url}{p.RUNTIME_PREFIXES[1]}
+    export IAM_URL={base_url} GLOBAL_SEARCH_URL={base_url} GLOBAL_CATALOG_URL={base_url}{p.CATALOG_PREFIX}
+"""
+
+
+async def serve(config: Config) -> None:
+    app = create_app(config)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()  # starts the store and scheduler, warms the workers
+    try:
+        site = web.TCPSite(runner, config.host, config.port)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        base_url = f"http://{config.host}:{port}"
+        print(f"aioruntime emulator listening on {base_url}", flush=True)
+        print(f"  backends: {', '.join(app[DEVICES])}; clock {config.clock}; "
+              f"{config.lanes} lanes per backend; noise {'on' if config.noise else 'off'}")
+        print(connection_snippet(config, base_url), flush=True)
+        print(f"Admin API: {base_url}/admin/... with 'Authorization: Bearer {config.admin_key}'",
+              flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        # Drain: refuse new jobs, let those in flight finish within the bound. Whatever is
+        # still unfinished stays in the store and is re-queued at the next start.
+        log.info("draining (up to %g s)", config.drain_timeout_s)
+        try:
+            async with asyncio.timeout(config.drain_timeout_s):
+                await app[SCHEDULER].drain()
+        except TimeoutError:
+            log.warning("drain timed out; unfinished jobs will be re-queued at the next start")
+    finally:
+        await runner.cleanup()
+        log.info("stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = from_args(argv)
+    except ValueError as exc:
+        print(f"aioruntime-emulator: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(config))
+    except ValueError as exc:  # e.g. an unknown backend name
+        print(f"aioruntime-emulator: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

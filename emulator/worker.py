@@ -1,0 +1,93 @@
+"""The functions the scheduler runs in worker processes, and the worker's main loop.
+
+Workers are started as ``python -m emulator.worker`` by :class:`emulator.lanes.WorkerPool`: a
+fresh interpreter that never re-runs the parent's main module (anyio's ``to_process`` does, with
+``__main__`` removed, which breaks any script or notebook that imports qiskit at top level,
+because ``dill`` imports ``__main__``).
+
+Protocol on the pipes: the parent writes ``<length>\\n<pickle of (func, args)>``; the worker
+answers ``OK <length>\\n<pickle of result>`` or ``EXC <length>\\n<pickle of exception>``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import time
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from .classical import PreparedJob, Sampled
+    from .timing import TimingParams
+
+__all__ = ["postprocess", "preprocess", "sample", "serve", "warm"]
+
+
+def warm(sources: tuple[str, ...]) -> None:
+    """Import the heavy modules and load the devices' targets into this worker's caches."""
+    from .backends import device_target
+
+    for source in sources:
+        device_target(source)
+
+
+def preprocess(
+    program_id: str,
+    params: str,
+    source: str,
+    timing: TimingParams,
+    max_executions: int,
+    stall_s: float = 0.0,
+) -> PreparedJob:
+    from .classical import preprocess as _preprocess
+
+    if stall_s:
+        time.sleep(stall_s)  # an injected fault: a slow classical stage
+    return _preprocess(program_id, params, source, timing=timing, max_executions=max_executions)
+
+
+def sample(prepared: PreparedJob, noise: bool) -> Sampled:
+    from .classical import sample as _sample
+
+    return _sample(prepared, noise=noise)
+
+
+def postprocess(prepared: PreparedJob, sampled: Sampled, start: datetime, stop: datetime) -> str:
+    from .classical import postprocess as _postprocess
+
+    return _postprocess(prepared, sampled, start, stop)
+
+
+def _reply(out: BinaryIO, tag: bytes, obj: Any) -> None:
+    try:
+        payload = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # an unpicklable result or exception: say so, stay alive
+        tag, payload = b"EXC", pickle.dumps(RuntimeError(f"unpicklable {tag.decode()}: {exc!r}"))
+    out.write(b"%s %d\n" % (tag, len(payload)))
+    out.write(payload)
+    out.flush()
+
+
+def serve() -> None:
+    """Answer calls from the parent until stdin closes."""
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # stray prints must not corrupt the protocol
+    out.write(b"READY\n")
+    out.flush()
+    while True:
+        header = inp.readline()
+        if not header:
+            return
+        try:
+            func, args = pickle.loads(inp.read(int(header)))
+            result = func(*args)
+        except Exception as exc:
+            _reply(out, b"EXC", exc)
+        else:
+            _reply(out, b"OK", result)
+
+
+if __name__ == "__main__":
+    serve()
