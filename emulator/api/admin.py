@@ -59,8 +59,11 @@ def _backend(request: web.Request) -> str:
 
 
 async def pause_backend(request: web.Request) -> web.Response:
-    lanes = p.parse_bool(request.query.get("lanes"), default=True)
-    qpu = p.parse_bool(request.query.get("qpu"), default=True)
+    try:
+        lanes = p.parse_bool(request.query.get("lanes"), default=True)
+        qpu = p.parse_bool(request.query.get("qpu"), default=True)
+    except ValueError as exc:
+        raise ApiError(400, p.ErrorCode.VALIDATION, str(exc)) from None
     request.config_dict[SCHEDULER].pause(_backend(request), lanes=lanes, qpu=qpu)
     return web.Response(status=204)
 

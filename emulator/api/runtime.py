@@ -164,7 +164,7 @@ async def submit_job(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     rec = _job(request)
     params = None
-    if not p.parse_bool(request.query.get("exclude_params")):
+    if not _bool_query(request, "exclude_params"):
         params = await request.config_dict[STORE].params(rec.id)
     return web.Response(text=views.job_json_text(rec, params), content_type="application/json")
 
@@ -224,6 +224,15 @@ def _iso_query(request: web.Request, name: str) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def _bool_query(request: web.Request, name: str) -> bool | None:
+    if name not in request.query:
+        return None
+    try:
+        return p.parse_bool(request.query[name])
+    except ValueError:
+        raise ApiError(400, ErrorCode.VALIDATION, f"Query '{name}' must be true or false.") from None
+
+
 def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
     try:
         value = int(request.query.get(name, default))
@@ -239,7 +248,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     instance = _caller(request).instance
     limit = _int_query(request, "limit", 200, 0, 1000)
     offset = _int_query(request, "offset", 0, 0, 10**9)
-    pending = p.parse_bool(q["pending"]) if "pending" in q else None
+    pending = _bool_query(request, "pending")
     tags = set(q.getall("tags", []))
     after, before = _iso_query(request, "created_after"), _iso_query(request, "created_before")
     matched = []
