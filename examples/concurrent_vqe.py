@@ -29,7 +29,7 @@ import functools
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio.from_thread
@@ -51,6 +51,10 @@ def exact_ground_energy(hamiltonian: SparsePauliOp = HAMILTONIAN) -> float:
     return float(np.linalg.eigvalsh(hamiltonian.to_matrix()).min())
 
 
+#: ``progress(method, evaluations_so_far, energy)``, called from the optimizer's worker thread.
+Progress = Callable[[str, int, float], None]
+
+
 class _Stopped(Exception):
     """Raised inside a cost function to abort ``minimize`` when the run is cancelled."""
 
@@ -70,6 +74,7 @@ def _minimize_in_thread(
     options: dict[str, Any],
     stop: threading.Event,
     history: list[float],
+    progress: Progress | None,
 ) -> OptimizeResult:
     """Runs in a worker thread; each cost evaluation is one estimator job on the event loop."""
 
@@ -78,6 +83,8 @@ def _minimize_in_thread(
             raise _Stopped
         energy = anyio.from_thread.run(_energy, estimator, ansatz, observable, np.array(x))
         history.append(energy)
+        if progress is not None:
+            progress(method, len(history), energy)
         return energy
 
     return minimize(cost, x0, method=method, options=options)
@@ -108,13 +115,15 @@ async def run_two_vqe(
     x0: Sequence[float] | None = None,
     seed: int = 1234,
     max_time: int | str | None = "30m",
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Minimise ``HAMILTONIAN`` with each of ``methods`` at the same time in one AsyncSession.
 
     Returns ``{"exact_energy", "backend", "session_id", "wall_s", "jobs", "optimizers"}`` where
     ``optimizers`` maps each method to ``{"tag", "energy", "error", "nfev", "x", "history",
     "wall_s"}``. ``seed`` fixes the transpiler and the simulator (``simulator.seed_simulator``)
-    so runs are reproducible on the emulator.
+    so runs are reproducible on the emulator. ``progress`` is called after every evaluation
+    from the optimizer's worker thread (use ``loop.call_soon_threadsafe`` to reach the loop).
     """
     backend = await service.backend(backend_name)
     pm = generate_preset_pass_manager(
@@ -152,6 +161,7 @@ async def run_two_vqe(
                 {"maxiter": iterations.get(method, 60)},
                 stop,
                 histories[method],
+                progress,
             )
             res = await _run_stoppable(fn, stop)
             results[method] = {

@@ -180,3 +180,31 @@ async def test_two_vqe_optimizers_share_one_session(
         f"\nVQE: {summary['jobs']} jobs in {summary['wall_s']:.1f} s; "
         + ", ".join(f"{m} {e['energy']:+.4f} ({e['nfev']} evals)" for m, e in optimizers.items())
     )
+
+
+async def test_cancelling_the_vqe_run_stops_both_optimizers_and_closes_the_session(
+    service: AsyncRuntimeService, emulator: EmulatorThread
+) -> None:
+    example = load_example()
+    loop = asyncio.get_running_loop()
+    evaluations: dict[str, int] = {}
+    underway = asyncio.Event()
+
+    def progress(method: str, count: int, energy: float) -> None:  # in a worker thread
+        evaluations[method] = count
+        if len(evaluations) == 2 and min(evaluations.values()) >= 2:
+            loop.call_soon_threadsafe(underway.set)
+
+    start = len(emulator.requests)
+    run = asyncio.create_task(
+        example.run_two_vqe(service, "ibm_manila", maxiter={"COBYLA": 500}, progress=progress)
+    )
+    await underway.wait()
+    at_cancel = dict(evaluations)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(run, timeout=60)
+    # each optimizer stopped at its next evaluation: at most one more job each
+    assert all(evaluations[m] <= at_cancel[m] + 1 for m in at_cancel)
+    sent = [r for r in emulator.requests[start:] if r["method"] == "PATCH"]
+    assert len(sent) == 1  # the session was closed on the way out
