@@ -19,11 +19,11 @@ from typing import Any, Final
 __all__ = [
     "API_VERSION",
     "DEFAULT_INSTANCE",
+    "TERMINAL_JOB_STATES",
     "ErrorCode",
     "JobState",
     "SessionMode",
     "SessionState",
-    "TERMINAL_JOB_STATES",
     "client_job_status",
     "dumps",
     "error_body",

@@ -14,8 +14,10 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import cast
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from aioruntime import protocol as p
 
@@ -34,7 +36,7 @@ from .api.keys import (
     Caller,
 )
 from .auth import AuthError, authenticate
-from .backends import DEFAULT_BACKENDS, resolve_devices
+from .backends import DEFAULT_BACKENDS, Device, resolve_devices
 from .classical import JobInputError
 from .clock import make_clock
 from .config import Config
@@ -68,8 +70,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         code = p.ErrorCode.NOT_FOUND if exc.status == 404 else p.ErrorCode.VALIDATION
         if exc.status == 413:
-            return _error(413, p.ErrorCode.VALIDATION,
-                          f"The request body is larger than {request.app[CONFIG].max_body_bytes} bytes.")
+            return _error(
+                413,
+                p.ErrorCode.VALIDATION,
+                f"The request body is larger than {request.app[CONFIG].max_body_bytes} bytes.",
+            )
         return _error(exc.status, code, exc.reason or "request refused")
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
@@ -89,13 +94,15 @@ async def record_middleware(request: web.Request, handler: Handler) -> web.Strea
                     body_keys += sorted(f"params.{k}" for k in body["params"])
         except ValueError:
             body_keys = None
-    request.app[REQUEST_LOG].append({
-        "method": request.method,
-        "path": request.path,
-        "query": sorted(request.query.keys()),
-        "headers": sorted(h.lower() for h in request.headers),
-        "body_keys": body_keys,
-    })
+    request.app[REQUEST_LOG].append(
+        {
+            "method": request.method,
+            "path": request.path,
+            "query": sorted(request.query.keys()),
+            "headers": sorted(h.lower() for h in request.headers),
+            "body_keys": body_keys,
+        }
+    )
     return await handler(request)
 
 
@@ -111,35 +118,47 @@ async def runtime_auth_middleware(request: web.Request, handler: Handler) -> web
     if crn is None and len(principal.instances) == 1:
         crn = principal.instances[0]
     if crn is None or crn not in principal.instances:
-        return _error(401, p.ErrorCode.NOT_AUTHORIZED,
-                      "You are not authorized to use this instance (Service-CRN).")
+        return _error(
+            401,
+            p.ErrorCode.NOT_AUTHORIZED,
+            "You are not authorized to use this instance (Service-CRN).",
+        )
     request[CALLER] = Caller(instance=crn, key_id=principal.key_id)
     return await handler(request)
 
 
 def _runtime_app(faults: Faults) -> web.Application:
-    sub = web.Application(middlewares=[faults.middleware(), runtime_auth_middleware])
+    sub = web.Application(
+        middlewares=[
+            cast(Middleware, faults.middleware()),
+            cast(Middleware, runtime_auth_middleware),
+        ]
+    )
     sub.add_routes(runtime.routes())
     return sub
 
 
 async def health(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
-    return web.json_response({
-        "status": "ok",
-        "backends": list(request.app[DEVICES]),
-        "clock": str(config.clock),
-        "lanes": config.lanes,
-        "runtime_paths": list(p.RUNTIME_PREFIXES),
-    })
+    devices: dict[str, Device] = request.app[DEVICES]
+    return web.json_response(
+        {
+            "status": "ok",
+            "backends": sorted(devices),
+            "clock": str(config.clock),
+            "lanes": config.lanes,
+            "runtime_paths": list(p.RUNTIME_PREFIXES),
+        }
+    )
 
 
 def create_app(config: Config) -> web.Application:
     """Build the emulator application for ``config`` (not started)."""
     devices = resolve_devices(config.backends or DEFAULT_BACKENDS)
-    middlewares = [error_middleware]
+    # cast: @web.middleware returns a plain Callable, aiohttp's Middleware protocol names params
+    middlewares = [cast(Middleware, error_middleware)]
     if config.record_requests:
-        middlewares.append(record_middleware)
+        middlewares.append(cast(Middleware, record_middleware))
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[DEVICES] = {d.name: d for d in devices}
@@ -171,18 +190,27 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             clock.resume(anchor)  # TTL clocks of stored sessions carry on where they were
         if (anchor := clock.anchor()) is not None:
             await store.set_meta("clock", anchor)
-        scheduler = Scheduler(config=config, store=store, clock=clock,
-                              devices=list(app[DEVICES].values()), faults=app[FAULTS])
+        scheduler = Scheduler(
+            config=config,
+            store=store,
+            clock=clock,
+            devices=list(app[DEVICES].values()),
+            faults=app[FAULTS],
+        )
         await stack.enter_async_context(scheduler)
         await scheduler.warm()
         app[STORE] = store
         app[SCHEDULER] = scheduler
-        log.info("emulator ready: %s, clock %s, %d lanes", ", ".join(app[DEVICES]),
-                 config.clock, config.lanes)
+        names: list[str] = list(app[DEVICES].keys())
+        log.info(
+            "emulator ready: %s, clock %s, %d lanes",
+            ", ".join(names),
+            config.clock,
+            config.lanes,
+        )
         yield
 
 
 def runtime_url(base_url: str, *, experimental: bool = False) -> str:
     """The runtime base URL for a server at ``base_url``."""
     return base_url.rstrip("/") + p.RUNTIME_PREFIXES[1 if experimental else 0]
-

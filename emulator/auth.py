@@ -43,8 +43,13 @@ def issue_token(config: Config, api_key: str) -> tuple[str, int, int]:
         raise AuthError("Provided API key could not be found.")
     iat = int(time.time())
     exp = iat + config.token_ttl_s
-    claims = {"iss": _ISSUER, "sub": _key_id(api_key), "iat": iat, "exp": exp,
-              "instances": list(instances)}
+    claims = {
+        "iss": _ISSUER,
+        "sub": _key_id(api_key),
+        "iat": iat,
+        "exp": exp,
+        "instances": list(instances),
+    }
     return jwt.encode(claims, config.token_secret, algorithm="HS256"), iat, exp
 
 
@@ -58,14 +63,19 @@ def authenticate(config: Config, authorization: str | None) -> Principal:
     if scheme == "bearer":
         try:
             claims = jwt.decode(
-                credential, config.token_secret, algorithms=["HS256"], issuer=_ISSUER,
+                credential,
+                config.token_secret,
+                algorithms=["HS256"],
+                issuer=_ISSUER,
                 options={"require": ["exp", "iat", "sub"]},
             )
         except jwt.PyJWTError as exc:
             raise AuthError(f"invalid token: {exc}") from None
         # The key may have been removed from the configuration since the token was issued.
         allowed = set(config.instances)
-        return Principal(claims["sub"], tuple(i for i in claims.get("instances", []) if i in allowed))
+        return Principal(
+            claims["sub"], tuple(i for i in claims.get("instances", []) if i in allowed)
+        )
     if scheme == "apikey":
         instances = config.instances_for_key(credential)
         if instances is None:

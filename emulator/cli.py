@@ -14,6 +14,7 @@ from aioruntime import protocol as p
 
 from .api.keys import DEVICES, SCHEDULER
 from .app import create_app
+from .backends import Device
 from .config import Config, from_args
 
 log = logging.getLogger("emulator")
@@ -40,7 +41,8 @@ or with the environment only (then QiskitRuntimeService() needs no arguments):
     export QISKIT_IBM_TOKEN={key}
     export QISKIT_IBM_INSTANCE={crn}
     export QISKIT_IBM_URL={base_url}{p.RUNTIME_PREFIXES[1]}
-    export IAM_URL={base_url} GLOBAL_SEARCH_URL={base_url} GLOBAL_CATALOG_URL={base_url}{p.CATALOG_PREFIX}
+    export IAM_URL={base_url} GLOBAL_SEARCH_URL={base_url}
+    export GLOBAL_CATALOG_URL={base_url}{p.CATALOG_PREFIX}
 """
 
 
@@ -51,14 +53,19 @@ async def serve(config: Config) -> None:
     try:
         site = web.TCPSite(runner, config.host, config.port)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = runner.addresses[0][1]
         base_url = f"http://{config.host}:{port}"
         print(f"aioruntime emulator listening on {base_url}", flush=True)
-        print(f"  backends: {', '.join(app[DEVICES])}; clock {config.clock}; "
-              f"{config.lanes} lanes per backend; noise {'on' if config.noise else 'off'}")
+        devices: dict[str, Device] = app[DEVICES]
+        print(
+            f"  backends: {', '.join(devices)}; clock {config.clock}; "
+            f"{config.lanes} lanes per backend; noise {'on' if config.noise else 'off'}"
+        )
         print(connection_snippet(config, base_url), flush=True)
-        print(f"Admin API: {base_url}/admin/... with 'Authorization: Bearer {config.admin_key}'",
-              flush=True)
+        print(
+            f"Admin API: {base_url}/admin/... with 'Authorization: Bearer {config.admin_key}'",
+            flush=True,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from .config import ClockSpec
 
-__all__ = ["Clock", "ManualClock", "ScaledClock", "InstantClock", "make_clock", "utcnow"]
+__all__ = ["Clock", "InstantClock", "ManualClock", "ScaledClock", "make_clock", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -53,7 +53,9 @@ class Clock:
         """Carry on from a persisted :meth:`anchor`, also if the scale changed meanwhile."""
 
     async def wait_for(self, event: asyncio.Event, deadline: float | None) -> bool:
-        """Wait until ``event`` is set or model time reaches ``deadline``; True if the event fired."""
+        """Wait until ``event`` is set or model time reaches ``deadline``.
+
+        Returns True if the event fired."""
         if event.is_set():
             return True
         if deadline is None:

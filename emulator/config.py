@@ -144,23 +144,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lanes", type=int, help="classical lanes per backend (default 5)")
     p.add_argument("--clock", help="instant (default), scaled:K or realtime")
     p.add_argument(
-        "--noise", action=argparse.BooleanOptionalAction, default=None,
+        "--noise",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="simulate with the device noise model (default: off, ideal results)",
     )
     p.add_argument("--data-dir", help="directory of the SQLite store (default: a temporary one)")
     p.add_argument("--ephemeral", action="store_true", help="keep everything in memory")
     p.add_argument(
-        "--api-key", action="append",
+        "--api-key",
+        action="append",
         help=f"accepted API key, repeatable; KEY@CRN binds it to one instance "
         f"(default: {DEFAULT_API_KEY})",
     )
     p.add_argument(
-        "--instance", action="append",
+        "--instance",
+        action="append",
         help=f"accepted instance CRN, repeatable (default: {DEFAULT_INSTANCE})",
     )
     p.add_argument("--admin-key", help="key of the admin API (default: random, printed at start)")
-    p.add_argument("--drain-timeout", type=float,
-                   help="seconds to let jobs in flight finish on SIGTERM (default 30)")
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        help="seconds to let jobs in flight finish on SIGTERM (default 30)",
+    )
     return p
 
 

@@ -55,7 +55,11 @@ class FaultPlan:
         for rate in (plan.error_rate, plan.error_after_create_rate, plan.job_failure_rate):
             if not 0.0 <= rate <= 1.0:
                 raise ValueError("rates must be between 0 and 1")
-        if plan.latency_ms < 0 or plan.worker_delay_ms < 0 or any(not 400 <= s <= 599 for s in plan.error_statuses):
+        if (
+            plan.latency_ms < 0
+            or plan.worker_delay_ms < 0
+            or any(not 400 <= s <= 599 for s in plan.error_statuses)
+        ):
             raise ValueError("latency must be >= 0 and statuses 4xx/5xx")
         return plan
 
@@ -101,13 +105,20 @@ class Faults:
                 headers = {"Retry-After": "1"} if status in (429, 503) else {}
                 return web.json_response(
                     p.error_body(p.ErrorCode.INTERNAL, f"Injected fault ({status}).", status),
-                    status=status, headers=headers,
+                    status=status,
+                    headers=headers,
                 )
             response = await handler(request)
-            if (request.method == "POST" and request.path.endswith(p.JOBS)
-                    and response.status == 200 and self.draw(plan.error_after_create_rate)):
+            if (
+                request.method == "POST"
+                and request.path.endswith(p.JOBS)
+                and response.status == 200
+                and self.draw(plan.error_after_create_rate)
+            ):
                 return web.json_response(
-                    p.error_body(p.ErrorCode.INTERNAL, "Injected fault after the job was created.", 500),
+                    p.error_body(
+                        p.ErrorCode.INTERNAL, "Injected fault after the job was created.", 500
+                    ),
                     status=500,
                 )
             return response

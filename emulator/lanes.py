@@ -136,14 +136,18 @@ class _Worker:
 class WorkerPool:
     """Runs module-level functions in worker processes (``python -m emulator.worker``).
 
-    At most ``size`` calls run at once (the lanes, not this pool, decide who runs; ``size`` is
-    their total plus the QPUs). Idle workers are reused, most recent first. A call whose task is
-    cancelled kills its worker, so a cancelled job stops computing at once; a worker that dies
-    during a call raises :class:`WorkerDied` for that call only, and a fresh worker replaces it.
+    At most ``size`` calls run at once (the lanes, not this pool, decide who runs). ``nice``
+    lowers the workers' CPU priority: lane workers run at a lower priority than the QPU's, so on a
+    small machine the one serialized QPU is not starved by five lanes of classical work (on IBM's
+    stack they do not share CPUs either). Idle workers are reused, most recent first. A call
+    whose task is cancelled kills its worker, so a cancelled job stops computing at once; a
+    worker that dies during a call raises :class:`WorkerDied` for that call only, and a fresh
+    worker replaces it.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, nice: int = 0) -> None:
         self._limiter = anyio.CapacityLimiter(size)
+        self._nice = nice
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
         self._closed = False
@@ -189,8 +193,9 @@ class WorkerPool:
                 return worker
             await self._discard(worker)
         process = await anyio.open_process(
-            [sys.executable, "-u", "-m", "emulator.worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [sys.executable, "-u", "-m", "emulator.worker", "--nice", str(self._nice)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
         )
         worker = _Worker(process, BufferedByteReceiveStream(process.stdout))  # type: ignore[arg-type]
         self._all.add(worker)

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 import secrets
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -33,7 +33,7 @@ from .backends import Device
 from .clock import Clock, utcnow
 from .config import Config
 from .faults import Faults
-from .lanes import POST, PRE, LaneStatistics, Lanes, WorkerDied, WorkerPool
+from .lanes import POST, PRE, Lanes, LaneStatistics, WorkerDied, WorkerPool
 from .sessions import SessionBook
 from .store import JobRecord, SessionRecord, Store
 from .timing import TimingParams
@@ -41,6 +41,9 @@ from .timing import TimingParams
 __all__ = ["BackendStatistics", "Scheduler", "Statistics", "SubmitError"]
 
 log = logging.getLogger("emulator.scheduler")
+
+#: CPU niceness of the lane workers relative to the QPU workers (see WorkerPool).
+LANE_NICENESS = 5
 
 
 class SubmitError(Exception):
@@ -117,7 +120,9 @@ class Scheduler:
         self.devices = {d.name: d for d in devices}
         self.lanes = {d.name: Lanes(config.lanes) for d in devices}
         self.qpus = {d.name: QPU(d) for d in devices}
-        self.workers = WorkerPool(size=len(devices) * (config.lanes + 1))
+        #: Classical lanes and QPUs get separate worker processes (one QPU worker per backend).
+        self.lane_workers = WorkerPool(size=len(devices) * config.lanes, nice=LANE_NICENESS)
+        self.qpu_workers = WorkerPool(size=len(devices))
         self.timing = TimingParams()
         self.sessions = SessionBook(store, clock, config, self._spawn)
         self.faults = faults or Faults()
@@ -140,8 +145,12 @@ class Scheduler:
             if rec.terminal:
                 continue
             if rec.backend not in self.devices:
-                await self._finish(rec, JobState.FAILED, ErrorCode.BACKEND_NOT_FOUND,
-                                   f"backend {rec.backend} is no longer served by the emulator")
+                await self._finish(
+                    rec,
+                    JobState.FAILED,
+                    ErrorCode.BACKEND_NOT_FOUND,
+                    f"backend {rec.backend} is no longer served by the emulator",
+                )
                 continue
             if rec.session_id:
                 pending[rec.session_id] = pending.get(rec.session_id, 0) + 1
@@ -159,14 +168,17 @@ class Scheduler:
     async def warm(self) -> None:
         """Start the worker processes and load the served devices into them."""
         sources = tuple(sorted({d.source for d in self.devices.values()}))
-        await self.workers.warm(worker.warm, sources, count=self.config.lanes + 1)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.lane_workers.warm(worker.warm, sources, count=self.config.lanes))
+            tg.create_task(self.qpu_workers.warm(worker.warm, sources, count=len(self.devices)))
 
     async def drain(self) -> None:
         """Stop accepting jobs and wait for every job in flight to finish."""
         self._accepting = False
         while self._live:
-            await asyncio.gather(*(j.task for j in list(self._live.values()) if j.task),
-                                 return_exceptions=True)
+            await asyncio.gather(
+                *(j.task for j in list(self._live.values()) if j.task), return_exceptions=True
+            )
 
     async def aclose(self) -> None:
         """Cancel everything; unfinished jobs stay as stored and are re-queued on restart."""
@@ -179,14 +191,15 @@ class Scheduler:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
-        await self.workers.aclose()
+        await self.lane_workers.aclose()
+        await self.qpu_workers.aclose()
 
-    async def until(self, predicate: Callable[[], bool], timeout: float | None = None) -> None:
-        """Wait until ``predicate()`` holds, re-checking whenever a job moves (no polling)."""
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                self._progress.clear()
-                await self._progress.wait()
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` holds, re-checking whenever a job moves (no polling);
+        bound it with ``asyncio.timeout``."""
+        while not predicate():
+            self._progress.clear()
+            await self._progress.wait()
 
     def _moved(self) -> None:
         self._progress.set()
@@ -222,11 +235,14 @@ class Scheduler:
             if (earlier := self.store.job(known)) is not None:
                 return earlier
         if not self._accepting:
-            raise SubmitError(503, ErrorCode.BACKEND_NOT_AVAILABLE, "The emulator is shutting down.")
+            raise SubmitError(
+                503, ErrorCode.BACKEND_NOT_AVAILABLE, "The emulator is shutting down."
+            )
         pending = self._live_per_instance[instance]
         if pending >= self.config.max_pending_jobs_per_instance:
             raise SubmitError(
-                429, ErrorCode.TOO_MANY_JOBS,
+                429,
+                ErrorCode.TOO_MANY_JOBS,
                 f"The instance has {pending} pending jobs, the limit is "
                 f"{self.config.max_pending_jobs_per_instance}. Wait for some to finish.",
             )
@@ -298,18 +314,29 @@ class Scheduler:
                 rec.stages["pre_start"] = rec.running
                 self._moved()
                 await self.store.save_job(rec)
-                prepared = await self.workers.run(
-                    worker.preprocess, rec.program_id, params, device.source, self.timing,
-                    self.config.max_executions_per_job, self.faults.plan.worker_delay_ms / 1000,
+                prepared = await self.lane_workers.run(
+                    worker.preprocess,
+                    rec.program_id,
+                    params,
+                    device.source,
+                    self.timing,
+                    self.config.max_executions_per_job,
+                    self.faults.plan.worker_delay_ms / 1000,
                 )
                 rec.stages["pre_end"] = utcnow().isoformat()
             live.params_json = None  # the prepared job replaces it
             if self.faults.fail_job():
-                await self._finish(rec, JobState.FAILED, ErrorCode.EMULATOR_FAULT,
-                                   "Injected fault: the job failed on purpose (admin fault plan).")
+                await self._finish(
+                    rec,
+                    JobState.FAILED,
+                    ErrorCode.EMULATOR_FAULT,
+                    "Injected fault: the job failed on purpose (admin fault plan).",
+                )
                 return
             rec.quantum_seconds = prepared.quantum_seconds
-            limit = min(rec.cost or self.config.job_max_execution_s, self.config.job_max_execution_s)
+            limit = min(
+                rec.cost or self.config.job_max_execution_s, self.config.job_max_execution_s
+            )
             async with self._qpu_turn(live):
                 span_start = utcnow()
                 rec.stages["qpu_start"] = span_start.isoformat()
@@ -317,35 +344,43 @@ class Scheduler:
                     await asyncio.sleep(self.clock.hold_s(limit, 0.0))
                     rec.stages["qpu_end"] = utcnow().isoformat()
                     await self._finish(
-                        rec, JobState.CANCELLED, ErrorCode.RAN_TOO_LONG,
+                        rec,
+                        JobState.CANCELLED,
+                        ErrorCode.RAN_TOO_LONG,
                         f"Ran too long: the job needs {prepared.quantum_seconds:.3f} s of QPU "
                         f"time, more than its maximum execution time of {limit:g} s.",
                         charged=limit,
                     )
                     return
                 t0 = time.monotonic()
-                sampled = await self.workers.run(worker.sample, prepared, self.config.noise)
+                sampled = await self.qpu_workers.run(worker.sample, prepared, self.config.noise)
                 aer_s = time.monotonic() - t0
                 hold = self.clock.hold_s(prepared.quantum_seconds, aer_s)
                 if hold > 0:
                     await asyncio.sleep(hold)
                 span_stop = utcnow()
                 rec.stages["qpu_end"] = span_stop.isoformat()
-                rec.emulator_lag_s = max(0.0, aer_s - self.clock.hold_s(prepared.quantum_seconds, 0.0)) \
-                    if self.clock.name not in ("instant", "manual") else 0.0
+                rec.emulator_lag_s = (
+                    max(0.0, aer_s - self.clock.hold_s(prepared.quantum_seconds, 0.0))
+                    if self.clock.name not in ("instant", "manual")
+                    else 0.0
+                )
             async with lanes.slot(priority=POST):
                 rec.stages["post_start"] = utcnow().isoformat()
-                result = await self.workers.run(
+                result = await self.lane_workers.run(
                     worker.postprocess, prepared, sampled, span_start, span_stop
                 )
                 rec.stages["post_end"] = utcnow().isoformat()
-            await self._finish(rec, JobState.COMPLETED, None, None,
-                               charged=prepared.quantum_seconds, result=result)
+            await self._finish(
+                rec, JobState.COMPLETED, None, None, charged=prepared.quantum_seconds, result=result
+            )
         except classical.JobInputError as exc:
             await self._finish(rec, JobState.FAILED, exc.code, exc.message)
         except WorkerDied:
             await self._finish(
-                rec, JobState.FAILED, ErrorCode.EMULATOR_FAULT,
+                rec,
+                JobState.FAILED,
+                ErrorCode.EMULATOR_FAULT,
                 "The emulator's worker process running this job died; the worker was replaced. "
                 "Submit the job again.",
             )
@@ -353,8 +388,12 @@ class Scheduler:
             raise
         except Exception as exc:  # a bug: fail the job, keep the emulator up
             log.exception("job %s failed unexpectedly", rec.id)
-            await self._finish(rec, JobState.FAILED, ErrorCode.INTERNAL,
-                               f"Internal error in the emulator: {type(exc).__name__}: {exc}")
+            await self._finish(
+                rec,
+                JobState.FAILED,
+                ErrorCode.INTERNAL,
+                f"Internal error in the emulator: {type(exc).__name__}: {exc}",
+            )
         finally:
             if self._live.pop(rec.id, None) is not None:
                 self._live_per_instance[rec.instance] -= 1
@@ -439,8 +478,9 @@ class Scheduler:
             job.on_qpu = True
             # An invariant check, not a tautology: count every job that believes it is on
             # this QPU right now.
-            on_qpu = sum(1 for j in self._live.values()
-                         if j.on_qpu and j.rec.backend == qpu.device.name)
+            on_qpu = sum(
+                1 for j in self._live.values() if j.on_qpu and j.rec.backend == qpu.device.name
+            )
             qpu.peak = max(qpu.peak, on_qpu)
             if job.rec.session_id and (session := self.store.session(job.rec.session_id)):
                 self.sessions.activate(session)
@@ -474,7 +514,9 @@ class Scheduler:
                 for live in list(self._live.values()):
                     if live.rec.session_id == session.id and not live.on_qpu:
                         await self._finish(
-                            live.rec, JobState.FAILED, ErrorCode.SESSION_NOT_ACCEPTING,
+                            live.rec,
+                            JobState.FAILED,
+                            ErrorCode.SESSION_NOT_ACCEPTING,
                             "The session's maximum time to live was reached before this job ran.",
                         )
                         if live.task:
@@ -489,18 +531,20 @@ class Scheduler:
         out = []
         for name, qpu in self.qpus.items():
             count = self.store.count
-            out.append(BackendStatistics(
-                backend=name,
-                lanes=self.lanes[name].statistics(),
-                qpu_busy=qpu.current is not None,
-                qpu_job=qpu.current.rec.id if qpu.current else None,
-                qpu_owner=qpu.owner,
-                qpu_peak=qpu.peak,
-                qpu_ready=len(qpu.ready),
-                queued=count(name, JobState.QUEUED),
-                running=count(name, JobState.RUNNING),
-                completed=count(name, JobState.COMPLETED),
-                failed=count(name, JobState.FAILED),
-                cancelled=count(name, JobState.CANCELLED),
-            ))
+            out.append(
+                BackendStatistics(
+                    backend=name,
+                    lanes=self.lanes[name].statistics(),
+                    qpu_busy=qpu.current is not None,
+                    qpu_job=qpu.current.rec.id if qpu.current else None,
+                    qpu_owner=qpu.owner,
+                    qpu_peak=qpu.peak,
+                    qpu_ready=len(qpu.ready),
+                    queued=count(name, JobState.QUEUED),
+                    running=count(name, JobState.RUNNING),
+                    completed=count(name, JobState.COMPLETED),
+                    failed=count(name, JobState.FAILED),
+                    cancelled=count(name, JobState.CANCELLED),
+                )
+            )
         return Statistics(tuple(out))

@@ -109,7 +109,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, seq INTEGER NOT NULL, instance TEXT NOT NULL, meta TEXT NOT NULL,
     params TEXT, result TEXT
 );
-CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, instance TEXT NOT NULL, meta TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY, instance TEXT NOT NULL, meta TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS usage (instance TEXT PRIMARY KEY, seconds REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -265,17 +267,12 @@ class Store:
         if event is not None:
             event.set()
 
-    async def wait_final(self, job_id: str, timeout: float | None) -> JobRecord | None:
-        """Wait (wall seconds) until the job is final; returns the record (final or not)."""
+    async def wait_final(self, job_id: str) -> JobRecord | None:
+        """Wait until the job is final (or deleted); bound it with ``asyncio.timeout``."""
         rec = self._jobs.get(job_id)
         if rec is None or rec.terminal:
             return rec
-        event = self._final_events.setdefault(job_id, asyncio.Event())
-        try:
-            async with asyncio.timeout(timeout):
-                await event.wait()
-        except TimeoutError:
-            pass
+        await self._final_events.setdefault(job_id, asyncio.Event()).wait()
         return self._jobs.get(job_id)
 
     # -- sessions ----------------------------------------------------------------------------

@@ -26,7 +26,12 @@ __all__ = ["postprocess", "preprocess", "sample", "serve", "warm"]
 
 
 def warm(sources: tuple[str, ...]) -> None:
-    """Import the heavy modules and load the devices' targets into this worker's caches."""
+    """Import every module a job needs and load the devices' targets into this worker's
+    caches, so that the first job pays no start-up cost."""
+    import qiskit_aer.primitives  # noqa: F401
+    import qiskit_ibm_runtime.json  # noqa: F401
+
+    from . import classical, estimation  # noqa: F401
     from .backends import device_target
 
     for source in sources:
@@ -90,4 +95,8 @@ def serve() -> None:
 
 
 if __name__ == "__main__":
+    import os
+
+    if len(sys.argv) > 2 and sys.argv[1] == "--nice":
+        os.nice(int(sys.argv[2]))
     serve()

@@ -31,7 +31,9 @@ class Raw:
 
     def request(self, method: str, path: str, **kw: Any) -> requests.Response:
         headers = {**self.headers, **kw.pop("headers", {})}
-        return requests.request(method, self.emu.runtime_url + path, headers=headers, timeout=30, **kw)
+        return requests.request(
+            method, self.emu.runtime_url + path, headers=headers, timeout=30, **kw
+        )
 
     def submit(self, body: dict[str, Any] | str | bytes) -> requests.Response:
         data = body if isinstance(body, (str, bytes)) else p.dumps(body)
@@ -53,8 +55,12 @@ def isa_bell(source: str = "manila") -> QuantumCircuit:
 
 def sampler_body(circuit: Any, shots: Any = 100, **extra: Any) -> dict[str, Any]:
     pub = [circuit, np.empty((0,)), shots]
-    return {"program_id": "sampler", "backend": "ibm_manila",
-            "params": {"pubs": [pub], "options": {}, "version": 2, "support_qiskit": True}, **extra}
+    return {
+        "program_id": "sampler",
+        "backend": "ibm_manila",
+        "params": {"pubs": [pub], "options": {}, "version": 2, "support_qiskit": True},
+        **extra,
+    }
 
 
 def assert_error(resp: requests.Response, status: int, code: int, words: str) -> None:
@@ -81,16 +87,70 @@ def failed_reason(emu: EmulatorThread, raw: Raw, body: dict[str, Any]) -> dict[s
         ("{not json", 400, 1002, "not valid json"),
         ("[1, 2]", 400, 1002, "json object"),
         ({"backend": "ibm_manila", "params": {"pubs": [1]}}, 400, 1002, "program_id"),
-        ({"program_id": "qaoa", "backend": "ibm_manila", "params": {"pubs": [1]}}, 404, 1002, "not found"),
-        ({"program_id": "sampler", "backend": "ibm_nowhere", "params": {"pubs": [1]}}, 400, 1007, "ibm_nowhere"),
+        (
+            {"program_id": "qaoa", "backend": "ibm_manila", "params": {"pubs": [1]}},
+            404,
+            1002,
+            "not found",
+        ),
+        (
+            {"program_id": "sampler", "backend": "ibm_nowhere", "params": {"pubs": [1]}},
+            400,
+            1007,
+            "ibm_nowhere",
+        ),
         ({"program_id": "sampler", "backend": "ibm_manila"}, 400, 1002, "params"),
-        ({"program_id": "sampler", "backend": "ibm_manila", "params": {"pubs": []}}, 400, 1002, "pubs"),
-        ({"program_id": 7, "backend": "ibm_manila", "params": {"pubs": [1]}}, 400, 1002, "program_id"),
-        ({"program_id": "sampler", "backend": "ibm_manila", "params": {"pubs": [1]}, "tags": "x"}, 400, 1002, "tags"),
-        ({"program_id": "sampler", "backend": "ibm_manila", "params": {"pubs": [1]}, "cost": -5}, 400, 1002, "cost"),
-        ({"program_id": "sampler", "backend": "ibm_manila", "params": {"pubs": [1]}, "cost": True}, 400, 1002, "cost"),
-        ({"program_id": "sampler", "backend": "ibm_manila", "params": {"pubs": [1]},
-          "session_id": "nope"}, 404, p.ErrorCode.NOT_FOUND, "session"),
+        (
+            {"program_id": "sampler", "backend": "ibm_manila", "params": {"pubs": []}},
+            400,
+            1002,
+            "pubs",
+        ),
+        (
+            {"program_id": 7, "backend": "ibm_manila", "params": {"pubs": [1]}},
+            400,
+            1002,
+            "program_id",
+        ),
+        (
+            {
+                "program_id": "sampler",
+                "backend": "ibm_manila",
+                "params": {"pubs": [1]},
+                "tags": "x",
+            },
+            400,
+            1002,
+            "tags",
+        ),
+        (
+            {"program_id": "sampler", "backend": "ibm_manila", "params": {"pubs": [1]}, "cost": -5},
+            400,
+            1002,
+            "cost",
+        ),
+        (
+            {
+                "program_id": "sampler",
+                "backend": "ibm_manila",
+                "params": {"pubs": [1]},
+                "cost": True,
+            },
+            400,
+            1002,
+            "cost",
+        ),
+        (
+            {
+                "program_id": "sampler",
+                "backend": "ibm_manila",
+                "params": {"pubs": [1]},
+                "session_id": "nope",
+            },
+            404,
+            p.ErrorCode.NOT_FOUND,
+            "session",
+        ),
     ],
 )
 def test_bad_requests_get_4xx(raw: Raw, body: Any, status: int, code: int, words: str) -> None:
@@ -130,9 +190,16 @@ def test_bad_precision_fails_the_job(emulator: EmulatorThread, raw: Raw) -> None
     from qiskit.quantum_info import SparsePauliOp
 
     obs = SparsePauliOp("ZZ").apply_layout(isa.layout)
-    body = {"program_id": "estimator", "backend": "ibm_manila",
-            "params": {"pubs": [[isa, {obs.paulis[0].to_label(): 1.0}, np.empty((0,)), -0.1]],
-                       "options": {}, "version": 2, "support_qiskit": True}}
+    body = {
+        "program_id": "estimator",
+        "backend": "ibm_manila",
+        "params": {
+            "pubs": [[isa, {obs.paulis[0].to_label(): 1.0}, np.empty((0,)), -0.1]],
+            "options": {},
+            "version": 2,
+            "support_qiskit": True,
+        },
+    }
     state = failed_reason(emulator, raw, body)
     assert "precision" in state["reason"].lower()
 
@@ -145,10 +212,15 @@ def test_emulator_still_healthy_after_bad_input(emulator: EmulatorThread, raw: R
 
 
 def test_unknown_ids_and_routes(raw: Raw) -> None:
-    for method, path in [("GET", "/jobs/nope"), ("GET", "/jobs/nope/results"),
-                         ("POST", "/jobs/nope/cancel"), ("DELETE", "/jobs/nope"),
-                         ("GET", "/sessions/nope"), ("GET", "/backends/ibm_nowhere/configuration"),
-                         ("GET", "/no/such/route")]:
+    for method, path in [
+        ("GET", "/jobs/nope"),
+        ("GET", "/jobs/nope/results"),
+        ("POST", "/jobs/nope/cancel"),
+        ("DELETE", "/jobs/nope"),
+        ("GET", "/sessions/nope"),
+        ("GET", "/backends/ibm_nowhere/configuration"),
+        ("GET", "/no/such/route"),
+    ]:
         resp = raw.request(method, path)
         assert resp.status_code == 404, (method, path, resp.text)
         assert resp.json()["errors"][0]["message"]
@@ -157,12 +229,20 @@ def test_unknown_ids_and_routes(raw: Raw) -> None:
 def test_cancel_of_final_job_is_409(emulator: EmulatorThread, raw: Raw) -> None:
     job_id = raw.submit(sampler_body(isa_bell(), shots=10)).json()["id"]
     emulator.wait_final(job_id)
-    assert_error(raw.request("POST", f"/jobs/{job_id}/cancel"), 409, p.ErrorCode.INVALID_STATE, "already")
+    assert_error(
+        raw.request("POST", f"/jobs/{job_id}/cancel"), 409, p.ErrorCode.INVALID_STATE, "already"
+    )
 
 
 @pytest.mark.parametrize(
     "authorization",
-    [None, "Bearer not-a-jwt", "Bearer " + base64.b64encode(b"x" * 40).decode(), "apikey wrong-key", "Basic abc"],
+    [
+        None,
+        "Bearer not-a-jwt",
+        "Bearer " + base64.b64encode(b"x" * 40).decode(),
+        "apikey wrong-key",
+        "Basic abc",
+    ],
 )
 def test_bad_credentials_get_401(emulator: EmulatorThread, authorization: str | None) -> None:
     headers = {p.HEADER_SERVICE_CRN: emulator.instance}
@@ -176,16 +256,22 @@ def test_tampered_token_and_foreign_instance_get_401(emulator: EmulatorThread, r
     token = raw.headers["Authorization"].split()[1]
     header, payload, sig = token.split(".")
     tampered = f"{header}.{payload}.{sig[:-2]}{'AA' if sig[-2:] != 'AA' else 'BB'}"
-    resp = requests.get(emulator.runtime_url + p.BACKENDS, timeout=5,
-                        headers={"Authorization": f"Bearer {tampered}", p.HEADER_SERVICE_CRN: emulator.instance})
+    resp = requests.get(
+        emulator.runtime_url + p.BACKENDS,
+        timeout=5,
+        headers={"Authorization": f"Bearer {tampered}", p.HEADER_SERVICE_CRN: emulator.instance},
+    )
     assert resp.status_code == 401
     resp = raw.request("GET", p.BACKENDS, headers={p.HEADER_SERVICE_CRN: "crn:v1:other::"})
     assert resp.status_code == 401
 
 
 def test_iam_rejects_unknown_key(emulator: EmulatorThread) -> None:
-    resp = requests.post(emulator.base_url + p.IAM_TOKEN, timeout=5,
-                         data={"grant_type": p.IAM_GRANT_TYPE, "apikey": "wrong"})
+    resp = requests.post(
+        emulator.base_url + p.IAM_TOKEN,
+        timeout=5,
+        data={"grant_type": p.IAM_GRANT_TYPE, "apikey": "wrong"},
+    )
     assert resp.status_code == 400
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -110,7 +111,10 @@ def test_estimator_parameter_sets_and_observables(fez: Any, pm: Any) -> None:
     qc.ry(theta, 0)
     isa = pm.run(qc)
     thetas = np.linspace(0, np.pi, 5)
-    obs = [[SparsePauliOp("Z").apply_layout(isa.layout)], [SparsePauliOp("X").apply_layout(isa.layout)]]
+    obs = [
+        [SparsePauliOp("Z").apply_layout(isa.layout)],
+        [SparsePauliOp("X").apply_layout(isa.layout)],
+    ]
     result = EstimatorV2(mode=fez).run([(isa, obs, thetas.reshape(-1, 1), 0.03)]).result()
     evs, stds = result[0].data.evs, result[0].data.stds
     assert evs.shape == (2, 5)
@@ -126,7 +130,9 @@ def test_metrics_and_usage_follow_the_model(fez: Any, pm: Any) -> None:
     target = device_target("fez")
     expected = quantum_seconds(
         [(circuit_duration_s(isa, target), 2000)],
-        rep_delay_s=250e-6, params=TimingParams(), subjobs=1,
+        rep_delay_s=250e-6,
+        params=TimingParams(),
+        subjobs=1,
     )
     assert metrics["usage"]["quantum_seconds"] == pytest.approx(expected, rel=1e-6)
     assert job.usage() == pytest.approx(expected, rel=1e-6)
@@ -207,6 +213,8 @@ def test_twelve_jobs_five_lanes_one_qpu(make_emulator: Any) -> None:
     assert stats.qpu_peak == 1
     assert stats.completed == 12
     # QPU spans never overlap
-    spans = sorted((s.start, s.stop) for j in jobs for s in j.result().metadata["execution"]["execution_spans"])
-    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+    spans = sorted(
+        (s.start, s.stop) for j in jobs for s in j.result().metadata["execution"]["execution_spans"]
+    )
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
     assert math.isclose(sum(j.usage() for j in jobs), 12 * jobs[0].usage(), rel_tol=1e-9)

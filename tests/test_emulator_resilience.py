@@ -6,11 +6,8 @@ directory, kill it with SIGKILL or SIGTERM, and start it again on the same direc
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +18,6 @@ import pytest
 import requests
 from qiskit import QuantumCircuit
 from qiskit.transpiler import generate_preset_pass_manager
-from qiskit_ibm_runtime import QiskitRuntimeService, SamplerV2
 from qiskit_ibm_runtime.exceptions import (
     IBMInputValueError,
     IBMNotAuthorizedError,
@@ -30,7 +26,7 @@ from qiskit_ibm_runtime.exceptions import (
 
 from aioruntime import protocol as p
 from emulator.backends import device_target
-from emulator.testing import EmulatorThread
+from emulator.testing import EmulatorProcess, EmulatorThread
 
 OTHER = "crn:v1:bluemix:public:quantum-computing:us-east:a/tenant-b::"
 
@@ -40,7 +36,9 @@ def isa_bell() -> QuantumCircuit:
     qc.h(0)
     qc.cx(0, 1)
     qc.measure_all()
-    return generate_preset_pass_manager(optimization_level=1, target=device_target("manila")).run(qc)
+    return generate_preset_pass_manager(optimization_level=1, target=device_target("manila")).run(
+        qc
+    )
 
 
 class Api:
@@ -48,20 +46,30 @@ class Api:
 
     def __init__(self, base_url: str, key: str, instance: str = p.DEFAULT_INSTANCE) -> None:
         self.base_url = base_url
-        token = requests.post(base_url + p.IAM_TOKEN, timeout=10,
-                              data={"grant_type": p.IAM_GRANT_TYPE, "apikey": key}).json()
-        self.headers = {"Authorization": f"Bearer {token['access_token']}",
-                        p.HEADER_SERVICE_CRN: instance}
+        token = requests.post(
+            base_url + p.IAM_TOKEN, timeout=10, data={"grant_type": p.IAM_GRANT_TYPE, "apikey": key}
+        ).json()
+        self.headers = {
+            "Authorization": f"Bearer {token['access_token']}",
+            p.HEADER_SERVICE_CRN: instance,
+        }
 
     def __call__(self, method: str, path: str, **kw: Any) -> requests.Response:
         headers = {**self.headers, **kw.pop("headers", {})}
-        return requests.request(method, self.base_url + "/api/v1" + path, headers=headers,
-                                timeout=90, **kw)
+        return requests.request(
+            method, self.base_url + "/api/v1" + path, headers=headers, timeout=90, **kw
+        )
 
     def submit(self, shots: int = 50, **extra: Any) -> str:
-        body = {"program_id": "sampler", "backend": "ibm_manila",
-                "params": {"pubs": [[isa_bell(), np.empty((0,)), shots]], "version": 2}, **extra}
-        resp = self("POST", p.JOBS, data=p.dumps(body), headers={"Content-Type": "application/json"})
+        body = {
+            "program_id": "sampler",
+            "backend": "ibm_manila",
+            "params": {"pubs": [[isa_bell(), np.empty((0,)), shots]], "version": 2},
+            **extra,
+        }
+        resp = self(
+            "POST", p.JOBS, data=p.dumps(body), headers={"Content-Type": "application/json"}
+        )
         assert resp.status_code == 200, resp.text
         return str(resp.json()["id"])
 
@@ -74,36 +82,25 @@ class Api:
         return body
 
 
-class Server:
-    """``python -m emulator`` in a subprocess on a fixed port and data directory."""
+class Server(EmulatorProcess):
+    """The emulator subprocess on a fixed port and data directory, as the restart tests need."""
 
     def __init__(self, data_dir: Path, port: int, *extra: str) -> None:
-        self.data_dir, self.port, self.extra = data_dir, port, extra
-        self.proc: subprocess.Popen[str] | None = None
-        self.base_url = f"http://127.0.0.1:{port}"
-
-    def start(self) -> Server:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "emulator", "--port", str(self.port), "--data-dir",
-             str(self.data_dir), "--backends", "ibm_manila", "--api-key", "k1", "--lanes", "2",
-             *self.extra],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        super().__init__(
+            "--data-dir",
+            str(data_dir),
+            "--backends",
+            "ibm_manila",
+            "--api-key",
+            "k1",
+            "--lanes",
+            "2",
+            *extra,
+            port=port,
         )
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:  # blocks until the server says it listens
-            if "listening on" in line:
-                break
-        else:
-            raise RuntimeError(f"emulator exited with {self.proc.wait()}")
-        return self
 
     def kill(self, sig: int) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=90)
-        if self.proc.stdout:
-            self.proc.stdout.close()
-        return code
+        return self.stop(sig)
 
 
 def free_port() -> int:
@@ -121,27 +118,16 @@ def servers(tmp_path: Path) -> Iterator[list[Server]]:
             server.kill(signal.SIGKILL)
 
 
-def official_for(base_url: str, key: str = "k1") -> QiskitRuntimeService:
-    saved = dict(os.environ)
-    os.environ.update(IAM_URL=base_url, GLOBAL_SEARCH_URL=base_url,
-                      GLOBAL_CATALOG_URL=base_url + p.CATALOG_PREFIX)
-    try:
-        return QiskitRuntimeService(
-            channel="ibm_quantum_platform", token=key, instance=p.DEFAULT_INSTANCE,
-            url=base_url + "/api/v1",
-            url_resolver=lambda url, instance, private_endpoint=False, channel=None: url)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
 def test_sigkill_mid_run_loses_no_job(tmp_path: Path, servers: list[Server]) -> None:
     port = free_port()
     first = Server(tmp_path, port, "--clock", "scaled:0.1").start()
     servers.append(first)
     api = Api(first.base_url, "k1")
-    session = api("POST", p.SESSIONS, json={"mode": "dedicated", "backend": "ibm_manila",
-                                            "instance": p.DEFAULT_INSTANCE}).json()["id"]
+    session = api(
+        "POST",
+        p.SESSIONS,
+        json={"mode": "dedicated", "backend": "ibm_manila", "instance": p.DEFAULT_INSTANCE},
+    ).json()["id"]
     in_session = api.submit(session_id=session)
     ids = [api.submit() for _ in range(8)]
     assert api.wait(in_session)["state"]["status"] == "Completed"
@@ -162,7 +148,7 @@ def test_sigkill_mid_run_loses_no_job(tmp_path: Path, servers: list[Server]) -> 
     assert details["elapsed_time"] > 0
     assert api.wait(api.submit(session_id=session))["state"]["status"] == "Completed"
     # the official client (its token issued before the crash would still be valid) reads all
-    service = official_for(second.base_url)
+    service = second.official_service(token="k1")
     for job_id in ids:
         assert service.job(job_id).result()[0].data.meas.num_shots == 50
 
@@ -185,8 +171,12 @@ def test_sigterm_drains_and_exits_cleanly(tmp_path: Path, servers: list[Server])
 def test_killing_a_worker_mid_job_fails_only_that_job(emulator: EmulatorThread) -> None:
     api = Api(emulator.base_url, emulator.api_key)
     admin = {"Authorization": f"Bearer {emulator.config.admin_key}"}
-    requests.put(emulator.base_url + "/admin/faults", json={"worker_delay_ms": 30_000},
-                 headers=admin, timeout=10).raise_for_status()
+    requests.put(
+        emulator.base_url + "/admin/faults",
+        json={"worker_delay_ms": 30_000},
+        headers=admin,
+        timeout=10,
+    ).raise_for_status()
     job_id = api.submit()
     emulator.until(lambda s: s.lanes["ibm_manila"].statistics().busy == 1)
     requests.delete(emulator.base_url + "/admin/faults", headers=admin, timeout=10)
@@ -212,19 +202,37 @@ def _is_worker(proc: psutil.Process) -> bool:
 def test_instances_are_tenants(make_emulator: Any) -> None:
     from emulator.config import ApiKey
 
-    emu = make_emulator(backends="ibm_manila", instances=(p.DEFAULT_INSTANCE, OTHER),
-                        api_keys=(ApiKey("key-a", (p.DEFAULT_INSTANCE,)), ApiKey("key-b", (OTHER,))))
+    emu = make_emulator(
+        backends="ibm_manila",
+        instances=(p.DEFAULT_INSTANCE, OTHER),
+        api_keys=(ApiKey("key-a", (p.DEFAULT_INSTANCE,)), ApiKey("key-b", (OTHER,))),
+    )
     a, b = Api(emu.base_url, "key-a"), Api(emu.base_url, "key-b", OTHER)
     job_a = a.submit()
     session_a = a("POST", p.SESSIONS, json={"backend": "ibm_manila", "mode": "batch"}).json()["id"]
-    for method, path in [("GET", f"/jobs/{job_a}"), ("GET", f"/jobs/{job_a}/results"),
-                         ("POST", f"/jobs/{job_a}/cancel"), ("DELETE", f"/jobs/{job_a}"),
-                         ("GET", f"/sessions/{session_a}"), ("DELETE", f"/sessions/{session_a}/close")]:
+    for method, path in [
+        ("GET", f"/jobs/{job_a}"),
+        ("GET", f"/jobs/{job_a}/results"),
+        ("POST", f"/jobs/{job_a}/cancel"),
+        ("DELETE", f"/jobs/{job_a}"),
+        ("GET", f"/sessions/{session_a}"),
+        ("DELETE", f"/sessions/{session_a}/close"),
+    ]:
         assert b(method, path).status_code == 404, (method, path)
     assert b("GET", p.JOBS).json()["count"] == 0
-    resp = b("POST", p.JOBS, headers={"Content-Type": "application/json"}, data=p.dumps(
-        {"program_id": "sampler", "backend": "ibm_manila", "session_id": session_a,
-         "params": {"pubs": [[isa_bell(), np.empty((0,)), 10]]}}))
+    resp = b(
+        "POST",
+        p.JOBS,
+        headers={"Content-Type": "application/json"},
+        data=p.dumps(
+            {
+                "program_id": "sampler",
+                "backend": "ibm_manila",
+                "session_id": session_a,
+                "params": {"pubs": [[isa_bell(), np.empty((0,)), 10]]},
+            }
+        ),
+    )
     assert resp.status_code == 404  # joining another tenant's session
     # key-b may not act for instance A at all
     assert b("GET", p.JOBS, headers={p.HEADER_SERVICE_CRN: p.DEFAULT_INSTANCE}).status_code == 401
@@ -238,24 +246,35 @@ def test_instances_are_tenants(make_emulator: Any) -> None:
     with pytest.raises(IBMInputValueError, match="does not have access"):
         emu.official_service(token="key-b", instance=p.DEFAULT_INSTANCE)
     # and if the client skips that check, the Runtime API itself answers 401
-    sneaky = emu.official_service(token="key-b", instance=p.DEFAULT_INSTANCE,
-                                  env={"QISKIT_FUNCTIONS_EXPERIMENTAL": "1"})
+    sneaky = emu.official_service(
+        token="key-b", instance=p.DEFAULT_INSTANCE, env={"QISKIT_FUNCTIONS_EXPERIMENTAL": "1"}
+    )
     with pytest.raises(IBMNotAuthorizedError):
         sneaky.job(job_a)
 
 
 def test_limits_answer_clearly(make_emulator: Any) -> None:
-    emu = make_emulator(backends="ibm_manila", max_pending_jobs_per_instance=2,
-                        max_body_bytes=200_000)
+    emu = make_emulator(
+        backends="ibm_manila", max_pending_jobs_per_instance=2, max_body_bytes=200_000
+    )
     api = Api(emu.base_url, emu.api_key)
     resp = api("POST", p.JOBS, data=b"x" * 300_000, headers={"Content-Type": "application/json"})
     assert resp.status_code == 413 and resp.json()["errors"]
     emu.call(lambda: emu.scheduler.pause("ibm_manila"))
     api.submit()
     api.submit()
-    resp = api("POST", p.JOBS, headers={"Content-Type": "application/json"}, data=p.dumps(
-        {"program_id": "sampler", "backend": "ibm_manila",
-         "params": {"pubs": [[isa_bell(), np.empty((0,)), 10]]}}))
+    resp = api(
+        "POST",
+        p.JOBS,
+        headers={"Content-Type": "application/json"},
+        data=p.dumps(
+            {
+                "program_id": "sampler",
+                "backend": "ibm_manila",
+                "params": {"pubs": [[isa_bell(), np.empty((0,)), 10]]},
+            }
+        ),
+    )
     assert resp.status_code == 429
     assert resp.json()["errors"][0]["code"] == str(p.ErrorCode.TOO_MANY_JOBS)
     emu.call(lambda: emu.scheduler.resume("ibm_manila"))
@@ -269,8 +288,17 @@ def test_fault_plan_is_seeded_and_admin_keyed(emulator: EmulatorThread) -> None:
     api = Api(emulator.base_url, emulator.api_key)
 
     def statuses() -> list[int]:
-        requests.put(url, json={"seed": 7, "error_rate": 0.5, "error_statuses": [503, 429],
-                                "paths": ["/backends"]}, headers=admin, timeout=5).raise_for_status()
+        requests.put(
+            url,
+            json={
+                "seed": 7,
+                "error_rate": 0.5,
+                "error_statuses": [503, 429],
+                "paths": ["/backends"],
+            },
+            headers=admin,
+            timeout=5,
+        ).raise_for_status()
         return [api("GET", p.BACKENDS).status_code for _ in range(20)]
 
     first, second = statuses(), statuses()
@@ -284,8 +312,15 @@ def test_fault_plan_is_seeded_and_admin_keyed(emulator: EmulatorThread) -> None:
 def test_idempotent_submission(emulator: EmulatorThread) -> None:
     api = Api(emulator.base_url, emulator.api_key)
     key = {p.HEADER_IDEMPOTENCY_KEY: "retry-me-1"}
-    body = {"program_id": "sampler", "backend": "ibm_manila",
-            "params": {"pubs": [[isa_bell(), np.empty((0,)), 10]]}}
-    ids = {api("POST", p.JOBS, data=p.dumps(body),
-               headers={"Content-Type": "application/json", **key}).json()["id"] for _ in range(3)}
+    body = {
+        "program_id": "sampler",
+        "backend": "ibm_manila",
+        "params": {"pubs": [[isa_bell(), np.empty((0,)), 10]]},
+    }
+    ids = {
+        api(
+            "POST", p.JOBS, data=p.dumps(body), headers={"Content-Type": "application/json", **key}
+        ).json()["id"]
+        for _ in range(3)
+    }
     assert len(ids) == 1

@@ -6,6 +6,7 @@ exactly when the test says, and nothing sleeps.
 
 from __future__ import annotations
 
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
@@ -88,9 +89,22 @@ def test_details_has_every_documented_key(rig: Rig) -> None:
     with Session(backend=rig.backend, max_time=600) as session:
         rig.run(session).result()
         details = session.details()
-    for key in ("id", "backend_name", "interactive_timeout", "max_time", "active_timeout", "state",
-                "accepting_jobs", "last_job_started", "last_job_completed", "started_at",
-                "closed_at", "activated_at", "mode", "usage_time"):
+    for key in (
+        "id",
+        "backend_name",
+        "interactive_timeout",
+        "max_time",
+        "active_timeout",
+        "state",
+        "accepting_jobs",
+        "last_job_started",
+        "last_job_completed",
+        "started_at",
+        "closed_at",
+        "activated_at",
+        "mode",
+        "usage_time",
+    ):
         assert key in details, key
     assert details["backend_name"] == BACKEND
     assert details["mode"] == "dedicated"
@@ -116,7 +130,9 @@ def test_active_session_owns_the_qpu_until_its_ttl_runs_out(rig: Rig) -> None:
     assert rig.emu.statistics().backend(BACKEND).qpu_ready == 1
     rig.emu.advance(60)  # 60 s after the second job ended: the session goes inactive
     outsider.result()
-    assert qpu_span(first)[1] <= qpu_span(second)[0] and qpu_span(second)[1] <= qpu_span(outsider)[0]
+    assert (
+        qpu_span(first)[1] <= qpu_span(second)[0] and qpu_span(second)[1] <= qpu_span(outsider)[0]
+    )
     details = session.details()
     assert details["state"] == "inactive"
     # usage: the active window from the first job to the TTL expiry, idle time included
@@ -151,13 +167,27 @@ def test_job_after_close_is_refused(rig: Rig) -> None:
     session = Session(backend=rig.backend)
     rig.run(session).result()
     session.close()
-    token = requests.post(rig.emu.base_url + p.IAM_TOKEN, timeout=5,
-                          data={"grant_type": p.IAM_GRANT_TYPE, "apikey": rig.emu.api_key}).json()
-    body = {"program_id": "sampler", "backend": BACKEND, "session_id": session.session_id,
-            "params": {"pubs": [[rig.isa, np.empty((0,)), 10]], "version": 2}}
-    resp = requests.post(rig.emu.runtime_url + p.JOBS, data=p.dumps(body), timeout=10, headers={
-        "Authorization": f"Bearer {token['access_token']}", p.HEADER_SERVICE_CRN: rig.emu.instance,
-        "Content-Type": "application/json"})
+    token = requests.post(
+        rig.emu.base_url + p.IAM_TOKEN,
+        timeout=5,
+        data={"grant_type": p.IAM_GRANT_TYPE, "apikey": rig.emu.api_key},
+    ).json()
+    body = {
+        "program_id": "sampler",
+        "backend": BACKEND,
+        "session_id": session.session_id,
+        "params": {"pubs": [[rig.isa, np.empty((0,)), 10]], "version": 2},
+    }
+    resp = requests.post(
+        rig.emu.runtime_url + p.JOBS,
+        data=p.dumps(body),
+        timeout=10,
+        headers={
+            "Authorization": f"Bearer {token['access_token']}",
+            p.HEADER_SERVICE_CRN: rig.emu.instance,
+            "Content-Type": "application/json",
+        },
+    )
     assert resp.status_code == 409
     assert "closed" in resp.json()["errors"][0]["message"]
 
@@ -176,7 +206,7 @@ def test_batch_overlaps_classical_work_and_runs_back_to_back(rig: Rig) -> None:
     stats = rig.emu.statistics().backend(BACKEND)
     assert stats.lanes.peak_busy == 5
     spans = sorted(qpu_span(j) for j in jobs)
-    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
     assert spans[-1][1] <= qpu_span(outsider)[0]  # nobody got in between the batch's jobs
     assert all(r[0].data.meas.num_shots == 20 for r in results)
     # batch usage is the sum of its jobs' quantum seconds
@@ -204,11 +234,17 @@ def test_usage_session_includes_idle_batch_equals_sum(rig: Rig) -> None:
     session.close()
 
 
-def test_ibm_two_vqe_threading_recipe_runs_unchanged(emulator: EmulatorThread, official: Any) -> None:
+def test_ibm_two_vqe_threading_recipe_runs_unchanged(
+    emulator: EmulatorThread, official: Any
+) -> None:
     backend = official.backend(BACKEND)
-    pm = generate_preset_pass_manager(optimization_level=1, target=backend.target, seed_transpiler=1)
+    pm = generate_preset_pass_manager(
+        optimization_level=1, target=backend.target, seed_transpiler=1
+    )
     ansatz = pm.run(efficient_su2(2, reps=1))
-    hamiltonian = SparsePauliOp.from_list([("ZZ", 1.0), ("XI", 0.5), ("IX", 0.5)]).apply_layout(ansatz.layout)
+    hamiltonian = SparsePauliOp.from_list([("ZZ", 1.0), ("XI", 0.5), ("IX", 0.5)]).apply_layout(
+        ansatz.layout
+    )
     x0 = np.full(ansatz.num_parameters, 0.3)
 
     def cost_func(params: Any, ansatz: Any, hamiltonian: Any, estimator: Any) -> float:
@@ -216,8 +252,13 @@ def test_ibm_two_vqe_threading_recipe_runs_unchanged(emulator: EmulatorThread, o
 
     # the seed's recipe, verbatim apart from small iteration limits
     def minimize_thread(estimator: Any, method: str) -> Any:
-        return minimize(cost_func, x0, args=(ansatz, hamiltonian, estimator), method=method,
-                        options={"maxiter": 12})
+        return minimize(
+            cost_func,
+            x0,
+            args=(ansatz, hamiltonian, estimator),
+            method=method,
+            options={"maxiter": 12},
+        )
 
     with Session(backend=backend), ThreadPoolExecutor() as executor:
         estimator1 = EstimatorV2()

@@ -21,9 +21,25 @@ OTHER = "crn:v1:bluemix:public:quantum-computing:us-east:a/other::"
 
 def test_flags_and_environment() -> None:
     config = from_args(
-        ["--port", "0", "--lanes", "3", "--clock", "scaled:0.01", "--noise",
-         "--api-key", "k1", "--api-key", f"k2@{OTHER}", "--instance", p.DEFAULT_INSTANCE,
-         "--instance", OTHER, "--backends", "ibm_fez"],
+        [
+            "--port",
+            "0",
+            "--lanes",
+            "3",
+            "--clock",
+            "scaled:0.01",
+            "--noise",
+            "--api-key",
+            "k1",
+            "--api-key",
+            f"k2@{OTHER}",
+            "--instance",
+            p.DEFAULT_INSTANCE,
+            "--instance",
+            OTHER,
+            "--backends",
+            "ibm_fez",
+        ],
         environ={},
     )
     assert (config.port, config.lanes, config.noise, config.backends) == (0, 3, True, "ibm_fez")
@@ -31,7 +47,9 @@ def test_flags_and_environment() -> None:
     assert config.instances_for_key("k1") == (p.DEFAULT_INSTANCE, OTHER)
     assert config.instances_for_key("k2") == (OTHER,)
     assert config.instances_for_key("nope") is None
-    env = from_args([], environ={"AIORUNTIME_EMULATOR_PORT": "9999", "AIORUNTIME_EMULATOR_CLOCK": "realtime"})
+    env = from_args(
+        [], environ={"AIORUNTIME_EMULATOR_PORT": "9999", "AIORUNTIME_EMULATOR_CLOCK": "realtime"}
+    )
     assert env.port == 9999 and str(env.clock) == "realtime"
     assert from_args(["--ephemeral"], environ={}).data_dir == Path(":memory:")
 
@@ -130,18 +148,37 @@ async def test_lanes_cancelled_waiter_leaves_and_pause_gates() -> None:
 
 
 def test_tokens_expire_and_are_bound() -> None:
-    config = Config(api_keys=(ApiKey("k"), ApiKey("bound", (OTHER,))),
-                    instances=(p.DEFAULT_INSTANCE, OTHER), token_ttl_s=60)
+    config = Config(
+        api_keys=(ApiKey("k"), ApiKey("bound", (OTHER,))),
+        instances=(p.DEFAULT_INSTANCE, OTHER),
+        token_ttl_s=60,
+    )
     token, iat, exp = issue_token(config, "bound")
     assert exp - iat == 60
     assert authenticate(config, f"Bearer {token}").instances == (OTHER,)
     assert authenticate(config, "apikey k").instances == (p.DEFAULT_INSTANCE, OTHER)
-    expired = jwt.encode({"iss": "aioruntime-emulator", "sub": "x", "iat": int(time.time()) - 100,
-                          "exp": int(time.time()) - 50, "instances": [OTHER]},
-                         config.token_secret, algorithm="HS256")
-    forged = jwt.encode({"iss": "aioruntime-emulator", "sub": "x", "iat": int(time.time()),
-                         "exp": int(time.time()) + 50, "instances": [OTHER]},
-                        "not-the-secret-" * 4, algorithm="HS256")
+    expired = jwt.encode(
+        {
+            "iss": "aioruntime-emulator",
+            "sub": "x",
+            "iat": int(time.time()) - 100,
+            "exp": int(time.time()) - 50,
+            "instances": [OTHER],
+        },
+        config.token_secret,
+        algorithm="HS256",
+    )
+    forged = jwt.encode(
+        {
+            "iss": "aioruntime-emulator",
+            "sub": "x",
+            "iat": int(time.time()),
+            "exp": int(time.time()) + 50,
+            "instances": [OTHER],
+        },
+        "not-the-secret-" * 4,
+        algorithm="HS256",
+    )
     for bad in (None, f"Bearer {expired}", f"Bearer {forged}", "apikey nope", "Token x"):
         with pytest.raises(AuthError):
             authenticate(config, bad)
@@ -152,8 +189,15 @@ def test_tokens_expire_and_are_bound() -> None:
 async def test_store_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     async with Store(path) as store:
-        rec = JobRecord(id="j1", seq=store.next_seq(), instance="i", backend="b",
-                        program_id="sampler", created="2026-01-01T00:00:00+00:00", tags=["t"])
+        rec = JobRecord(
+            id="j1",
+            seq=store.next_seq(),
+            instance="i",
+            backend="b",
+            program_id="sampler",
+            created="2026-01-01T00:00:00+00:00",
+            tags=["t"],
+        )
         await store.add_job(rec, '{"pubs": []}')
         rec.state = p.JobState.COMPLETED
         await store.save_result(rec, "RESULT")
@@ -167,4 +211,4 @@ async def test_store_survives_reopen(tmp_path: Path) -> None:
         assert store.session("s1") is not None
         assert store.usage("i") == 2.5
         assert store.next_seq() == 2
-        assert (await store.wait_final("j1", 0)) is again
+        assert (await store.wait_final("j1")) is again

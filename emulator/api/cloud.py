@@ -17,21 +17,29 @@ async def iam_token(request: web.Request) -> web.Response:
     form = await request.post()
     if form.get("grant_type") != p.IAM_GRANT_TYPE or not isinstance(form.get("apikey"), str):
         return web.json_response(
-            {"errorCode": "BXNIM0109E", "errorMessage": "Property missing or empty.",
-             "context": {}}, status=400)
+            {
+                "errorCode": "BXNIM0109E",
+                "errorMessage": "Property missing or empty.",
+                "context": {},
+            },
+            status=400,
+        )
     try:
         token, iat, exp = issue_token(request.config_dict[CONFIG], str(form["apikey"]))
     except AuthError as exc:
         return web.json_response(
-            {"errorCode": "BXNIM0415E", "errorMessage": str(exc), "context": {}}, status=400)
-    return web.json_response({
-        "access_token": token,
-        "refresh_token": "not_supported",
-        "token_type": "Bearer",
-        "expires_in": exp - iat,
-        "expiration": exp,
-        "scope": "ibm openid",
-    })
+            {"errorCode": "BXNIM0415E", "errorMessage": str(exc), "context": {}}, status=400
+        )
+    return web.json_response(
+        {
+            "access_token": token,
+            "refresh_token": "not_supported",
+            "token_type": "Bearer",
+            "expires_in": exp - iat,
+            "expiration": exp,
+            "scope": "ibm openid",
+        }
+    )
 
 
 async def search(request: web.Request) -> web.Response:
@@ -56,11 +64,13 @@ async def search(request: web.Request) -> web.Response:
 async def catalog_entry(request: web.Request) -> web.Response:
     if request.match_info["plan_id"] != PLAN_ID:
         return web.json_response({"message": "not found"}, status=404)
-    return web.json_response({
-        "id": PLAN_ID,
-        "overview_ui": {"en": {"display_name": "Emulator"}},
-        "metadata": {"pricing": {"type": "paid"}},
-    })
+    return web.json_response(
+        {
+            "id": PLAN_ID,
+            "overview_ui": {"en": {"display_name": "Emulator"}},
+            "metadata": {"pricing": {"type": "paid"}},
+        }
+    )
 
 
 def routes() -> web.RouteTableDef:

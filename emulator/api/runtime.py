@@ -1,4 +1,4 @@
-"""Handlers of the Runtime API (spec §2.3–2.6) and the emulator's extensions.
+"""Handlers of the Runtime API (spec §2.3 to §2.6) and the emulator's extensions.
 
 Handlers only decode, call the scheduler or the store, and encode; the rules live in
 :mod:`emulator.scheduler` and :mod:`emulator.sessions`. Every job and session is looked up *for
@@ -7,6 +7,8 @@ the caller's instance*: another instance's ids answer 404, exactly like unknown 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import json
 import math
@@ -55,13 +57,17 @@ async def _body_object(request: web.Request) -> dict[str, Any]:
     try:
         body = json.loads(raw) if raw else None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, ErrorCode.VALIDATION, f"The request body is not valid JSON: {exc}") from None
+        raise ApiError(
+            400, ErrorCode.VALIDATION, f"The request body is not valid JSON: {exc}"
+        ) from None
     if not isinstance(body, dict):
         raise ApiError(400, ErrorCode.VALIDATION, "The request body must be a JSON object.")
     return body
 
 
-def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool = False) -> Any:
+def _field(
+    body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool = False
+) -> Any:
     value = body.get(name)
     if value is None:
         if required:
@@ -98,24 +104,33 @@ async def backend_properties(request: web.Request) -> web.Response:
 async def backend_status(request: web.Request) -> web.Response:
     device = _device(request)
     queued = request.config_dict[SCHEDULER].statistics().backend(device.name).queued
-    return _json({
-        "state": True, "status": "active", "message": "available", "length_queue": queued,
-        "backend_version": device.configuration.get("backend_version", "0.0.0"),
-    })
+    return _json(
+        {
+            "state": True,
+            "status": "active",
+            "message": "available",
+            "length_queue": queued,
+            "backend_version": device.configuration.get("backend_version", "0.0.0"),
+        }
+    )
 
 
 async def instance_usage(request: web.Request) -> web.Response:
     instance = _caller(request).instance
     now = datetime.now(UTC)
     start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    return _json({
-        "instance_id": instance,
-        "plan_id": "emulator",
-        "usage_consumed_seconds": request.config_dict[STORE].usage(instance),
-        "usage_limit_reached": False,
-        "usage_period": {"start_time": start.isoformat(),
-                         "end_time": (start + timedelta(days=32)).replace(day=1).isoformat()},
-    })
+    return _json(
+        {
+            "instance_id": instance,
+            "plan_id": "emulator",
+            "usage_consumed_seconds": request.config_dict[STORE].usage(instance),
+            "usage_limit_reached": False,
+            "usage_period": {
+                "start_time": start.isoformat(),
+                "end_time": (start + timedelta(days=32)).replace(day=1).isoformat(),
+            },
+        }
+    )
 
 
 # -- jobs ------------------------------------------------------------------------------------
@@ -125,8 +140,11 @@ async def submit_job(request: web.Request) -> web.Response:
     body = await _body_object(request)
     program_id = _field(body, "program_id", str, required=True)
     if program_id not in PROGRAMS:
-        raise ApiError(404, ErrorCode.VALIDATION,
-                       f"Program '{program_id}' not found; the emulator runs {', '.join(PROGRAMS)}.")
+        raise ApiError(
+            404,
+            ErrorCode.VALIDATION,
+            f"Program '{program_id}' not found; the emulator runs {', '.join(PROGRAMS)}.",
+        )
     backend = _field(body, "backend", str, required=True)
     if backend not in request.config_dict[DEVICES]:
         raise ApiError(400, ErrorCode.BACKEND_NOT_FOUND, f"Backend {backend} not found.")
@@ -175,7 +193,9 @@ async def job_results(request: web.Request) -> web.Response:
         text = await request.config_dict[STORE].result(rec.id) or ""
     elif rec.terminal:
         # The official client reads this text for failed jobs while computing status().
-        text = f"Error code {rec.reason_code}; {rec.reason}" if rec.reason_code else (rec.reason or "")
+        text = (
+            f"Error code {rec.reason_code}; {rec.reason}" if rec.reason_code else (rec.reason or "")
+        )
     else:
         raise ApiError(409, ErrorCode.INVALID_STATE, f"Job {rec.id} is {rec.state}; no result yet.")
     return web.Response(text=text, content_type="text/plain")
@@ -230,7 +250,9 @@ def _bool_query(request: web.Request, name: str) -> bool | None:
     try:
         return p.parse_bool(request.query[name])
     except ValueError:
-        raise ApiError(400, ErrorCode.VALIDATION, f"Query '{name}' must be true or false.") from None
+        raise ApiError(
+            400, ErrorCode.VALIDATION, f"Query '{name}' must be true or false."
+        ) from None
 
 
 def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -272,8 +294,14 @@ async def list_jobs(request: web.Request) -> web.Response:
     if q.get("sort", "DESC").upper() != "ASC":
         matched.reverse()
     page = matched[offset : offset + limit]
-    return _json({"jobs": [views.job_body(r) for r in page], "count": len(matched),
-                  "limit": limit, "offset": offset})
+    return _json(
+        {
+            "jobs": [views.job_body(r) for r in page],
+            "count": len(matched),
+            "limit": limit,
+            "offset": offset,
+        }
+    )
 
 
 # -- sessions --------------------------------------------------------------------------------
@@ -289,12 +317,16 @@ async def create_session(request: web.Request) -> web.Response:
         raise ApiError(400, ErrorCode.BACKEND_NOT_FOUND, f"Backend {backend} not found.")
     max_ttl = _field(body, "max_ttl", (int, float))
     if max_ttl is not None and not (math.isfinite(max_ttl) and 0 < max_ttl <= 10**7):
-        raise ApiError(400, ErrorCode.VALIDATION, "Field 'max_ttl' must be a positive number of seconds.")
+        raise ApiError(
+            400, ErrorCode.VALIDATION, "Field 'max_ttl' must be a positive number of seconds."
+        )
     instance = _caller(request).instance
     if (asked := _field(body, "instance", str)) and asked != instance:
         raise ApiError(400, ErrorCode.VALIDATION, "Field 'instance' does not match Service-CRN.")
     scheduler = request.config_dict[SCHEDULER]
-    rec = await scheduler.sessions.create(instance=instance, backend=backend, mode=mode, max_ttl=max_ttl)
+    rec = await scheduler.sessions.create(
+        instance=instance, backend=backend, mode=mode, max_ttl=max_ttl
+    )
     return _json(views.session_body(rec, scheduler.sessions))
 
 
@@ -330,17 +362,19 @@ async def cancel_session(request: web.Request) -> web.Response:
 
 async def capabilities(request: web.Request) -> web.Response:
     config = request.config_dict[CONFIG]
-    return _json({
-        "emulator": True,
-        "clock": str(config.clock),
-        "lanes": config.lanes,
-        "extensions": {
-            "job_wait": {"path": p.EXT_JOB_WAIT, "max_timeout": config.wait_max_s},
-            "statistics": {"path": p.EXT_STATISTICS},
-            # POST /jobs with this header twice returns the first job: retrying is safe.
-            "idempotent_submit": {"header": p.HEADER_IDEMPOTENCY_KEY},
-        },
-    })
+    return _json(
+        {
+            "emulator": True,
+            "clock": str(config.clock),
+            "lanes": config.lanes,
+            "extensions": {
+                "job_wait": {"path": p.EXT_JOB_WAIT, "max_timeout": config.wait_max_s},
+                "statistics": {"path": p.EXT_STATISTICS},
+                # POST /jobs with this header twice returns the first job: retrying is safe.
+                "idempotent_submit": {"header": p.HEADER_IDEMPOTENCY_KEY},
+            },
+        }
+    )
 
 
 async def wait_job(request: web.Request) -> web.Response:
@@ -352,7 +386,11 @@ async def wait_job(request: web.Request) -> web.Response:
         raise ApiError(400, ErrorCode.VALIDATION, "Query 'timeout' must be a number.") from None
     if not (math.isfinite(timeout) and timeout >= 0):
         raise ApiError(400, ErrorCode.VALIDATION, "Query 'timeout' must be >= 0.")
-    final = await request.config_dict[STORE].wait_final(rec.id, min(timeout, config.wait_max_s))
+    store = request.config_dict[STORE]
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(min(timeout, config.wait_max_s)):
+            await store.wait_final(rec.id)
+    final = store.job(rec.id)
     if final is None:
         raise ApiError(404, ErrorCode.NOT_FOUND, f"Job {rec.id} not found.")
     return web.Response(text=views.job_json_text(final), content_type="application/json")
