@@ -17,6 +17,7 @@ The wire protocol lives in :mod:`aioruntime.protocol`; the exception tree is dra
 from __future__ import annotations
 
 from ._http import VERSION as __version__
+from .backend import AsyncBackend
 from .errors import (
     AioRuntimeError,
     ApiError,
@@ -45,7 +46,7 @@ from .errors import (
 )
 from .job import AsyncRuntimeJob, WaitStatistics
 from .primitives import AsyncEstimatorV2, AsyncSamplerV2
-from .service import AsyncBackend, AsyncRuntimeService, ServiceState, ServiceStatistics
+from .service import AsyncRuntimeService, ServiceState, ServiceStatistics
 from .session import AsyncBatch, AsyncSession, ModeState
 
 __all__ = [

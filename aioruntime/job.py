@@ -53,7 +53,8 @@ from .errors import (
 if TYPE_CHECKING:
     from qiskit.primitives.containers import PrimitiveResult
 
-    from .service import AsyncBackend, AsyncRuntimeService
+    from .backend import AsyncBackend
+    from .service import AsyncRuntimeService
 
 __all__ = ["FINAL_STATUSES", "AsyncRuntimeJob", "JobWaits", "WaitStatistics"]
 

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from qiskit.primitives.containers.estimator_pub import EstimatorPubLike
     from qiskit.primitives.containers.sampler_pub import SamplerPubLike
 
-    from .service import AsyncBackend
+    from .backend import AsyncBackend
 
 __all__ = ["AsyncEstimatorV2", "AsyncSamplerV2"]
 
@@ -67,7 +67,7 @@ class _AsyncPrimitive(Generic[OptionsT]):
         mode: AsyncBackend | _ExecutionMode | None = None,
         options: dict[str, Any] | OptionsT | None = None,
     ) -> None:
-        from .service import AsyncBackend
+        from .backend import AsyncBackend
 
         context = current_mode()
         if mode is None:

@@ -1,5 +1,6 @@
 """``AsyncRuntimeService``: the entry point. Owns the HTTP connection pool, the IAM token, the
-waiting machinery and a cache of backends.
+waiting machinery and a cache of backends (:class:`~aioruntime.backend.AsyncBackend`, loaded by
+:mod:`aioruntime.backend`).
 
 Usage::
 
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import logging
 import os
 import urllib.parse
@@ -34,27 +34,22 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 import anyio.to_thread
-from qiskit.providers import BackendV2, Options
 
 from . import protocol as p
 from ._http import ClientConfig, Transport, TransportStatistics, _retrieve
+from .backend import AsyncBackend, load_backend
 from .errors import (
     BackendNotFoundError,
     InputValueError,
     JobNotFoundError,
     ServiceClosedError,
     SessionNotFoundError,
-    UsageError,
 )
 from .job import AsyncRuntimeJob, JobWaits, WaitStatistics
-
-if TYPE_CHECKING:
-    from qiskit.transpiler import Target
-    from qiskit_ibm_runtime.models import BackendProperties, QasmBackendConfiguration
 
 __all__ = ["AsyncBackend", "AsyncRuntimeService", "ServiceState", "ServiceStatistics"]
 
@@ -78,124 +73,6 @@ class ServiceStatistics:
     transport: TransportStatistics
     waits: WaitStatistics
     backends_cached: int
-
-
-class AsyncBackend(BackendV2):  # type: ignore[misc]
-    """A Runtime backend: name, ``num_qubits`` and a qiskit ``Target`` built from the server's
-    ``/configuration`` and ``/properties`` (with the official decoders), so
-    ``generate_preset_pass_manager(target=backend.target)`` works.
-
-    It cannot ``run()`` circuits itself: pass it as ``mode`` to :class:`AsyncSamplerV2` or
-    :class:`AsyncEstimatorV2`, or to :class:`AsyncSession` / :class:`AsyncBatch`.
-    """
-
-    def __init__(
-        self,
-        *,
-        service: AsyncRuntimeService,
-        name: str,
-        configuration: QasmBackendConfiguration,
-        properties: BackendProperties | None,
-        target: Target,
-        summary: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(
-            provider=None,
-            name=name,
-            description=getattr(configuration, "description", None),
-            online_date=getattr(configuration, "online_date", None),
-            backend_version=getattr(configuration, "backend_version", None),
-        )
-        self._service = service
-        self._configuration = configuration
-        self._properties = properties
-        self._target = target
-        self._summary = dict(summary or {})
-
-    def __repr__(self) -> str:
-        return f"<AsyncBackend({self.name!r}, num_qubits={self.num_qubits})>"
-
-    @property
-    def service(self) -> AsyncRuntimeService:
-        return self._service
-
-    @property
-    def target(self) -> Target:
-        return self._target
-
-    @property
-    def max_circuits(self) -> None:
-        return None
-
-    @property
-    def simulator(self) -> bool:
-        return bool(getattr(self._configuration, "simulator", False))
-
-    @property
-    def is_mock(self) -> bool:
-        return self._summary.get("class") == "mock"
-
-    @classmethod
-    def _default_options(cls) -> Options:
-        return Options()
-
-    def configuration(self) -> QasmBackendConfiguration:
-        return self._configuration
-
-    def properties(self) -> BackendProperties | None:
-        return self._properties
-
-    def run(self, run_input: Any, **options: Any) -> Any:
-        raise UsageError(
-            "AsyncBackend does not run circuits directly: use "
-            "`await AsyncSamplerV2(mode=backend).run(pubs)` (or AsyncEstimatorV2)."
-        )
-
-    async def status(self) -> dict[str, Any]:
-        """``GET /backends/{name}/status``, mapped as the official adapter maps it."""
-        body = await self._service._http.get_json(_backend_path(p.BACKEND_STATUS, self.name))
-        body = body or {}
-        return {
-            "backend_name": self.name,
-            "backend_version": body.get("backend_version", "0.0.0"),
-            "status_msg": body.get("status", ""),
-            "operational": bool(body.get("state", False)),
-            "pending_jobs": max(int(body.get("length_queue", 0) or 0), 0),
-        }
-
-
-def _backend_path(template: str, name: str) -> str:
-    return template.format(name=urllib.parse.quote(name, safe=""))
-
-
-def _decode_configuration(name: str, instance: str, body: bytes) -> QasmBackendConfiguration:
-    """Decode ``/configuration`` with the official decoder (runs in a worker thread)."""
-    from qiskit_ibm_runtime.utils.backend_decoder import configuration_from_server_data
-
-    configuration = configuration_from_server_data(json.loads(body), instance=instance)
-    if configuration is None:
-        raise BackendNotFoundError(
-            f"Backend {name} has a configuration the official decoder rejects.",
-            backend_name=name,
-        )
-    return configuration
-
-
-def _build_target(
-    name: str, configuration: QasmBackendConfiguration, props_body: bytes | None
-) -> tuple[BackendProperties | None, Target]:
-    """Decode ``/properties`` and build the Target (runs in a worker thread)."""
-    from qiskit_ibm_runtime.utils.backend_converter import convert_to_target
-    from qiskit_ibm_runtime.utils.backend_decoder import properties_from_server_data
-
-    properties = None
-    if props_body:
-        raw_props = json.loads(props_body)
-        if isinstance(raw_props, dict) and raw_props:  # {} means "no properties"
-            raw_props["backend_name"] = name  # as the official adapter does
-            properties = properties_from_server_data(raw_props)
-    target = convert_to_target(configuration=configuration, properties=properties)
-    return properties, target
 
 
 class AsyncRuntimeService:
@@ -423,31 +300,7 @@ class AsyncRuntimeService:
         async with lock:  # concurrent first uses of one backend load it once
             if (cached := self._backends.get(name)) is not None:
                 return cached
-            not_found = {404: (BackendNotFoundError, {"backend_name": name})}
-            config = await self._http.request(
-                "GET", _backend_path(p.BACKEND_CONFIGURATION, name), errors=not_found
-            )
-            configuration = await self._to_thread(
-                _decode_configuration, name, self.instance, config.body
-            )
-            props_body = None
-            if not getattr(configuration, "simulator", False):
-                # the official client never reads properties of simulators
-                props = await self._http.request(
-                    "GET", _backend_path(p.BACKEND_PROPERTIES, name), errors=not_found
-                )
-                props_body = props.body
-            properties, target = await self._to_thread(
-                _build_target, name, configuration, props_body
-            )
-            backend = AsyncBackend(
-                service=self,
-                name=name,
-                configuration=configuration,
-                properties=properties,
-                target=target,
-                summary=summary,
-            )
+            backend = await load_backend(self, summary)
             self._backends[name] = backend
             return backend
 

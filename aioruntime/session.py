@@ -45,7 +45,8 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .service import AsyncBackend, AsyncRuntimeService
+    from .backend import AsyncBackend
+    from .service import AsyncRuntimeService
 
 __all__ = ["AsyncBatch", "AsyncSession", "ModeState", "current_mode", "parse_max_time"]
 
@@ -102,7 +103,7 @@ class _ExecutionMode:
     _label: ClassVar[str]
 
     def __init__(self, backend: AsyncBackend, max_time: int | str | None = None) -> None:
-        from .service import AsyncBackend
+        from .backend import AsyncBackend
 
         if not isinstance(backend, AsyncBackend):
             raise InputValueError(
