@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aioruntime.protocol import ErrorCode, JobState
@@ -34,6 +34,7 @@ from .clock import Clock, utcnow
 from .config import Config
 from .faults import Faults
 from .lanes import POST, PRE, Lanes, LaneStatistics, WorkerDied, WorkerPool
+from .qpu import QPU, Turn
 from .sessions import SessionBook
 from .store import JobRecord, SessionRecord, Store
 from .timing import TimingParams
@@ -88,20 +89,25 @@ class _Live:
     rec: JobRecord
     params_json: str | None
     task: asyncio.Task[None] | None = None
-    granted: asyncio.Future[None] | None = None
-    on_qpu: bool = False
+    turn: Turn | None = None
 
 
-@dataclass(eq=False, slots=True)
-class QPU:
-    """One backend's QPU: the ready queue, the current job and the owning session."""
+class _Ownership:
+    """The session book seen by a QPU (:class:`emulator.qpu.OwnerPolicy`)."""
 
-    device: Device
-    ready: list[_Live] = field(default_factory=list)
-    current: _Live | None = None
-    owner: str | None = None
-    peak: int = 0
-    paused: bool = False
+    def __init__(self, store: Store, sessions: SessionBook) -> None:
+        self._store, self._sessions = store, sessions
+
+    def activate(self, session_id: str) -> bool:
+        session = self._store.session(session_id)
+        if session is None or session.closed:
+            return False
+        self._sessions.activate(session)
+        return True
+
+    def holds(self, session_id: str) -> bool:
+        session = self._store.session(session_id)
+        return session is not None and self._sessions.holds_qpu(session)
 
 
 class Scheduler:
@@ -119,12 +125,14 @@ class Scheduler:
         self.clock = clock
         self.devices = {d.name: d for d in devices}
         self.lanes = {d.name: Lanes(config.lanes) for d in devices}
-        self.qpus = {d.name: QPU(d) for d in devices}
+
         #: Classical lanes and QPUs get separate worker processes (one QPU worker per backend).
         self.lane_workers = WorkerPool(size=len(devices) * config.lanes, nice=LANE_NICENESS)
         self.qpu_workers = WorkerPool(size=len(devices))
         self.timing = TimingParams()
         self.sessions = SessionBook(store, clock, config, self._spawn)
+        ownership = _Ownership(store, self.sessions)
+        self.qpus = {d.name: QPU(d.name, ownership) for d in devices}
         self.faults = faults or Faults()
         self._live: dict[str, _Live] = {}
         self._live_per_instance: Counter[str] = Counter()
@@ -289,7 +297,7 @@ class Scheduler:
     async def cancel_session(self, session: SessionRecord) -> None:
         """``DELETE /sessions/{id}/close``: cancel jobs that have not reached the QPU; close."""
         for live in list(self._live.values()):
-            if live.rec.session_id == session.id and not live.on_qpu:
+            if live.rec.session_id == session.id and not self._on_qpu(live):
                 await self.cancel(live.rec, reason="the session was cancelled")
         self.sessions.close(session, "cancelled by the user")
         self._dispatch()
@@ -429,28 +437,26 @@ class Scheduler:
 
     @asynccontextmanager
     async def _qpu_turn(self, live: _Live) -> AsyncIterator[None]:
+        """Hold the QPU of the job's backend; waits for the turn the QPU's rules give it."""
         qpu = self.qpus[live.rec.backend]
-        live.granted = asyncio.get_running_loop().create_future()
-        qpu.ready.append(live)
+        turn = live.turn = qpu.request(live.rec.seq, live.rec.id, live.rec.session_id)
         self._dispatch()
         try:
-            await live.granted
+            await turn.granted
         except BaseException:
-            if live in qpu.ready:
-                qpu.ready.remove(live)
-            elif qpu.current is live:
-                self._release(qpu)
+            qpu.withdraw(turn)
+            live.turn = None
+            self._dispatch()
             raise
         try:
             yield
         finally:
-            self._release(qpu)
+            qpu.release(turn)
+            live.turn = None
+            self._dispatch()
 
-    def _release(self, qpu: QPU) -> None:
-        if qpu.current is not None:
-            qpu.current.on_qpu = False
-        qpu.current = None
-        self._dispatch()
+    def _on_qpu(self, live: _Live) -> bool:
+        return live.turn is not None and self.qpus[live.rec.backend].current is live.turn
 
     def pause(self, backend: str, *, lanes: bool = True, qpu: bool = True) -> None:
         """Stop granting lanes and/or the QPU of ``backend`` (running work goes on)."""
@@ -465,45 +471,10 @@ class Scheduler:
         self._dispatch()
 
     def _dispatch(self) -> None:
-        """Give each idle QPU its next job, by the rules of timing §4."""
+        """Give each idle QPU its next job (see :mod:`emulator.qpu`)."""
         self._moved()
         for qpu in self.qpus.values():
-            if qpu.current is not None or qpu.paused:
-                continue
-            job = self._pick(qpu)
-            if job is None:
-                continue
-            qpu.ready.remove(job)
-            qpu.current = job
-            job.on_qpu = True
-            # An invariant check, not a tautology: count every job that believes it is on
-            # this QPU right now.
-            on_qpu = sum(
-                1 for j in self._live.values() if j.on_qpu and j.rec.backend == qpu.device.name
-            )
-            qpu.peak = max(qpu.peak, on_qpu)
-            if job.rec.session_id and (session := self.store.session(job.rec.session_id)):
-                self.sessions.activate(session)
-                qpu.owner = session.id
-            else:
-                qpu.owner = None
-            assert job.granted is not None
-            job.granted.set_result(None)
-
-    def _pick(self, qpu: QPU) -> _Live | None:
-        ready = [j for j in qpu.ready if j.granted is not None and not j.granted.done()]
-        if qpu.owner is not None:
-            owner = self.store.session(qpu.owner)
-            if owner is not None and not owner.closed:
-                mine = [j for j in ready if j.rec.session_id == owner.id]
-                if mine:
-                    return min(mine, key=lambda j: j.rec.seq)
-                if self.sessions.holds_qpu(owner):
-                    return None  # reserved for the session until its interactive TTL runs out
-            qpu.owner = None
-        if not ready:
-            return None
-        return min(ready, key=lambda j: j.rec.seq)
+            qpu.dispatch()
 
     async def _keep_time(self) -> None:
         """Apply session deadlines (interactive TTL, max TTL, idle close) as model time passes."""
@@ -512,7 +483,7 @@ class Scheduler:
             changed.clear()
             for session in self.sessions.expire():
                 for live in list(self._live.values()):
-                    if live.rec.session_id == session.id and not live.on_qpu:
+                    if live.rec.session_id == session.id and not self._on_qpu(live):
                         await self._finish(
                             live.rec,
                             JobState.FAILED,
@@ -536,10 +507,10 @@ class Scheduler:
                     backend=name,
                     lanes=self.lanes[name].statistics(),
                     qpu_busy=qpu.current is not None,
-                    qpu_job=qpu.current.rec.id if qpu.current else None,
+                    qpu_job=qpu.current.job_id if qpu.current else None,
                     qpu_owner=qpu.owner,
                     qpu_peak=qpu.peak,
-                    qpu_ready=len(qpu.ready),
+                    qpu_ready=qpu.ready,
                     queued=count(name, JobState.QUEUED),
                     running=count(name, JobState.RUNNING),
                     completed=count(name, JobState.COMPLETED),

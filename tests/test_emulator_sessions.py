@@ -57,7 +57,7 @@ class Rig:
 
     def ready_on_qpu(self, count: int) -> None:
         """Wait until ``count`` jobs have finished pre-processing and wait for the QPU."""
-        self.emu.until(lambda s: len(s.qpus[BACKEND].ready) == count)
+        self.emu.until(lambda s: s.qpus[BACKEND].ready == count)
 
 
 @pytest.fixture

@@ -1,0 +1,127 @@
+"""One backend's QPU: who waits for it, who is on it, which session owns it.
+
+A job asks for a :class:`Turn` once its pre-processing is done and awaits ``turn.granted``. Whenever
+something changes (a turn is asked for or given back, a session's state moves, a pause ends) the
+scheduler calls :meth:`QPU.dispatch`, which grants the next turn by the rules of timing §4:
+
+1. an active session that owns the QPU gets it for its own jobs, and keeps it while
+   :class:`OwnerPolicy.holds` says so (jobs of its still in flight, or its interactive TTL not yet
+   run out) even when none of its jobs is ready;
+2. otherwise the oldest ready job goes next; if it belongs to a session or batch, that session
+   becomes the owner (:meth:`OwnerPolicy.activate`).
+
+Waiting turns are kept in heaps (oldest first, overall and per session) with lazy removal, so a
+dispatch costs O(log n) however many jobs wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = ["QPU", "OwnerPolicy", "Turn"]
+
+
+class OwnerPolicy(Protocol):
+    def activate(self, session_id: str) -> bool:
+        """A job of ``session_id`` takes the QPU; False when the session is unknown or closed."""
+
+    def holds(self, session_id: str) -> bool:
+        """Whether ``session_id`` still owns the QPU while none of its jobs is ready."""
+
+
+@dataclass(eq=False, slots=True)
+class Turn:
+    """One job's claim on the QPU; ``seq`` orders jobs by submission."""
+
+    seq: int
+    job_id: str
+    session_id: str | None
+    granted: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    #: Kept apart from ``granted``: cancelling the awaiting task also cancels that future.
+    waiting: bool = True
+
+
+class QPU:
+    def __init__(self, name: str, policy: OwnerPolicy) -> None:
+        self.name = name
+        self._policy = policy
+        self._all: list[tuple[int, Turn]] = []
+        self._by_session: dict[str, list[tuple[int, Turn]]] = {}
+        self._waiting = 0
+        self.current: Turn | None = None
+        self.owner: str | None = None
+        self.paused = False
+        #: How many turns were granted and not given back, at most, ever: must stay 1.
+        self.peak = 0
+        self._on = 0
+
+    @property
+    def ready(self) -> int:
+        """Turns waiting for the QPU."""
+        return self._waiting
+
+    def request(self, seq: int, job_id: str, session_id: str | None) -> Turn:
+        turn = Turn(seq, job_id, session_id)
+        heapq.heappush(self._all, (seq, turn))
+        if session_id is not None:
+            heapq.heappush(self._by_session.setdefault(session_id, []), (seq, turn))
+        self._waiting += 1
+        return turn
+
+    def withdraw(self, turn: Turn) -> None:
+        """The turn's job went away (cancelled, failed) while waiting or on the QPU."""
+        if turn.waiting:
+            turn.waiting = False  # dropped lazily from the heaps
+            turn.granted.cancel()
+            self._waiting -= 1
+        else:
+            self.release(turn)
+
+    def release(self, turn: Turn) -> None:
+        if self.current is turn:
+            self.current = None
+            self._on -= 1
+
+    def dispatch(self) -> Turn | None:
+        """Grant the next turn if the QPU is free; returns the granted turn."""
+        if self.current is not None or self.paused:
+            return None
+        turn = self._next()
+        if turn is None:
+            return None
+        turn.waiting = False
+        self._waiting -= 1
+        self.current = turn
+        self._on += 1
+        self.peak = max(self.peak, self._on)
+        if turn.session_id is not None and self._policy.activate(turn.session_id):
+            self.owner = turn.session_id
+        else:
+            self.owner = None
+        turn.granted.set_result(None)
+        return turn
+
+    def _next(self) -> Turn | None:
+        if self.owner is not None:
+            mine = _pop_waiting(self._by_session.get(self.owner, []))
+            if mine is not None:
+                return mine
+            if self._policy.holds(self.owner):
+                return None  # reserved for the owner until its interactive TTL runs out
+            self.owner = None
+        # a turn granted from one heap stays in the other and is dropped there lazily
+        return _pop_waiting(self._all)
+
+
+def _pop_waiting(heap: list[tuple[int, Turn]]) -> Turn | None:
+    """Pop the oldest turn still waiting, dropping entries that no longer are."""
+    while heap:
+        turn = heapq.heappop(heap)[1]
+        if turn.waiting:
+            return turn
+    return None
