@@ -228,6 +228,9 @@ def test_usage_session_includes_idle_batch_equals_sum(rig: Rig) -> None:
         j.result()
     assert batch.usage() == pytest.approx(sum(j.usage() for j in b_jobs))
     assert batch.usage() < session.usage()
+    # GET /jobs?session_id= lists exactly a session's jobs
+    listed = rig.service.jobs(session_id=session.session_id, limit=None)
+    assert sorted(j.job_id() for j in listed) == sorted(j.job_id() for j in s_jobs)
     batch.close()
     total = rig.service.usage()["usage_consumed_seconds"]
     assert total == pytest.approx(session.usage() + batch.usage())
