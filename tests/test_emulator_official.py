@@ -218,3 +218,17 @@ def test_twelve_jobs_five_lanes_one_qpu(make_emulator: Any) -> None:
     )
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
     assert math.isclose(sum(j.usage() for j in jobs), 12 * jobs[0].usage(), rel_tol=1e-9)
+
+
+def test_alias_and_device_noise(make_emulator: Any) -> None:
+    emu = make_emulator(backends="my_qpu=ibm_manila", noise=True)
+    service = emu.official_service()
+    assert [b.name for b in service.backends()] == ["my_qpu"]
+    backend = service.backend("my_qpu")
+    isa = generate_preset_pass_manager(optimization_level=1, target=backend.target).run(bell())
+    sampler = SamplerV2(mode=backend)
+    sampler.options.simulator.seed_simulator = 11
+    counts = sampler.run([isa], shots=4000).result()[0].data.meas.get_counts()
+    # manila's noise model flips some outcomes; an ideal Bell pair never gives 01 or 10
+    assert counts.get("01", 0) + counts.get("10", 0) > 0
+    assert counts["00"] + counts["11"] > 3000
