@@ -17,6 +17,7 @@ The wire protocol lives in :mod:`aioruntime.protocol`; the exception tree is dra
 from __future__ import annotations
 
 from ._http import VERSION as __version__
+from ._wait import WaitStatistics
 from .backend import AsyncBackend
 from .errors import (
     AioRuntimeError,
@@ -44,7 +45,7 @@ from .errors import (
     TransportError,
     UsageError,
 )
-from .job import AsyncRuntimeJob, WaitStatistics
+from .job import AsyncRuntimeJob
 from .primitives import AsyncEstimatorV2, AsyncSamplerV2
 from .service import AsyncRuntimeService, ServiceState, ServiceStatistics
 from .session import AsyncBatch, AsyncSession, ModeState

@@ -41,6 +41,7 @@ import anyio.to_thread
 
 from . import protocol as p
 from ._http import ClientConfig, Transport, TransportStatistics, _retrieve
+from ._wait import JobWaits, WaitStatistics
 from .backend import AsyncBackend, load_backend
 from .errors import (
     BackendNotFoundError,
@@ -49,7 +50,7 @@ from .errors import (
     ServiceClosedError,
     SessionNotFoundError,
 )
-from .job import AsyncRuntimeJob, JobWaits, WaitStatistics
+from .job import AsyncRuntimeJob
 
 __all__ = ["AsyncBackend", "AsyncRuntimeService", "ServiceState", "ServiceStatistics"]
 
