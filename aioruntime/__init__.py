@@ -16,7 +16,7 @@ The wire protocol lives in :mod:`aioruntime.protocol`; the exception tree is dra
 
 from __future__ import annotations
 
-from ._http import VERSION as __version__
+from ._config import VERSION as __version__
 from ._wait import WaitStatistics
 from .backend import AsyncBackend
 from .errors import (

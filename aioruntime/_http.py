@@ -1,39 +1,32 @@
-"""Transport and authentication: the only module that touches HTTP.
+"""Transport: the only module that touches HTTP.
 
-* :class:`ClientConfig` is the one frozen configuration, built once at the edge from arguments
-  and the environment variables the official client reads (nothing else in aioruntime reads
-  ``os.environ``).
-* :class:`TokenManager` trades the API key for an IAM bearer token (spec 2.2 A) and refreshes it
-  at 80 % of its lifetime. There is never more than one refresh in flight: callers arriving while
-  the current token is still valid keep using it and the refresh runs in the background;
-  callers arriving without a usable token all await the same refresh.
-* :class:`Transport` owns the one ``aiohttp.ClientSession`` (one connection pool) of a service,
-  adds the headers the official client sends (spec 1.3), retries like it does (spec 1.4: 5xx in
-  the force list and connection failures, POST included, exponential backoff) and turns every
-  failure into the :mod:`aioruntime.errors` tree.
+:class:`Transport` owns the one ``aiohttp.ClientSession`` (one connection pool) of a service,
+adds the headers the official client sends (spec 1.3), retries like it does (spec 1.4: 5xx in
+the force list and connection failures, POST included, exponential backoff) and turns every
+failure into the :mod:`aioruntime.errors` tree. It also sends the IAM token request, on behalf of
+its :class:`~aioruntime._auth.TokenManager`.
+
+The configuration it runs on is :class:`~aioruntime._config.ClientConfig`; both it and the token
+manager are re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import importlib.metadata
 import json
 import logging
-import os
 import random
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
 
 import aiohttp
-import jwt
 
 from . import protocol as p
+from ._auth import TokenManager, _token_lifetime
+from ._config import VERSION, ClientConfig
 from .errors import (
     ApiError,
-    InputValueError,
     NotAuthorizedError,
     RateLimitError,
     RequestTimeoutError,
@@ -53,238 +46,13 @@ __all__ = [
 
 log = logging.getLogger("aioruntime.http")
 
-VERSION: Final = "0.1.0"
-
 #: Statuses the official client retries, POST included (``api/session.py: STATUS_FORCELIST``).
 RETRY_STATUSES: Final = frozenset({500, 502, 503, 504, 520, 521, 522, 524})
 
-DEFAULT_IAM_URL: Final = "https://iam.cloud.ibm.com"
-STAGING_IAM_URL: Final = "https://iam.test.cloud.ibm.com"
 IAM_TIMEOUT_S: Final = 60.0  # the ibm-cloud-sdk-core default
 
 Params = Sequence[tuple[str, str]] | Mapping[str, str] | None
 ErrorMap = Mapping[int, tuple[type[ApiError], Mapping[str, Any]]]
-
-
-def _client_application(environ: Mapping[str, str]) -> str:
-    """The ``X-Qx-Client-Application`` telemetry header, in the official client's format."""
-    if environ.get("USAGE_DATA_OPT_OUT", "False") == "True":
-        return f"aioruntime-{VERSION}"
-    parts = [f"aioruntime-{VERSION}"]
-    for dist in ("qiskit_ibm_runtime", "qiskit", "qiskit_aer"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            parts.append(f"{dist}-{importlib.metadata.version(dist)}")
-    return f"qiskit-version-2/{','.join(parts)}/aioruntime"
-
-
-def default_runtime_url(instance: str) -> str:
-    """IBM's regional Runtime URL for a CRN (what the official default resolver builds)."""
-    fields = instance.split(":")
-    region = fields[5] if instance.startswith("crn:") and len(fields) > 5 else "us-east"
-    prefix = "" if region in ("", "us-east") else f"{region}."
-    return f"https://{prefix}quantum.cloud.ibm.com/api/v1"
-
-
-def normalize_iam_url(url: str) -> str:
-    """``IAM_URL`` without a trailing ``/identity/token`` (the path is appended per request)."""
-    url = url.rstrip("/")
-    if url.endswith(p.IAM_TOKEN):
-        url = url[: -len(p.IAM_TOKEN)]
-    return url
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClientConfig:
-    """Everything a service needs, resolved once. Build it with :meth:`build`."""
-
-    runtime_url: str
-    token: str = field(repr=False)
-    instance: str
-    iam_url: str
-    #: Size of the one connection pool.
-    max_connections: int = 100
-    #: Long-polls / status polls in flight at once, across all awaited jobs (see ``job.py``).
-    max_concurrent_waits: int = 64
-    #: How long one long-poll may hold a wait slot before it rotates to the back of the queue.
-    wait_slice_s: float = 10.0
-    #: "auto": use the emulator's wait extension when offered, else poll; "poll": always poll.
-    job_wait: Literal["auto", "poll"] = "auto"
-    poll_min_s: float = 0.1
-    poll_max_s: float = 5.0
-    #: Upper bound of the steady-state status-poll rate of all waiters together (per second).
-    poll_rate: float = 20.0
-    #: Mirror the official client's ``GET /instances/usage`` + ``GET /backends/{name}/status``
-    #: before every job submission (off by default: two extra round trips per job).
-    preflight_checks: bool = False
-    connect_timeout_s: float = 10.0
-    #: Read timeout of ordinary requests (the official client has none); ``POST /jobs`` gets
-    #: ``submit_timeout_s`` like the official 900 s.
-    read_timeout_s: float = 300.0
-    submit_timeout_s: float = 900.0
-    retries: int = 5
-    backoff_s: float = 0.5
-    client_application: str = f"aioruntime-{VERSION}"
-
-    def __post_init__(self) -> None:
-        if self.max_concurrent_waits < 1:
-            raise InputValueError("max_concurrent_waits must be at least 1")
-        if self.max_connections <= self.max_concurrent_waits:
-            raise InputValueError(
-                "max_connections must exceed max_concurrent_waits, or waiting jobs would take "
-                "every connection and starve other requests"
-            )
-        if self.wait_slice_s <= 0 or self.poll_min_s <= 0 or self.poll_max_s < self.poll_min_s:
-            raise InputValueError("wait_slice_s, poll_min_s and poll_max_s must be positive")
-        if self.poll_rate <= 0:
-            raise InputValueError("poll_rate must be positive")
-        if self.job_wait not in ("auto", "poll"):
-            raise InputValueError("job_wait must be 'auto' or 'poll'")
-
-    @classmethod
-    def build(
-        cls,
-        *,
-        url: str | None = None,
-        token: str | None = None,
-        instance: str | None = None,
-        iam_url: str | None = None,
-        environ: Mapping[str, str] | None = None,
-        **options: Any,
-    ) -> ClientConfig:
-        """Arguments first, then ``QISKIT_IBM_TOKEN`` / ``QISKIT_IBM_URL`` /
-        ``QISKIT_IBM_INSTANCE`` / ``IAM_URL`` (the variables the official client reads)."""
-        env = os.environ if environ is None else environ
-        token = token or env.get("QISKIT_IBM_TOKEN")
-        instance = instance or env.get("QISKIT_IBM_INSTANCE")
-        url = url or env.get("QISKIT_IBM_URL")
-        if not token:
-            raise InputValueError(
-                "No API key: pass token=... or set QISKIT_IBM_TOKEN (an IBM Cloud API key)."
-            )
-        if not instance:
-            raise InputValueError(
-                "No instance: pass instance=<CRN> or set QISKIT_IBM_INSTANCE. aioruntime does "
-                "not search IBM Cloud for instances; give the instance CRN."
-            )
-        if not url:
-            url = default_runtime_url(instance)
-        if not url.startswith(("http://", "https://")):
-            raise InputValueError(f"url must be an http(s) URL, got {url!r}")
-        if iam_url is None:
-            iam_url = env.get("IAM_URL")
-        if not iam_url:
-            staging = instance.startswith("crn:") and instance.split(":")[2:3] == ["staging"]
-            iam_url = STAGING_IAM_URL if staging else DEFAULT_IAM_URL
-        options.setdefault("client_application", _client_application(env))
-        return cls(
-            runtime_url=url.rstrip("/"),  # used verbatim (no region resolver), spec 1.2
-            token=token,
-            instance=instance,
-            iam_url=normalize_iam_url(iam_url),
-            **options,
-        )
-
-
-# -- IAM -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Token:
-    value: str
-    refresh_at: float
-    expire_at: float
-
-
-class TokenManager:
-    """Holds the IAM token; one refresh at a time.
-
-    ``fetch`` returns ``(access_token, lifetime_seconds)``. Deadlines are taken from the local
-    monotonic clock at receipt (robust to clock skew): refresh at 80 % of the lifetime (as the
-    official SDK does), treat as expired 10 s before the end.
-    """
-
-    def __init__(
-        self,
-        fetch: Callable[[], Awaitable[tuple[str, float]]],
-        *,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._fetch = fetch
-        self._clock = clock
-        self._token: _Token | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.refreshes = 0
-
-    async def get(self) -> str:
-        """A valid token; waits for a refresh only when there is no usable token."""
-        now = self._clock()
-        tok = self._token
-        if tok is not None and now < tok.refresh_at:
-            return tok.value
-        if tok is not None and now < tok.expire_at:
-            self._start_refresh()  # proactive, in the background; keep using the current one
-            return tok.value
-        task = self._start_refresh()
-        # Shielded: a cancelled caller must not cancel the refresh other callers wait for.
-        await asyncio.shield(task)
-        tok = self._token
-        assert tok is not None
-        return tok.value
-
-    def invalidate(self, value: str) -> None:
-        """Drop ``value`` (the server refused it), unless a newer token already replaced it."""
-        if self._token is not None and self._token.value == value:
-            self._token = None
-
-    def _start_refresh(self) -> asyncio.Task[None]:
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._refresh(), name="aioruntime-iam-refresh")
-            self._task.add_done_callback(_retrieve)
-        return self._task
-
-    async def _refresh(self) -> None:
-        try:
-            value, lifetime = await self._fetch()
-        except Exception:
-            tok = self._token
-            if tok is not None:  # background refresh failed: retry in a little while
-                self._token = _Token(tok.value, self._clock() + 5.0, tok.expire_at)
-            raise
-        now = self._clock()
-        lifetime = max(float(lifetime), 1.0)
-        self._token = _Token(
-            value, now + 0.8 * lifetime, now + lifetime - min(10.0, 0.1 * lifetime)
-        )
-        self.refreshes += 1
-
-    async def aclose(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-
-
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    """Mark a background task's exception as retrieved (it is re-raised to any awaiter)."""
-    if not task.cancelled():
-        task.exception()
-
-
-def _token_lifetime(body: Mapping[str, Any]) -> tuple[str, float]:
-    token = body.get("access_token")
-    if not isinstance(token, str) or not token:
-        raise TransportError("IAM answered without an access_token")
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-        return token, float(claims["exp"]) - float(claims["iat"])
-    except (jwt.PyJWTError, KeyError, TypeError, ValueError):
-        expires_in = body.get("expires_in")
-        if isinstance(expires_in, (int, float)) and expires_in > 0:
-            return token, float(expires_in)
-        raise TransportError("IAM token is not a JWT with exp/iat and has no expires_in") from None
-
-
-# -- HTTP ----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)

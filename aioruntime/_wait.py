@@ -39,7 +39,8 @@ from typing import Any, Final
 import anyio
 
 from . import protocol as p
-from ._http import ClientConfig, Transport, _retrieve
+from ._http import ClientConfig, Transport
+from ._tasks import _retrieve
 from .errors import ApiError, JobNotFoundError, ServiceClosedError, TransportError
 
 __all__ = ["FINAL_STATUSES", "JobWaits", "WaitStatistics", "job_status_of"]

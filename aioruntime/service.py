@@ -40,7 +40,8 @@ import anyio
 import anyio.to_thread
 
 from . import protocol as p
-from ._http import ClientConfig, Transport, TransportStatistics, _retrieve
+from ._http import ClientConfig, Transport, TransportStatistics
+from ._tasks import _retrieve
 from ._wait import JobWaits, WaitStatistics
 from .backend import AsyncBackend, load_backend
 from .errors import (
