@@ -35,6 +35,15 @@ T = TypeVar("T")
 log = logging.getLogger("emulator.lanes")
 
 _SPARE_ATTEMPTS = 4
+#: What handing a call to an already dead worker looks like.
+_DEAD_BEFORE_CALL = (
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.EndOfStream,
+    anyio.IncompleteRead,
+    anyio.DelimiterNotFound,
+    OSError,
+)
 
 #: Priorities: lower is served first.
 POST = 0
@@ -160,11 +169,18 @@ class WorkerPool:
                 worker = await self._checkout()
                 try:
                     await worker.process.stdin.send(b"%d\n" % len(request) + request)  # type: ignore[union-attr]
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    # it died while idle: nothing was running in it, try another
+                    ack = await worker.stdout.receive_until(b"\n", 16)
+                except BaseException as exc:
                     await self._discard(worker)
+                    if not isinstance(exc, _DEAD_BEFORE_CALL):
+                        raise  # cancellation, or a bug
+                    # No acknowledgement: the worker had died (e.g. killed while idle) before
+                    # it read the call, so nothing ran. Another worker takes the call.
                     log.warning("a worker process had died while idle; it was replaced")
                     continue
+                if ack != b"ACK":
+                    await self._discard(worker)
+                    raise WorkerDied(f"a worker process answered {ack!r} instead of ACK")
                 return await self._answer(worker)  # type: ignore[no-any-return]
             raise WorkerDied("no worker process could be started")
 

@@ -6,7 +6,9 @@ fresh interpreter that never re-runs the parent's main module (anyio's ``to_proc
 because ``dill`` imports ``__main__``).
 
 Protocol on the pipes: the parent writes ``<length>\\n<pickle of (func, args)>``; the worker
-answers ``OK <length>\\n<pickle of result>`` or ``EXC <length>\\n<pickle of exception>``.
+answers ``ACK\\n`` as soon as it has read the call (so the parent can tell "died before the call"
+from "died during it"), then ``OK <length>\\n<pickle of result>`` or
+``EXC <length>\\n<pickle of exception>``.
 """
 
 from __future__ import annotations
@@ -85,8 +87,11 @@ def serve() -> None:
         header = inp.readline()
         if not header:
             return
+        request = inp.read(int(header))
+        out.write(b"ACK\n")
+        out.flush()
         try:
-            func, args = pickle.loads(inp.read(int(header)))
+            func, args = pickle.loads(request)
             result = func(*args)
         except Exception as exc:
             _reply(out, b"EXC", exc)
