@@ -22,9 +22,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-## Serve the emulator on http://127.0.0.1:8765 (Ctrl-C to stop).
+## Serve the emulator on http://127.0.0.1:8765 with the README's development key (Ctrl-C to stop).
 emulator: $(STAMP)
-	$(PY) -m emulator
+	$(PY) -m emulator --api-key emulator-dev-key
 
 bench-quick: $(STAMP)
 	$(PY) -m benchmarks --quick

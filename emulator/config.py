@@ -17,7 +17,8 @@ from aioruntime.protocol import DEFAULT_INSTANCE
 
 __all__ = ["ApiKey", "ClockSpec", "Config", "build_parser", "from_args"]
 
-#: The development key accepted when no ``--api-key`` is given (documented in the README).
+#: The key a ``Config()`` built in code accepts by default (tests, ``EmulatorThread``). The
+#: command line instead generates a development key when none is given, and prints it.
 DEFAULT_API_KEY = "emulator-dev-key"
 
 ENV_PREFIX = "AIORUNTIME_EMULATOR_"
@@ -154,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--api-key",
         action="append",
-        help=f"accepted API key, repeatable; KEY@CRN binds it to one instance "
-        f"(default: {DEFAULT_API_KEY})",
+        help="accepted API key, repeatable; KEY@CRN binds it to one instance "
+        "(default: a generated development key, printed at start)",
     )
     p.add_argument(
         "--instance",
@@ -206,6 +207,15 @@ def from_args(
     keys = args.api_key or _split(env.get(ENV_PREFIX + "API_KEY"))
     if keys:
         kwargs["api_keys"] = tuple(ApiKey.parse(k) for k in keys)
+    else:
+        # No key given: a development key, printed at start. Kept in the data directory so
+        # that clients keep working across restarts; a fresh one for an ephemeral store.
+        data_dir = kwargs.get("data_dir")
+        if isinstance(data_dir, Path) and str(data_dir) != ":memory:":
+            dev_key = _persistent_secret(data_dir / "dev_api_key", "dev-")
+        else:
+            dev_key = "dev-" + secrets.token_urlsafe(16)
+        kwargs["api_keys"] = (ApiKey(dev_key),)
     instances = args.instance or _split(env.get(ENV_PREFIX + "INSTANCE"))
     if instances:
         kwargs["instances"] = tuple(dict.fromkeys(instances))
@@ -221,12 +231,12 @@ def from_args(
     return Config(**kwargs)  # type: ignore[arg-type]
 
 
-def _persistent_secret(path: Path) -> str:
+def _persistent_secret(path: Path, prefix: str = "") -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         return path.read_text().strip()
     except FileNotFoundError:
-        secret = secrets.token_hex(32)
+        secret = prefix + secrets.token_hex(32 if not prefix else 12)
         path.write_text(secret)
         path.chmod(0o600)
         return secret

@@ -259,12 +259,14 @@ class EmulatorProcess(_PointsClients):
         *args: str,
         port: int = 0,
         env: Mapping[str, str] | None = None,
-        api_key: str = DEFAULT_API_KEY,
+        api_key: str | None = None,
         instance: str = p.DEFAULT_INSTANCE,
     ) -> None:
         self.args = args
         self.port = port
-        self.api_key = api_key
+        #: Without ``api_key`` the key is read from the start banner (the first key it accepts).
+        self._key_from_banner = api_key is None
+        self.api_key = api_key or ""
         self.instance = instance
         self.env = env
         self.proc: Any = None
@@ -295,6 +297,8 @@ class EmulatorProcess(_PointsClients):
             for line in self.proc.stdout:
                 if "listening on" in line:
                     self.port = int(line.rsplit(":", 1)[1])
+                elif "export QISKIT_IBM_TOKEN=" in line and self._key_from_banner:
+                    self.api_key = line.split("=", 1)[1].strip()
                 elif "Admin API:" in line:
                     self.admin_key = line.rsplit("Bearer ", 1)[1].strip().strip("'")
                     break

@@ -212,3 +212,13 @@ async def test_store_survives_reopen(tmp_path: Path) -> None:
         assert store.usage("i") == 2.5
         assert store.next_seq() == 2
         assert (await store.wait_final("j1")) is again
+
+
+def test_cli_generates_a_development_key_kept_in_the_data_dir(tmp_path: Path) -> None:
+    first = from_args(["--data-dir", str(tmp_path)], environ={})
+    again = from_args(["--data-dir", str(tmp_path)], environ={})
+    key = first.api_keys[0].key
+    assert key.startswith("dev-") and key != "emulator-dev-key"
+    assert again.api_keys[0].key == key  # a restart keeps it, so clients keep working
+    assert from_args([], environ={}).api_keys[0].key != from_args([], environ={}).api_keys[0].key
+    assert from_args(["--api-key", "mine"], environ={}).api_keys[0].key == "mine"
