@@ -231,8 +231,9 @@ def resolve_devices(spec: str) -> list[Device]:
     """
     items = [item.strip() for item in spec.split(",") if item.strip()]
     if not items:
-        raise ValueError(f"no devices given in {spec!r}; known devices: "
-                         + ", ".join(available_devices()))
+        raise ValueError(
+            f"no devices given in {spec!r}; known devices: " + ", ".join(available_devices())
+        )
     devices: list[Device] = []
     seen: set[str] = set()
     for item in items:
@@ -328,14 +329,21 @@ def restrict_noise_model(model: NoiseModel, physical: tuple[int, ...]) -> NoiseM
         out.add_all_qubit_readout_error(model._default_readout_error, warnings=False)
     for noise_pass in model._custom_noise_passes:
         # Relaxation during delays (the only custom pass from_backend adds): per-qubit arrays.
-        if (isinstance(noise_pass, RelaxationNoisePass) and physical
-                and len(noise_pass._t1s) > max(physical)):
+        if (
+            isinstance(noise_pass, RelaxationNoisePass)
+            and physical
+            and len(noise_pass._t1s) > max(physical)
+        ):
             sel = list(physical)
-            out._custom_noise_passes.append(RelaxationNoisePass(
-                t1s=noise_pass._t1s[sel].tolist(), t2s=noise_pass._t2s[sel].tolist(),
-                dt=noise_pass._dt, op_types=Delay,
-                excited_state_populations=noise_pass._p1s[sel].tolist(),
-            ))
+            out._custom_noise_passes.append(
+                RelaxationNoisePass(
+                    t1s=noise_pass._t1s[sel].tolist(),
+                    t2s=noise_pass._t2s[sel].tolist(),
+                    dt=noise_pass._dt,
+                    op_types=Delay,
+                    excited_state_populations=noise_pass._p1s[sel].tolist(),
+                )
+            )
     return out
 
 

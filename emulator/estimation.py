@@ -46,9 +46,15 @@ _NONE, _Z, _X, _Y = 0, 1, 2, 3
 #: letter → (basis, kind); kind 0 = Pauli (±1 by parity), 1 = projector on the basis' bit 0
 #: (|0>, |+>, |+i>), 2 = projector on bit 1 (|1>, |->, |-i>).
 _LETTERS: dict[str, tuple[int, int]] = {
-    "Z": (_Z, 0), "0": (_Z, 1), "1": (_Z, 2),
-    "X": (_X, 0), "+": (_X, 1), "-": (_X, 2),
-    "Y": (_Y, 0), "r": (_Y, 1), "l": (_Y, 2),
+    "Z": (_Z, 0),
+    "0": (_Z, 1),
+    "1": (_Z, 2),
+    "X": (_X, 0),
+    "+": (_X, 1),
+    "-": (_X, 2),
+    "Y": (_Y, 0),
+    "r": (_Y, 1),
+    "l": (_Y, 2),
 }
 
 
@@ -297,7 +303,10 @@ def estimator_result_metadata() -> dict[str, Any]:
     return {
         "dynamical_decoupling": {"enable": False},
         "twirling": {"enable_gates": False, "enable_measure": False},
-        "resilience": {"measure_mitigation": False, "zne_mitigation": False,
-                       "pec_mitigation": False},
+        "resilience": {
+            "measure_mitigation": False,
+            "zne_mitigation": False,
+            "pec_mitigation": False,
+        },
         "version": 2,
     }

@@ -31,7 +31,7 @@ from aioruntime import protocol as p
 from .api.keys import CLOCK, REQUEST_LOG, SCHEDULER, STORE
 from .app import create_app
 from .clock import ManualClock
-from .config import DEFAULT_API_KEY, Config
+from .config import Config
 from .scheduler import Scheduler, Statistics
 from .store import JobRecord, Store
 

@@ -77,13 +77,15 @@ def sampler_params(pubs: list[tuple[Any, ...]], options: dict[str, Any] | None =
     return params_json([SamplerPub.coerce(p) for p in pubs], options)
 
 
-def estimator_params(pubs: list[tuple[Any, ...]], options: dict[str, Any] | None = None,
-                     **extra: Any) -> str:
+def estimator_params(
+    pubs: list[tuple[Any, ...]], options: dict[str, Any] | None = None, **extra: Any
+) -> str:
     return params_json([EstimatorPub.coerce(p) for p in pubs], options, **extra)
 
 
-def run(program: str, params: str, *, source: str = "fez", noise: bool = False,
-        **kwargs: Any) -> tuple[PreparedJob, PrimitiveResult]:
+def run(
+    program: str, params: str, *, source: str = "fez", noise: bool = False, **kwargs: Any
+) -> tuple[PreparedJob, PrimitiveResult]:
     prepared = preprocess(program, params, source, **kwargs)
     sampled = sample(prepared, noise=noise)
     result = loads(postprocess(prepared, sampled, T0, T1))
@@ -224,8 +226,11 @@ def test_dynamic_circuit() -> None:
 
 
 def test_noisy_bell_on_fez_is_fast(isa_bell: QuantumCircuit) -> None:
-    prepared = preprocess("sampler", sampler_params([(isa_bell, None, 4000)],
-                                                     {"simulator": {"seed_simulator": 5}}), "fez")
+    prepared = preprocess(
+        "sampler",
+        sampler_params([(isa_bell, None, 4000)], {"simulator": {"seed_simulator": 5}}),
+        "fez",
+    )
     start = time.perf_counter()
     sampled = sample(prepared, noise=True)  # builds the 2-qubit noise model on first use
     first = time.perf_counter() - start
@@ -252,13 +257,16 @@ def test_compacted_noisy_run_matches_the_whole_device_model() -> None:
     qc.cx(2, 3)
     qc.measure([1, 2, 3], [0, 1, 2])
     circuit = to_isa(qc, "manila")
-    prepared = preprocess("sampler", sampler_params([(circuit, None, 3000)],
-                                                     {"simulator": {"seed_simulator": 17}}),
-                          "manila")
+    prepared = preprocess(
+        "sampler",
+        sampler_params([(circuit, None, 3000)], {"simulator": {"seed_simulator": 17}}),
+        "manila",
+    )
     assert prepared.sampler_pubs[0].circuit.num_qubits == 3
     ours = sample(prepared, noise=True).data[0].c.get_counts()
-    whole = SamplerV2(seed=17, options={"backend_options": {"noise_model":
-                                                             device_noise_model("manila")}})
+    whole = SamplerV2(
+        seed=17, options={"backend_options": {"noise_model": device_noise_model("manila")}}
+    )
     theirs = whole.run([(circuit, None, 3000)]).result()[0].data.c.get_counts()
     assert ours == theirs
     assert len(ours) > 2  # there is noise
@@ -266,6 +274,7 @@ def test_compacted_noisy_run_matches_the_whole_device_model() -> None:
 
 def test_circuits_on_distant_qubits_are_simulated_apart() -> None:
     """Two GHZ states at opposite ends of the chip: two small simulations, not one wide one."""
+
     def ghz(first: int) -> QuantumCircuit:
         qc = QuantumCircuit(156)
         qc.h(first)
@@ -274,8 +283,9 @@ def test_circuits_on_distant_qubits_are_simulated_apart() -> None:
         qc.measure_all()  # all 156 qubits: 150 of them only ever read 0
         return qc
 
-    pm = generate_preset_pass_manager(optimization_level=1, target=device_target("fez"),
-                                      initial_layout=list(range(156)))
+    pm = generate_preset_pass_manager(
+        optimization_level=1, target=device_target("fez"), initial_layout=list(range(156))
+    )
     a, b = pm.run(ghz(0)), pm.run(ghz(100))
     prepared = preprocess("sampler", sampler_params([(a, None, 200), (b, None, 200)]), "fez")
     assert prepared.metadata["pub_qubits"] == [tuple(range(6)), tuple(range(100, 106))]
@@ -309,8 +319,9 @@ def test_circuit_without_registers_gives_an_empty_databin(isa_bell_state: Quantu
 def test_estimator_bell(isa_bell_state: QuantumCircuit) -> None:
     labels = ["ZZ", "XX", "YY", "IZ", "ZI"]
     obs = [observable(label, isa_bell_state) for label in labels]
-    params = estimator_params([(isa_bell_state, obs, None, None)],
-                              {"simulator": {"seed_simulator": 3}})
+    params = estimator_params(
+        [(isa_bell_state, obs, None, None)], {"simulator": {"seed_simulator": 3}}
+    )
     prepared, result = run("estimator", params)
     (pub,) = result
     assert isinstance(pub, PubResult)
@@ -376,14 +387,18 @@ def test_estimator_sums_terms_and_supports_projectors(isa_bell_state: QuantumCir
 def test_estimator_precision_defaults(isa_bell_state: QuantumCircuit) -> None:
     obs = observable("ZZ", isa_bell_state)
     pub = (isa_bell_state, obs, None, None)
-    with_default = preprocess("estimator", estimator_params([pub], {"default_precision": 0.05}),
-                              "fez")
+    with_default = preprocess(
+        "estimator", estimator_params([pub], {"default_precision": 0.05}), "fez"
+    )
     assert with_default.sampler_pubs[0].shots == 400
     assert with_default.post[0].precision == 0.05
     with_shots = preprocess("estimator", estimator_params([pub], {"default_shots": 1000}), "fez")
     assert with_shots.sampler_pubs[0].shots == 1000
-    explicit = preprocess("estimator", estimator_params([(isa_bell_state, obs, None, 0.1)],
-                                                        {"default_shots": 1000}), "fez")
+    explicit = preprocess(
+        "estimator",
+        estimator_params([(isa_bell_state, obs, None, 0.1)], {"default_shots": 1000}),
+        "fez",
+    )
     assert explicit.sampler_pubs[0].shots == 100
 
 
@@ -395,8 +410,9 @@ def test_estimator_precision_defaults(isa_bell_state: QuantumCircuit) -> None:
 def test_quantum_seconds_sampler(isa_bell: QuantumCircuit) -> None:
     target = device_target("fez")
     timing = TimingParams(overhead_s=1.5, init_s=1e-4)
-    params = sampler_params([(isa_bell, None, 1000), (isa_bell, None, 10)],
-                            {"execution": {"rep_delay": 100e-6}})
+    params = sampler_params(
+        [(isa_bell, None, 1000), (isa_bell, None, 10)], {"execution": {"rep_delay": 100e-6}}
+    )
     prepared = preprocess("sampler", params, "fez", timing=timing)
     duration = isa_bell.estimate_duration(target, unit="s")
     want = 1.5 + 1010 * (100e-6 + 1e-4 + duration)
@@ -487,43 +503,109 @@ def bad_cases(isa_bell: QuantumCircuit, isa_bell_state: QuantumCircuit) -> list[
         ("sampler", corrupt_qpy(good), ErrorCode.VALIDATION, ["circuit (QPY)", "pubs[0][0]"]),
         ("qaoa", good, ErrorCode.VALIDATION, ["Unknown program", "qaoa"]),
         ("sampler", params_json([]), ErrorCode.VALIDATION, ["non-empty"]),
-        ("sampler", sampler_params([(wide_circuit(), None, 10)]), ErrorCode.VALIDATION,
-         ["157 qubits", "156", "ibm_fez"]),
-        ("sampler", sampler_params([(bell(), None, 10)]), ErrorCode.TRANSPILATION,
-         ["instruction 'h' on qubits (0,)", "not supported by ibm_fez"]),
-        ("sampler", sampler_params([(not_coupled, None, 10)]), ErrorCode.TRANSPILATION,
-         ["'cz' on qubits (0, 100)"]),
-        ("estimator", estimator_params([(bell(False), "ZZ", None, None)]),
-         ErrorCode.TRANSPILATION, ["'h'"]),
-        ("sampler", params_json([[isa_bell, np.zeros((0,)), 0]]), ErrorCode.VALIDATION,
-         ["shots", "between 1 and 100000", "not 0"]),
-        ("sampler", params_json([[isa_bell, np.zeros((0,)), 100_001]]), ErrorCode.VALIDATION,
-         ["shots", "100000", "100001"]),
-        ("sampler", sampler_params([(isa_bell,)], {"default_shots": -5}), ErrorCode.VALIDATION,
-         ["default_shots"]),
-        ("sampler", params_json([[isa_bell, np.zeros((0,)), 2.5]]), ErrorCode.VALIDATION,
-         ["shots must be an integer"]),
-        ("estimator", estimator_params([(isa_bell_state, zz, None, 0.0)]), ErrorCode.VALIDATION,
-         ["precision", "> 0"]),
-        ("estimator", params_json([[isa_bell_state, zz.to_list(), np.zeros(0), -0.1]]),
-         ErrorCode.VALIDATION, ["precision", "-0.1"]),
-        ("estimator", estimator_params([(isa_bell_state, zz, None, None)],
-                                       {"default_precision": 0.0}),
-         ErrorCode.VALIDATION, ["default_precision"]),
-        ("estimator", estimator_params([(isa_bell_state, zz, None, 0.001)]),
-         ErrorCode.VALIDATION, ["1000000 shots", "100000"]),
-        ("sampler", sampler_params([(isa_bell, None, 10)], {"execution": {"rep_delay": 1e-3}}),
-         ErrorCode.VALIDATION, ["rep_delay", "0.001", "500 µs"]),
-        ("sampler", sampler_params([(isa_bell, None, 10)], {"execution": {"rep_delay": "x"}}),
-         ErrorCode.VALIDATION, ["rep_delay"]),
-        ("sampler", params_json([[isa_bell, np.zeros((2,)), 10]]), ErrorCode.VALIDATION,
-         ["pubs[0]", "0 parameters", "shape (2,)"]),
-        ("estimator", params_json([[isa_bell_state, {"ZZ": 1.0}, np.zeros(0), None]]),
-         ErrorCode.VALIDATION, ["pubs[0]", "number of qubits"]),
+        (
+            "sampler",
+            sampler_params([(wide_circuit(), None, 10)]),
+            ErrorCode.VALIDATION,
+            ["157 qubits", "156", "ibm_fez"],
+        ),
+        (
+            "sampler",
+            sampler_params([(bell(), None, 10)]),
+            ErrorCode.TRANSPILATION,
+            ["instruction 'h' on qubits (0,)", "not supported by ibm_fez"],
+        ),
+        (
+            "sampler",
+            sampler_params([(not_coupled, None, 10)]),
+            ErrorCode.TRANSPILATION,
+            ["'cz' on qubits (0, 100)"],
+        ),
+        (
+            "estimator",
+            estimator_params([(bell(False), "ZZ", None, None)]),
+            ErrorCode.TRANSPILATION,
+            ["'h'"],
+        ),
+        (
+            "sampler",
+            params_json([[isa_bell, np.zeros((0,)), 0]]),
+            ErrorCode.VALIDATION,
+            ["shots", "between 1 and 100000", "not 0"],
+        ),
+        (
+            "sampler",
+            params_json([[isa_bell, np.zeros((0,)), 100_001]]),
+            ErrorCode.VALIDATION,
+            ["shots", "100000", "100001"],
+        ),
+        (
+            "sampler",
+            sampler_params([(isa_bell,)], {"default_shots": -5}),
+            ErrorCode.VALIDATION,
+            ["default_shots"],
+        ),
+        (
+            "sampler",
+            params_json([[isa_bell, np.zeros((0,)), 2.5]]),
+            ErrorCode.VALIDATION,
+            ["shots must be an integer"],
+        ),
+        (
+            "estimator",
+            estimator_params([(isa_bell_state, zz, None, 0.0)]),
+            ErrorCode.VALIDATION,
+            ["precision", "> 0"],
+        ),
+        (
+            "estimator",
+            params_json([[isa_bell_state, zz.to_list(), np.zeros(0), -0.1]]),
+            ErrorCode.VALIDATION,
+            ["precision", "-0.1"],
+        ),
+        (
+            "estimator",
+            estimator_params([(isa_bell_state, zz, None, None)], {"default_precision": 0.0}),
+            ErrorCode.VALIDATION,
+            ["default_precision"],
+        ),
+        (
+            "estimator",
+            estimator_params([(isa_bell_state, zz, None, 0.001)]),
+            ErrorCode.VALIDATION,
+            ["1000000 shots", "100000"],
+        ),
+        (
+            "sampler",
+            sampler_params([(isa_bell, None, 10)], {"execution": {"rep_delay": 1e-3}}),
+            ErrorCode.VALIDATION,
+            ["rep_delay", "0.001", "500 µs"],
+        ),
+        (
+            "sampler",
+            sampler_params([(isa_bell, None, 10)], {"execution": {"rep_delay": "x"}}),
+            ErrorCode.VALIDATION,
+            ["rep_delay"],
+        ),
+        (
+            "sampler",
+            params_json([[isa_bell, np.zeros((2,)), 10]]),
+            ErrorCode.VALIDATION,
+            ["pubs[0]", "0 parameters", "shape (2,)"],
+        ),
+        (
+            "estimator",
+            params_json([[isa_bell_state, {"ZZ": 1.0}, np.zeros(0), None]]),
+            ErrorCode.VALIDATION,
+            ["pubs[0]", "number of qubits"],
+        ),
         ("sampler", params_json(["not a pub"]), ErrorCode.VALIDATION, ["pubs[0]"]),
-        ("sampler", sampler_params([(isa_bell, None, 10)],
-                                   {"execution": {"meas_type": "kerneled"}}),
-         ErrorCode.VALIDATION, ["meas_type"]),
+        (
+            "sampler",
+            sampler_params([(isa_bell, None, 10)], {"execution": {"meas_type": "kerneled"}}),
+            ErrorCode.VALIDATION,
+            ["meas_type"],
+        ),
     ]
 
 
@@ -567,7 +649,9 @@ async def test_stages_run_in_worker_processes(isa_bell: QuantumCircuit) -> None:
     params = sampler_params([(isa_bell, None, 300)], {"simulator": {"seed_simulator": 9}})
     prepared = await anyio.to_process.run_sync(
         functools.partial(preprocess, timing=TimingParams(), max_executions=10_000),
-        "sampler", params, "fez",
+        "sampler",
+        params,
+        "fez",
     )
     assert isinstance(prepared, PreparedJob)
     sampled = await anyio.to_process.run_sync(functools.partial(sample, noise=False), prepared)

@@ -37,8 +37,7 @@ def bell() -> QuantumCircuit:
 
 def test_formula_by_hand() -> None:
     params = TimingParams(overhead_s=2.0, init_s=1e-4)
-    got = quantum_seconds([(2e-6, 1000), (5e-6, 300)], rep_delay_s=250e-6, params=params,
-                          subjobs=2)
+    got = quantum_seconds([(2e-6, 1000), (5e-6, 300)], rep_delay_s=250e-6, params=params, subjobs=2)
     want = 2 * 2.0 + 1000 * (250e-6 + 1e-4 + 2e-6) + 300 * (250e-6 + 1e-4 + 5e-6)
     assert got == pytest.approx(want, rel=1e-12)
     assert quantum_seconds([], rep_delay_s=250e-6, params=params, subjobs=1) == 2.0
@@ -53,8 +52,10 @@ def test_params_are_frozen_keyword_only_and_pickle() -> None:
         params.overhead_s = 1.0  # type: ignore[misc]
 
 
-@pytest.mark.parametrize(("circuits", "per", "want"),
-                         [(0, 300, 1), (1, 300, 1), (300, 300, 1), (301, 300, 2), (900, 75, 12)])
+@pytest.mark.parametrize(
+    ("circuits", "per", "want"),
+    [(0, 300, 1), (1, 300, 1), (300, 300, 1), (301, 300, 2), (900, 75, 12)],
+)
 def test_subjob_count(circuits: int, per: int, want: int) -> None:
     assert subjob_count(circuits, per) == want
 
@@ -117,6 +118,7 @@ def test_typical_circuit_lands_near_350_us_per_execution(source: str, width: int
     duration = circuit_duration_s(isa(qc, source), device_target(source))
     per_execution = 250e-6 + TimingParams().init_s + duration
     assert 340e-6 <= per_execution <= 365e-6
-    total = quantum_seconds([(duration, 10_000)], rep_delay_s=250e-6, params=TimingParams(),
-                            subjobs=1)
+    total = quantum_seconds(
+        [(duration, 10_000)], rep_delay_s=250e-6, params=TimingParams(), subjobs=1
+    )
     assert total == pytest.approx(2 + 0.00035 * 10_000, rel=0.03)
