@@ -1,0 +1,211 @@
+"""overhead: the end-to-end latency of a trivial job, one at a time.
+
+The PUB is one qubit, a Hadamard and a measurement, transpiled for ``ibm_fez``, with ``shots``
+shots. Each client sends it ``reps`` times, waiting for each result before the next:
+
+* **aer in-process**: ``qiskit_aer.primitives.SamplerV2().run([pub]).result()``, no service;
+* **aioruntime**: ``await (await AsyncSamplerV2(mode=backend).run([pub])).result()``;
+* **official**: ``SamplerV2(mode=backend).run([pub]).result()`` with ``qiskit-ibm-runtime``.
+  Its ``result()`` polls the job status every 0.5 s in job mode (``RuntimeJobV2.
+  wait_for_final_state``), so its latency is mostly that poll interval.
+
+The first ``warmup`` repetitions of each client are not counted. For aioruntime the emulator's
+stage times split each latency into the emulator's pipeline (first lane entry to last lane
+exit) and the rest (client encode/decode, HTTP, storage, waking the waiter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from ..analysis import STAGES, JobTiming, summarize
+from ..circuits import trivial_pub
+from ..harness import BACKEND, Bench, wall
+from ..report import Target, WorkloadResult
+from ._common import counts_total
+
+NAME = "overhead"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Params:
+    reps: int = 50
+    warmup: int = 3
+    shots: int = 100
+    #: Target (instant clock): aioruntime median - Aer median ≤ this, in ms.
+    added_ms_max: float = 5.0
+    official: bool = True
+
+
+def jobs(params: Params) -> int:
+    per_client = params.reps + params.warmup
+    return per_client * (3 if params.official else 2)
+
+
+def run(bench: Bench, params: Params) -> WorkloadResult:
+    latencies: dict[str, list[float]] = {}
+    aio = bench.run(lambda: _aioruntime(bench, params))
+    isa = aio.pop("isa")
+    latencies["aer in-process"] = _aer(bench, params, isa)
+    latencies["aioruntime"] = aio["latencies"]
+    if params.official:
+        latencies["official"] = _official(bench, params, isa)
+    return _result(bench, params, latencies, aio)
+
+
+def _aer(bench: Bench, prm: Params, isa: Any) -> list[float]:
+    from qiskit_aer.primitives import SamplerV2
+
+    bench.progress.describe(f"{NAME} [{bench.clock}] aer in-process")
+    sampler = SamplerV2()
+    out = []
+    for i in range(prm.warmup + prm.reps):
+        t0 = wall()
+        result = sampler.run([isa], shots=prm.shots).result()
+        elapsed = wall() - t0
+        if counts_total(result) != prm.shots:
+            raise RuntimeError("Aer returned the wrong number of shots")
+        if i >= prm.warmup:
+            out.append(elapsed)
+        bench.progress.advance()
+    return out
+
+
+async def _aioruntime(bench: Bench, prm: Params) -> dict[str, Any]:
+    from aioruntime import AsyncSamplerV2
+
+    bench.progress.describe(f"{NAME} [{bench.clock}] aioruntime")
+    async with bench.service() as service:
+        backend = await service.backend(BACKEND)
+        isa = trivial_pub(backend.target)
+        sampler = AsyncSamplerV2(mode=backend)
+        latencies, counted, spans = [], [], []
+        for i in range(prm.warmup + prm.reps):
+            t0, epoch0 = wall(), time.time()
+            job = await sampler.run([isa], shots=prm.shots)
+            result = await job
+            elapsed, epoch1 = wall() - t0, time.time()
+            if counts_total(result) != prm.shots:
+                raise RuntimeError(f"job {job.job_id()} returned the wrong number of shots")
+            if i >= prm.warmup:
+                latencies.append(elapsed)
+                counted.append(job)
+                spans.append((epoch0, epoch1))
+            bench.progress.advance()
+        bodies = await asyncio.gather(*(job.metrics() for job in counted))
+    timings = [
+        JobTiming.from_metrics(job.job_id(), body)
+        for job, body in zip(counted, bodies, strict=True)
+    ]
+    phases = [_phases(body, t, *span) for body, t, span in zip(bodies, timings, spans, strict=True)]
+    return {"isa": isa, "latencies": latencies, "timings": timings, "phases": phases}
+
+
+#: One trivial job's latency cut at the server's timestamps (all on this machine's wall clock:
+#: client and emulator share it). The phases follow each other, so they add up to the latency.
+PHASES = (
+    ("client encode + POST", "start", "created"),
+    ("store + lane admission", "created", "pre_start"),
+    ("pre-process", "pre_start", "pre_end"),
+    ("QPU turn", "pre_end", "qpu_start"),
+    ("QPU (Aer + hold)", "qpu_start", "qpu_end"),
+    ("post lane turn", "qpu_end", "post_start"),
+    ("post-process", "post_start", "post_end"),
+    ("finish", "post_end", "finished"),
+    ("store, wake, GET result, decode", "finished", "done"),
+)
+
+
+def _phases(body: dict[str, Any], t: JobTiming, start: float, done: float) -> dict[str, float]:
+    stamps = body.get("timestamps") or {}
+    points = {
+        "start": start,
+        "done": done,
+        "created": datetime.fromisoformat(stamps["created"]).timestamp(),
+        "finished": datetime.fromisoformat(stamps["finished"]).timestamp(),
+        **{name: getattr(t, name) for name in STAGES},
+    }
+    return {label: points[b] - points[a] for label, a, b in PHASES}
+
+
+def _official(bench: Bench, prm: Params, isa: Any) -> list[float]:
+    from qiskit_ibm_runtime import SamplerV2
+
+    bench.progress.describe(f"{NAME} [{bench.clock}] official client")
+    service = bench.official_service()
+    backend = service.backend(BACKEND)
+    sampler = SamplerV2(mode=backend)
+    out = []
+    for i in range(prm.warmup + prm.reps):
+        t0 = wall()
+        result = sampler.run([isa], shots=prm.shots).result()
+        elapsed = wall() - t0
+        if counts_total(result) != prm.shots:
+            raise RuntimeError("the official client returned the wrong number of shots")
+        if i >= prm.warmup:
+            out.append(elapsed)
+        bench.progress.advance()
+    return out
+
+
+def _result(
+    bench: Bench, prm: Params, latencies: dict[str, list[float]], aio: dict[str, Any]
+) -> WorkloadResult:
+    stats = {name: summarize(values) for name, values in latencies.items()}
+    aer_p50 = stats["aer in-process"]["p50"]
+    rows = []
+    for name, s in stats.items():
+        rows.append(
+            {
+                "client": name,
+                "jobs": s["n"],
+                "p50_ms": s["p50"] * 1e3,
+                "p95_ms": s["p95"] * 1e3,
+                "mean_ms": s["mean"] * 1e3,
+                "added_p50_ms": (s["p50"] - aer_p50) * 1e3,
+            }
+        )
+    timings = aio["timings"]
+    split = {
+        label: summarize([ph[label] for ph in aio["phases"]])["p50"] * 1e3 for label, _, _ in PHASES
+    }
+    added = (stats["aioruntime"]["p50"] - aer_p50) * 1e3
+    notes = [
+        "aioruntime latency by phase (p50 ms each; they follow each other): "
+        + "; ".join(f"{label} {ms:.1f}" for label, ms in split.items())
+    ]
+    if prm.official:
+        notes.append(
+            "the official client's result() polls every 0.5 s for a job-mode job "
+            "(RuntimeJobV2.wait_for_final_state)"
+        )
+    targets = []
+    if bench.clock == "instant":
+        targets.append(
+            Target(
+                name="aioruntime added p50 vs Aer",
+                value=added,
+                op="<=",
+                limit=prm.added_ms_max,
+                unit=" ms",
+            )
+        )
+    return WorkloadResult(
+        workload=NAME,
+        clock=bench.clock,
+        params={**asdict(prm), "backend": BACKEND},
+        rows=rows,
+        figures={
+            "latency_s": stats,
+            "aioruntime_phases_p50_ms": split,
+            "added_p50_ms": added,
+            "aioruntime_jobs": [t.as_dict() for t in timings],
+            "latencies_s": latencies,
+        },
+        targets=targets,
+        notes=notes,
+    )
