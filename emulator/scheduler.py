@@ -373,6 +373,9 @@ class Scheduler:
                     if self.clock.name not in ("instant", "manual")
                     else 0.0
                 )
+            # Let the next job's task take the QPU before this one does its own synchronous
+            # work (pickling the post-processing call): the QPU is the bottleneck, a lane is not.
+            await asyncio.sleep(0)
             async with lanes.slot(priority=POST):
                 rec.stages["post_start"] = utcnow().isoformat()
                 result = await self.lane_workers.run(
