@@ -158,7 +158,6 @@ class _AsyncPrimitive(Generic[OptionsT]):
 
         Mirrors ``BasePrimitiveV2._run`` and ``QiskitRuntimeService._run`` / ``program_run``."""
         from qiskit_ibm_runtime.exceptions import IBMInputValueError
-        from qiskit_ibm_runtime.ibm_backend import IBMBackend
         from qiskit_ibm_runtime.runtime_options import RuntimeOptions
         from qiskit_ibm_runtime.utils import (
             validate_isa_circuits,
@@ -179,8 +178,7 @@ class _AsyncPrimitive(Generic[OptionsT]):
                 validate_rzz_pubs(coerced)
                 for pub in coerced:
                     validate_isa_circuits([pub.circuit], backend.target)
-                    # the official check, applied to our backend (it only reads .properties())
-                    IBMBackend.check_faulty(backend, pub.circuit)
+                    backend.check_faulty(pub.circuit)  # the official check, cached per backend
             RuntimeOptions(
                 log_level=runtime.get("log_level"),
                 job_tags=runtime.get("job_tags"),

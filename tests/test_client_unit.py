@@ -433,3 +433,17 @@ async def test_closing_the_service_stops_waiters_with_a_clear_error(fake: FakeRu
     await service.aclose()
     with pytest.raises(ServiceClosedError, match="closed while waiting"):
         await task
+
+
+def test_faulty_qubits_are_checked_with_the_official_code_once_per_backend() -> None:
+    from qiskit import QuantumCircuit
+    from qiskit_ibm_runtime.ibm_backend import IBMBackend
+
+    from aioruntime.backend import _FaultyProperties
+
+    qc = QuantumCircuit(2)
+    qc.x(0)
+    qc.cx(0, 1)
+    IBMBackend.check_faulty(_FaultyProperties([5], []), qc)  # qubit 5 unused: fine
+    with pytest.raises(ValueError, match="faulty qubit 0"):
+        IBMBackend.check_faulty(_FaultyProperties([0], []), qc)
