@@ -430,10 +430,7 @@ class Scheduler:
             self.sessions.job_ended(session, charged, rec.quantum_seconds or 0.0)
         elif charged:
             self._spawn(self.store.add_usage(rec.instance, charged))
-        if result is not None:
-            await self.store.save_result(rec, result)
-        else:
-            await self.store.save_job(rec)
+        await self.store.save_job(rec, result_json=result)
         self._dispatch()
 
     # -- the QPU -----------------------------------------------------------------------------

@@ -225,28 +225,25 @@ class Store:
         self._jobs[rec.id] = rec
         self._count(rec)
 
-    async def save_job(self, rec: JobRecord) -> None:
-        """Persist the metadata of ``rec`` and wake waiters if it is final."""
-        await self.db.execute("UPDATE jobs SET meta = ? WHERE id = ?", (_encode(rec), rec.id))
+    async def save_job(self, rec: JobRecord, *, result_json: str | None = None) -> None:
+        """Persist the metadata of ``rec`` (and its result, in the same transaction), then wake
+        the waiters if it is final."""
+        if result_json is None:
+            await self.db.execute("UPDATE jobs SET meta = ? WHERE id = ?", (_encode(rec), rec.id))
+        else:
+            await self.db.execute(
+                "UPDATE jobs SET meta = ?, result = ? WHERE id = ?",
+                (_encode(rec), result_json, rec.id),
+            )
         await self.db.commit()
         self._count(rec)
         if rec.terminal:
-            event = self._final_events.pop(rec.id, None)
-            if event is not None:
-                event.set()
+            self._wake(rec.id)
 
-    async def save_result(self, rec: JobRecord, result_json: str) -> None:
-        """Store the result and the final metadata in one transaction."""
-        await self.db.execute(
-            "UPDATE jobs SET meta = ?, result = ? WHERE id = ?",
-            (_encode(rec), result_json, rec.id),
-        )
-        await self.db.commit()
-        self._count(rec)
-        if rec.terminal:
-            event = self._final_events.pop(rec.id, None)
-            if event is not None:
-                event.set()
+    def _wake(self, job_id: str) -> None:
+        event = self._final_events.pop(job_id, None)
+        if event is not None:
+            event.set()
 
     async def params(self, job_id: str) -> str | None:
         async with self.db.execute("SELECT params FROM jobs WHERE id = ?", (job_id,)) as cur:
@@ -263,9 +260,7 @@ class Store:
         await self.db.commit()
         self._jobs.pop(job_id, None)
         self._count(None, job_id=job_id)
-        event = self._final_events.pop(job_id, None)
-        if event is not None:
-            event.set()
+        self._wake(job_id)
 
     async def wait_final(self, job_id: str) -> JobRecord | None:
         """Wait until the job is final (or deleted); bound it with ``asyncio.timeout``."""

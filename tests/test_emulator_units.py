@@ -200,7 +200,7 @@ async def test_store_survives_reopen(tmp_path: Path) -> None:
         )
         await store.add_job(rec, '{"pubs": []}')
         rec.state = p.JobState.COMPLETED
-        await store.save_result(rec, "RESULT")
+        await store.save_job(rec, result_json="RESULT")
         await store.save_session(SessionRecord(id="s1", instance="i", backend="b"))
         await store.add_usage("i", 2.5)
     async with Store(path) as store:
