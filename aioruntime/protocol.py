@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import json
+import threading
 from typing import Any, Final
 
 __all__ = [
@@ -204,11 +205,20 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, cls=RuntimeEncoder)
 
 
+#: One decode at a time per process. ``RuntimeDecoder`` rebuilds ndarrays with ``np.load``, which
+#: parses each array header with ``ast.literal_eval``; CPython 3.11's AST constructor is not safe
+#: when threads parse at once (python/cpython#106905: a spurious ``SystemError: AST constructor
+#: recursion depth mismatch``, seen here decoding 1000 results in worker threads). Decoding holds
+#: the GIL nearly all the time anyway, so serializing it costs next to nothing.
+_DECODE_LOCK = threading.Lock()
+
+
 def loads(text: str | bytes) -> Any:
-    """Decode with the official ``RuntimeDecoder``."""
+    """Decode with the official ``RuntimeDecoder`` (thread-safe; see ``_DECODE_LOCK``)."""
     from qiskit_ibm_runtime.json import RuntimeDecoder
 
-    return json.loads(text, cls=RuntimeDecoder)
+    with _DECODE_LOCK:
+        return json.loads(text, cls=RuntimeDecoder)
 
 
 def parse_bool(value: str | None, default: bool = False) -> bool:
