@@ -72,6 +72,8 @@ class Lanes:
         self._busy = 0
         self._peak = 0
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        #: Waiters neither granted nor gone (cancelled ones stay in the heap until popped).
+        self._waiting = 0
         self._seq = itertools.count()
         self._paused = False
 
@@ -92,18 +94,20 @@ class Lanes:
             self._release()
 
     async def _acquire(self, priority: int) -> None:
-        if not self._paused and self._busy < self.width and not self._live_waiters():
+        if not self._paused and self._busy < self.width and not self._waiting:
             self._take()
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (priority, next(self._seq), fut))
+        self._waiting += 1
         try:
             await fut
         except BaseException:
             if fut.done() and not fut.cancelled():
                 self._release()  # granted as we were cancelled: hand it on
             else:
-                fut.cancel()
+                fut.cancel()  # left before its turn: dropped from the heap when popped
+                self._waiting -= 1
             raise
 
     def _take(self) -> None:
@@ -118,14 +122,12 @@ class Lanes:
         while self._waiters and self._busy < self.width and not self._paused:
             _, _, fut = heapq.heappop(self._waiters)
             if not fut.done():
+                self._waiting -= 1
                 self._take()
                 fut.set_result(None)
 
-    def _live_waiters(self) -> int:
-        return sum(1 for _, _, f in self._waiters if not f.done())
-
     def statistics(self) -> LaneStatistics:
-        return LaneStatistics(self.width, self._busy, self._live_waiters(), self._peak)
+        return LaneStatistics(self.width, self._busy, self._waiting, self._peak)
 
 
 class WorkerDied(Exception):

@@ -70,8 +70,6 @@ class SessionBook:
         self._pending: dict[str, int] = {}
         #: Model time the session's last unfinished job ended (start of the idle window).
         self._idle_since: dict[str, float] = {}
-        #: Usage already added to the instance's total, per session.
-        self._billed: dict[str, float] = {}
         self.changed = asyncio.Event()
 
     # -- lookup and creation -----------------------------------------------------------------
@@ -294,7 +292,6 @@ class SessionBook:
 
     def _bill(self, rec: SessionRecord, seconds: float) -> None:
         if seconds > 0:
-            self._billed[rec.id] = self._billed.get(rec.id, 0.0) + seconds
             self._spawn(self._store.add_usage(rec.instance, seconds))
 
     def _save(self, rec: SessionRecord) -> None:

@@ -61,14 +61,19 @@ def _aer(bench: Bench, prm: Params, isa: Any) -> list[float]:
     from qiskit_aer.primitives import SamplerV2
 
     bench.progress.describe(f"{NAME} [{bench.clock}] aer in-process")
-    sampler = SamplerV2()
+    return _time_blocking_runs(bench, prm, SamplerV2(), isa, "Aer")
+
+
+def _time_blocking_runs(bench: Bench, prm: Params, sampler: Any, isa: Any, who: str) -> list[float]:
+    """Wall seconds of ``prm.reps`` blocking ``sampler.run(...).result()`` calls, after
+    ``prm.warmup`` untimed ones."""
     out = []
     for i in range(prm.warmup + prm.reps):
         t0 = wall()
         result = sampler.run([isa], shots=prm.shots).result()
         elapsed = wall() - t0
         if counts_total(result) != prm.shots:
-            raise RuntimeError("Aer returned the wrong number of shots")
+            raise RuntimeError(f"{who} returned the wrong number of shots")
         if i >= prm.warmup:
             out.append(elapsed)
         bench.progress.advance()
@@ -136,20 +141,8 @@ def _official(bench: Bench, prm: Params, isa: Any) -> list[float]:
     from qiskit_ibm_runtime import SamplerV2
 
     bench.progress.describe(f"{NAME} [{bench.clock}] official client")
-    service = bench.official_service()
-    backend = service.backend(BACKEND)
-    sampler = SamplerV2(mode=backend)
-    out = []
-    for i in range(prm.warmup + prm.reps):
-        t0 = wall()
-        result = sampler.run([isa], shots=prm.shots).result()
-        elapsed = wall() - t0
-        if counts_total(result) != prm.shots:
-            raise RuntimeError("the official client returned the wrong number of shots")
-        if i >= prm.warmup:
-            out.append(elapsed)
-        bench.progress.advance()
-    return out
+    backend = bench.official_service().backend(BACKEND)
+    return _time_blocking_runs(bench, prm, SamplerV2(mode=backend), isa, "the official client")
 
 
 def _result(

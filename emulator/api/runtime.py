@@ -20,6 +20,7 @@ from aiohttp import web
 from aioruntime import protocol as p
 from aioruntime.protocol import ErrorCode, JobState, SessionMode
 
+from ..backends import Device
 from ..store import JobRecord
 from . import views
 from .keys import CALLER, CONFIG, DEVICES, SCHEDULER, STORE, ApiError, Caller
@@ -36,7 +37,7 @@ def _json(body: Any, status: int = 200) -> web.Response:
     return web.json_response(body, status=status)
 
 
-def _device(request: web.Request):  # type: ignore[no-untyped-def]
+def _device(request: web.Request) -> Device:
     name = request.match_info["name"]
     device = request.config_dict[DEVICES].get(name)
     if device is None:
