@@ -19,6 +19,7 @@ from typing import Any
 import anyio.to_process
 import numpy as np
 import pytest
+from circuits import bell
 from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
 from qiskit.circuit import Parameter
 from qiskit.primitives import PrimitiveResult, PubResult, SamplerPubResult
@@ -55,15 +56,6 @@ def to_isa(circuit: QuantumCircuit, source: str = "fez") -> QuantumCircuit:
         optimization_level=1, target=device_target(source), seed_transpiler=11
     )
     return pm.run(circuit)
-
-
-def bell(measure: bool = True) -> QuantumCircuit:
-    qc = QuantumCircuit(2)
-    qc.h(0)
-    qc.cx(0, 1)
-    if measure:
-        qc.measure_all()
-    return qc
 
 
 def params_json(pubs: list[Any], options: dict[str, Any] | None = None, **extra: Any) -> str:

@@ -13,6 +13,7 @@ import anyio.to_thread
 import numpy as np
 import pytest
 import pytest_asyncio
+from circuits import bell
 from client_helpers import endpoint, service_for
 from qiskit import QuantumCircuit
 from qiskit.circuit import Parameter
@@ -40,15 +41,6 @@ from emulator.testing import EmulatorThread
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 SEED = 42
-
-
-def bell(measure: bool = True) -> QuantumCircuit:
-    qc = QuantumCircuit(2)
-    qc.h(0)
-    qc.cx(0, 1)
-    if measure:
-        qc.measure_all()
-    return qc
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

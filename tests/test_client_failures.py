@@ -17,6 +17,7 @@ from typing import Any
 import anyio.to_thread
 import pytest
 import pytest_asyncio
+from circuits import bell
 from client_helpers import endpoint, service_for
 from qiskit import QuantumCircuit
 from qiskit.transpiler import generate_preset_pass_manager
@@ -40,14 +41,6 @@ from emulator.config import ClockSpec, Config
 from emulator.testing import EmulatorThread
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-def bell() -> QuantumCircuit:
-    qc = QuantumCircuit(2)
-    qc.h(0)
-    qc.cx(0, 1)
-    qc.measure_all()
-    return qc
 
 
 @pytest.fixture(scope="module")

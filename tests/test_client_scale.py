@@ -19,8 +19,8 @@ from typing import Any
 import anyio.to_thread
 import pytest
 import pytest_asyncio
+from circuits import ghz
 from client_helpers import LoopLagProbe, service_for
-from qiskit import QuantumCircuit
 from qiskit.transpiler import generate_preset_pass_manager
 
 from aioruntime import AsyncBatch, AsyncRuntimeService, AsyncSamplerV2
@@ -38,15 +38,6 @@ def load_example() -> Any:
     sys.modules.setdefault("concurrent_vqe", module)
     spec.loader.exec_module(module)
     return module
-
-
-def ghz(n: int) -> QuantumCircuit:
-    qc = QuantumCircuit(n)
-    qc.h(0)
-    for i in range(n - 1):
-        qc.cx(i, i + 1)
-    qc.measure_all()
-    return qc
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from circuits import bell
 from qiskit import QuantumCircuit
 from qiskit.circuit import Parameter
 from qiskit.quantum_info import SparsePauliOp
@@ -22,14 +23,6 @@ from qiskit_ibm_runtime.exceptions import (
 from emulator.backends import device_target
 from emulator.testing import EmulatorThread
 from emulator.timing import TimingParams, circuit_duration_s, quantum_seconds
-
-
-def bell() -> QuantumCircuit:
-    qc = QuantumCircuit(2)
-    qc.h(0)
-    qc.cx(0, 1)
-    qc.measure_all()
-    return qc
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-from qiskit import QuantumCircuit
+from circuits import bell
 from qiskit.circuit.library import efficient_su2
 from qiskit.quantum_info import SparsePauliOp
 from qiskit.transpiler import generate_preset_pass_manager
@@ -25,14 +25,6 @@ from aioruntime import protocol as p
 from emulator.testing import EmulatorThread
 
 BACKEND = "ibm_manila"
-
-
-def bell() -> QuantumCircuit:
-    qc = QuantumCircuit(2)
-    qc.h(0)
-    qc.cx(0, 1)
-    qc.measure_all()
-    return qc
 
 
 class Rig:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 
 import pytest
+from circuits import bell
 from qiskit import QuantumCircuit
 from qiskit.circuit import Parameter
 from qiskit.circuit.library import efficient_su2
@@ -25,14 +26,6 @@ def isa(circuit: QuantumCircuit, source: str = "fez") -> QuantumCircuit:
         optimization_level=1, target=device_target(source), seed_transpiler=7
     )
     return pm.run(circuit)
-
-
-def bell() -> QuantumCircuit:
-    qc = QuantumCircuit(2)
-    qc.h(0)
-    qc.cx(0, 1)
-    qc.measure_all()
-    return qc
 
 
 def test_formula_by_hand() -> None:
