@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+import click
 from aiohttp import web
 
 from aioruntime import protocol as p
@@ -88,8 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         config = from_args(argv)
-    except ValueError as exc:
-        print(f"aioruntime-emulator: {exc}", file=sys.stderr)
+    except click.ClickException as exc:
+        exc.show()
         return 2
     try:
         asyncio.run(serve(config))

@@ -1,21 +1,23 @@
 """The emulator's configuration: one frozen object, built once at the edge.
 
-:func:`from_args` reads flags and ``AIORUNTIME_EMULATOR_*`` environment variables; nothing else
-in the emulator reads ``os.environ``.
+:func:`from_args` reads flags and ``AIORUNTIME_EMULATOR_<FLAG>`` environment variables with
+click (its ``auto_envvar_prefix``: a repeatable flag's variable holds a comma-separated list);
+nothing else in the emulator reads ``os.environ``.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import click
 
 from aioruntime.protocol import DEFAULT_INSTANCE
 
-__all__ = ["ApiKey", "ClockSpec", "Config", "build_parser", "from_args"]
+__all__ = ["ApiKey", "ClockSpec", "Config", "command", "from_args"]
 
 #: The key a ``Config()`` built in code accepts by default (tests, ``EmulatorThread``). The
 #: command line instead generates a development key when none is given, and prints it.
@@ -130,105 +132,173 @@ class Config:
         return None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="aioruntime-emulator",
-        description="A local emulator of the IBM Qiskit Runtime service.",
-    )
-    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default 8765; 0 picks a free one)")
-    p.add_argument(
-        "--backends",
-        help="comma-separated device names, e.g. ibm_fez,ibm_manila or alias=ibm_fez "
-        "(default: ibm_fez,ibm_torino,ibm_manila)",
-    )
-    p.add_argument("--lanes", type=int, help="classical lanes per backend (default 5)")
-    p.add_argument("--clock", help="instant (default), scaled:K or realtime")
-    p.add_argument(
-        "--noise",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="simulate with the device noise model (default: off, ideal results)",
-    )
-    p.add_argument("--data-dir", help="directory of the SQLite store (default: a temporary one)")
-    p.add_argument("--ephemeral", action="store_true", help="keep everything in memory")
-    p.add_argument(
-        "--api-key",
-        action="append",
-        help="accepted API key, repeatable; KEY@CRN binds it to one instance "
-        "(default: a generated development key, printed at start)",
-    )
-    p.add_argument(
-        "--instance",
-        action="append",
-        help=f"accepted instance CRN, repeatable (default: {DEFAULT_INSTANCE})",
-    )
-    p.add_argument("--admin-key", help="key of the admin API (default: random, printed at start)")
-    p.add_argument(
-        "--drain-timeout",
-        type=float,
-        help="seconds to let jobs in flight finish on SIGTERM (default 30)",
-    )
-    return p
+class _ClockType(click.ParamType):  # type: ignore[type-arg]
+    name = "clock"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> ClockSpec:
+        if isinstance(value, ClockSpec):
+            return value
+        try:
+            return ClockSpec.parse(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
-def from_args(
-    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+class _CommaList(click.ParamType):  # type: ignore[type-arg]
+    """A repeatable option whose environment variable holds a comma-separated list."""
+
+    name = "text"
+    envvar_list_splitter = ","
+
+    def split_envvar_value(self, rv: str) -> Sequence[str]:
+        return [item for item in rv.split(",") if item]
+
+
+def _options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The flags; each also reads ``AIORUNTIME_EMULATOR_<FLAG>`` (click's auto envvars)."""
+    decorators = [
+        click.option("--host", default="127.0.0.1", show_default=True, help="address to bind"),
+        click.option(
+            "--port", type=int, default=8765, show_default=True, help="port; 0 picks a free one"
+        ),
+        click.option(
+            "--backends",
+            default="",
+            show_default=False,
+            help="comma-separated device names, e.g. ibm_fez,ibm_manila or alias=ibm_fez "
+            "(default: ibm_fez,ibm_torino,ibm_manila)",
+        ),
+        click.option(
+            "--lanes",
+            type=click.IntRange(min=1),
+            default=5,
+            show_default=True,
+            help="jobs in classical processing at once, per backend",
+        ),
+        click.option(
+            "--clock",
+            type=_ClockType(),
+            default="instant",
+            show_default=True,
+            help="instant, scaled:K or realtime",
+        ),
+        click.option(
+            "--noise/--no-noise",
+            default=False,
+            show_default=False,
+            help="simulate with the device noise model (default: off, ideal results)",
+        ),
+        click.option(
+            "--data-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=None,
+            help="directory of the SQLite store (default: a temporary one)",
+        ),
+        click.option("--ephemeral", is_flag=True, help="keep everything in memory"),
+        click.option(
+            "--api-key",
+            "api_keys",
+            envvar=ENV_PREFIX + "API_KEY",
+            type=_CommaList(),
+            multiple=True,
+            help="accepted API key, repeatable; KEY@CRN binds it to one instance "
+            "(default: a generated development key, printed at start)",
+        ),
+        click.option(
+            "--instance",
+            "instances",
+            envvar=ENV_PREFIX + "INSTANCE",
+            type=_CommaList(),
+            multiple=True,
+            help=f"accepted instance CRN, repeatable (default: {DEFAULT_INSTANCE})",
+        ),
+        click.option(
+            "--admin-key", default=None, help="key of the admin API (default: random, printed)"
+        ),
+        click.option(
+            "--drain-timeout",
+            type=click.FloatRange(min=0),
+            default=30.0,
+            show_default=True,
+            help="seconds to let jobs in flight finish on SIGTERM",
+        ),
+        click.option(
+            "--token-secret",
+            default=None,
+            hidden=True,
+            help="secret that signs IAM tokens (default: kept in the data directory)",
+        ),
+    ]
+    for decorate in reversed(decorators):
+        f = decorate(f)
+    return f
+
+
+def _config_from_options(
+    *,
+    ephemeral: bool,
+    data_dir: Path | None,
+    api_keys: tuple[str, ...],
+    instances: tuple[str, ...],
+    token_secret: str | None,
+    admin_key: str | None,
+    drain_timeout: float,
+    **values: Any,
 ) -> Config:
-    """Build the config from flags, falling back to ``AIORUNTIME_EMULATOR_<FLAG>`` variables."""
-    args = build_parser().parse_args(argv)
-    env = os.environ if environ is None else environ
-
-    def pick(name: str) -> str | None:
-        value = getattr(args, name.replace("-", "_"))
-        if value is not None:
-            return str(value)
-        return env.get(ENV_PREFIX + name.upper().replace("-", "_"))
-
-    kwargs: dict[str, object] = {}
-    if (v := pick("host")) is not None:
-        kwargs["host"] = v
-    if (v := pick("port")) is not None:
-        kwargs["port"] = int(v)
-    if (v := pick("backends")) is not None:
-        kwargs["backends"] = v
-    if (v := pick("lanes")) is not None:
-        kwargs["lanes"] = int(v)
-    if (v := pick("clock")) is not None:
-        kwargs["clock"] = ClockSpec.parse(v)
-    if args.noise is not None:
-        kwargs["noise"] = args.noise
-    elif (v := env.get(ENV_PREFIX + "NOISE")) is not None:
-        kwargs["noise"] = v.strip().lower() in ("1", "true", "yes", "on")
-    if args.ephemeral:
-        kwargs["data_dir"] = Path(":memory:")
-    elif (v := pick("data-dir")) is not None:
-        kwargs["data_dir"] = Path(v)
-    keys = args.api_key or _split(env.get(ENV_PREFIX + "API_KEY"))
-    if keys:
-        kwargs["api_keys"] = tuple(ApiKey.parse(k) for k in keys)
+    if ephemeral:
+        data_dir = Path(":memory:")
+    persistent = data_dir is not None and str(data_dir) != ":memory:"
+    kwargs: dict[str, Any] = dict(values, data_dir=data_dir, drain_timeout_s=drain_timeout)
+    if api_keys:
+        kwargs["api_keys"] = tuple(ApiKey.parse(k) for k in api_keys)
     else:
         # No key given: a development key, printed at start. Kept in the data directory so
         # that clients keep working across restarts; a fresh one for an ephemeral store.
-        data_dir = kwargs.get("data_dir")
-        if isinstance(data_dir, Path) and str(data_dir) != ":memory:":
-            dev_key = _persistent_secret(data_dir / "dev_api_key", "dev-")
-        else:
-            dev_key = "dev-" + secrets.token_urlsafe(16)
+        dev_key = (
+            _persistent_secret(data_dir / "dev_api_key", "dev-")  # type: ignore[operator]
+            if persistent
+            else "dev-" + secrets.token_urlsafe(16)
+        )
         kwargs["api_keys"] = (ApiKey(dev_key),)
-    instances = args.instance or _split(env.get(ENV_PREFIX + "INSTANCE"))
     if instances:
         kwargs["instances"] = tuple(dict.fromkeys(instances))
-    if (v := env.get(ENV_PREFIX + "TOKEN_SECRET")) is not None:
-        kwargs["token_secret"] = v
-    elif isinstance(data_dir := kwargs.get("data_dir"), Path) and str(data_dir) != ":memory:":
+    if token_secret is not None:
+        kwargs["token_secret"] = token_secret
+    elif persistent:
         # Tokens must outlive a restart on the same data directory, as IBM's do.
-        kwargs["token_secret"] = _persistent_secret(data_dir / "token_secret")
-    if (v := pick("drain-timeout")) is not None:
-        kwargs["drain_timeout_s"] = float(v)
-    if (v := pick("admin-key")) is not None:
-        kwargs["admin_key"] = v
-    return Config(**kwargs)  # type: ignore[arg-type]
+        kwargs["token_secret"] = _persistent_secret(data_dir / "token_secret")  # type: ignore[operator]
+    if admin_key is not None:
+        kwargs["admin_key"] = admin_key
+    return Config(**kwargs)
+
+
+@click.command(
+    name="aioruntime-emulator",
+    help="A local emulator of the IBM Qiskit Runtime service.",
+    context_settings={"auto_envvar_prefix": ENV_PREFIX.rstrip("_"), "show_default": True},
+)
+@_options
+def command(**values: Any) -> Config:
+    return _config_from_options(**values)
+
+
+def from_args(argv: Sequence[str] | None = None) -> Config:
+    """The config from flags, falling back to ``AIORUNTIME_EMULATOR_<FLAG>`` variables.
+
+    Raises ``click.UsageError`` (with the flag named) for bad values; ``--help`` raises
+    ``SystemExit(0)`` after printing the help.
+    """
+    try:
+        config = command.main(args=None if argv is None else list(argv), standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except ValueError as exc:  # Config.__post_init__
+        raise click.UsageError(str(exc)) from None
+    if not isinstance(config, Config):  # --help under standalone_mode=False returns 0
+        raise SystemExit(0)
+    return config
 
 
 def _persistent_secret(path: Path, prefix: str = "") -> str:
@@ -240,7 +310,3 @@ def _persistent_secret(path: Path, prefix: str = "") -> str:
         path.write_text(secret)
         path.chmod(0o600)
         return secret
-
-
-def _split(value: str | None) -> list[str]:
-    return [item for item in (value or "").split(",") if item]

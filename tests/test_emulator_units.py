@@ -6,6 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import click
 import jwt
 import pytest
 
@@ -19,7 +20,7 @@ from emulator.store import JobRecord, SessionRecord, Store
 OTHER = "crn:v1:bluemix:public:quantum-computing:us-east:a/other::"
 
 
-def test_flags_and_environment() -> None:
+def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     config = from_args(
         [
             "--port",
@@ -39,19 +40,38 @@ def test_flags_and_environment() -> None:
             OTHER,
             "--backends",
             "ibm_fez",
-        ],
-        environ={},
+        ]
     )
     assert (config.port, config.lanes, config.noise, config.backends) == (0, 3, True, "ibm_fez")
     assert config.clock == ClockSpec(mode="scaled", scale=0.01)
     assert config.instances_for_key("k1") == (p.DEFAULT_INSTANCE, OTHER)
     assert config.instances_for_key("k2") == (OTHER,)
     assert config.instances_for_key("nope") is None
-    env = from_args(
-        [], environ={"AIORUNTIME_EMULATOR_PORT": "9999", "AIORUNTIME_EMULATOR_CLOCK": "realtime"}
-    )
-    assert env.port == 9999 and str(env.clock) == "realtime"
-    assert from_args(["--ephemeral"], environ={}).data_dir == Path(":memory:")
+    assert from_args(["--ephemeral"]).data_dir == Path(":memory:")
+    monkeypatch.setenv("AIORUNTIME_EMULATOR_PORT", "9999")
+    monkeypatch.setenv("AIORUNTIME_EMULATOR_CLOCK", "realtime")
+    monkeypatch.setenv("AIORUNTIME_EMULATOR_NOISE", "true")
+    monkeypatch.setenv("AIORUNTIME_EMULATOR_API_KEY", f"a,b@{OTHER}")
+    monkeypatch.setenv("AIORUNTIME_EMULATOR_INSTANCE", f"{p.DEFAULT_INSTANCE},{OTHER}")
+    env = from_args([])
+    assert env.port == 9999 and str(env.clock) == "realtime" and env.noise
+    assert env.instances_for_key("b") == (OTHER,)
+    assert from_args(["--port", "1"]).port == 1  # a flag wins over the environment
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--clock", "fast"], "--clock"),
+        (["--lanes", "0"], "--lanes"),
+        (["--port", "x"], "--port"),
+        (["--api-key", "k@crn:nowhere"], "not an --instance"),
+    ],
+)
+def test_bad_flags_name_the_flag(argv: list[str], named: str) -> None:
+    with pytest.raises(click.UsageError) as refused:
+        from_args(argv)
+    assert named in refused.value.format_message()
 
 
 @pytest.mark.parametrize("text", ["scaled:0", "scaled:x", "fast", "scaled:-1"])
@@ -215,10 +235,10 @@ async def test_store_survives_reopen(tmp_path: Path) -> None:
 
 
 def test_cli_generates_a_development_key_kept_in_the_data_dir(tmp_path: Path) -> None:
-    first = from_args(["--data-dir", str(tmp_path)], environ={})
-    again = from_args(["--data-dir", str(tmp_path)], environ={})
+    first = from_args(["--data-dir", str(tmp_path)])
+    again = from_args(["--data-dir", str(tmp_path)])
     key = first.api_keys[0].key
     assert key.startswith("dev-") and key != "emulator-dev-key"
     assert again.api_keys[0].key == key  # a restart keeps it, so clients keep working
-    assert from_args([], environ={}).api_keys[0].key != from_args([], environ={}).api_keys[0].key
-    assert from_args(["--api-key", "mine"], environ={}).api_keys[0].key == "mine"
+    assert from_args([]).api_keys[0].key != from_args([]).api_keys[0].key
+    assert from_args(["--api-key", "mine"]).api_keys[0].key == "mine"
