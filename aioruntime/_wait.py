@@ -31,7 +31,6 @@ import asyncio
 import functools
 import logging
 import random
-import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -61,10 +60,6 @@ def job_status_of(job: Mapping[str, Any]) -> tuple[str, str | None, int | None]:
     code = int(raw_code) if isinstance(raw_code, (int, str)) and str(raw_code).isdigit() else None
     reason = state.get("reason") or None
     return p.client_job_status(state["status"], code), reason, code
-
-
-def _job_path(template: str, job_id: str) -> str:
-    return template.format(job_id=urllib.parse.quote(job_id, safe=""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +202,7 @@ class JobWaits:
         return {404: (JobNotFoundError, {"job_id": job_id})}
 
     async def _long_poll(self, job_id: str, ext: _Extension) -> dict[str, Any]:
-        path = _job_path(ext.path, job_id)
+        path = p.path(ext.path, job_id=job_id)
         slice_s = max(0.1, min(self._config.wait_slice_s, ext.max_timeout))
         assert self._limiter is not None
         while True:
@@ -226,7 +221,7 @@ class JobWaits:
             # Not final after one slice: back of the queue (round-robin, see module docstring).
 
     async def _poll(self, job_id: str) -> dict[str, Any]:
-        path = _job_path(p.JOB, job_id)
+        path = p.path(p.JOB, job_id=job_id)
         delay = self._config.poll_min_s
         assert self._limiter is not None
         while True:

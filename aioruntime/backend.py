@@ -9,7 +9,6 @@ job (:meth:`AsyncRuntimeService.backend`), not this module's.
 from __future__ import annotations
 
 import json
-import urllib.parse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -118,7 +117,7 @@ class AsyncBackend(BackendV2):  # type: ignore[misc]
 
     async def status(self) -> dict[str, Any]:
         """``GET /backends/{name}/status``, mapped as the official adapter maps it."""
-        body = await self._service._http.get_json(_backend_path(p.BACKEND_STATUS, self.name))
+        body = await self._service._http.get_json(p.path(p.BACKEND_STATUS, name=self.name))
         body = body or {}
         return {
             "backend_name": self.name,
@@ -127,10 +126,6 @@ class AsyncBackend(BackendV2):  # type: ignore[misc]
             "operational": bool(body.get("state", False)),
             "pending_jobs": max(int(body.get("length_queue", 0) or 0), 0),
         }
-
-
-def _backend_path(template: str, name: str) -> str:
-    return template.format(name=urllib.parse.quote(name, safe=""))
 
 
 def _decode_configuration(name: str, instance: str, body: bytes) -> QasmBackendConfiguration:
@@ -171,7 +166,7 @@ async def load_backend(service: AsyncRuntimeService, summary: Mapping[str, Any])
     name = str(summary["name"])
     not_found = {404: (BackendNotFoundError, {"backend_name": name})}
     config = await service._http.request(
-        "GET", _backend_path(p.BACKEND_CONFIGURATION, name), errors=not_found
+        "GET", p.path(p.BACKEND_CONFIGURATION, name=name), errors=not_found
     )
     configuration = await service._to_thread(
         _decode_configuration, name, service.instance, config.body
@@ -180,7 +175,7 @@ async def load_backend(service: AsyncRuntimeService, summary: Mapping[str, Any])
     if not getattr(configuration, "simulator", False):
         # the official client never reads properties of simulators
         props = await service._http.request(
-            "GET", _backend_path(p.BACKEND_PROPERTIES, name), errors=not_found
+            "GET", p.path(p.BACKEND_PROPERTIES, name=name), errors=not_found
         )
         props_body = props.body
     properties, target = await service._to_thread(_build_target, name, configuration, props_body)

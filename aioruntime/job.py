@@ -13,7 +13,7 @@ from collections.abc import Generator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import protocol as p
-from ._wait import FINAL_STATUSES, JobWaits, WaitStatistics, _job_path, job_status_of
+from ._wait import FINAL_STATUSES, JobWaits, WaitStatistics, job_status_of
 from .errors import (
     ApiError,
     InputValueError,
@@ -160,7 +160,7 @@ class AsyncRuntimeJob:
         Final statuses are cached; until then each call is one ``GET /jobs/{id}``."""
         if self._status not in FINAL_STATUSES:
             job = await self._service._http.get_json(
-                _job_path(p.JOB, self._job_id),
+                p.path(p.JOB, job_id=self._job_id),
                 params={"exclude_params": "true"},
                 errors={404: (JobNotFoundError, {"job_id": self._job_id})},
             )
@@ -221,7 +221,7 @@ class AsyncRuntimeJob:
             if self._result is _UNSET:
                 response = await self._service._http.request(
                     "GET",
-                    _job_path(p.JOB_RESULTS, self._job_id),
+                    p.path(p.JOB_RESULTS, job_id=self._job_id),
                     accept_json=False,
                     errors={404: (JobNotFoundError, {"job_id": self._job_id})},
                 )
@@ -252,7 +252,7 @@ class AsyncRuntimeJob:
         ``Traceback`` on, as the official client cuts it)."""
         try:
             response = await self._service._http.request(
-                "GET", _job_path(p.JOB_RESULTS, self._job_id), accept_json=False
+                "GET", p.path(p.JOB_RESULTS, job_id=self._job_id), accept_json=False
             )
         except ApiError:
             return ""
@@ -280,7 +280,7 @@ class AsyncRuntimeJob:
         client, the local status becomes CANCELLED without re-reading the job."""
         await self._service._http.request(
             "POST",
-            _job_path(p.JOB_CANCEL, self._job_id),
+            p.path(p.JOB_CANCEL, job_id=self._job_id),
             accept_json=False,
             errors={
                 404: (JobNotFoundError, {"job_id": self._job_id}),
@@ -292,7 +292,7 @@ class AsyncRuntimeJob:
     async def metrics(self) -> dict[str, Any]:
         """``GET /jobs/{id}/metrics``: timestamps, usage and more."""
         body = await self._service._http.get_json(
-            _job_path(p.JOB_METRICS, self._job_id),
+            p.path(p.JOB_METRICS, job_id=self._job_id),
             errors={404: (JobNotFoundError, {"job_id": self._job_id})},
         )
         return dict(body or {})
@@ -308,7 +308,7 @@ class AsyncRuntimeJob:
         """``GET /jobs/{id}/logs`` (an empty string when the server has none)."""
         try:
             response = await self._service._http.request(
-                "GET", _job_path(p.JOB_LOGS, self._job_id), accept_json=False
+                "GET", p.path(p.JOB_LOGS, job_id=self._job_id), accept_json=False
             )
         except ApiError as exc:
             if exc.status == 404:
@@ -320,7 +320,7 @@ class AsyncRuntimeJob:
         """The job's decoded ``params`` (``GET /jobs/{id}`` with params, decoded off the loop)."""
         response = await self._service._http.request(
             "GET",
-            _job_path(p.JOB, self._job_id),
+            p.path(p.JOB, job_id=self._job_id),
             errors={404: (JobNotFoundError, {"job_id": self._job_id})},
         )
         job = await self._service._decode(response.body)
@@ -333,7 +333,7 @@ class AsyncRuntimeJob:
             raise InputValueError("job tags must be a list of strings")
         response = await self._service._http.request(
             "PUT",
-            _job_path(p.JOB_TAGS, self._job_id),
+            p.path(p.JOB_TAGS, job_id=self._job_id),
             body=p.dumps({"tags": list(dict.fromkeys(new_tags))}),
             accept_json=False,
             errors={404: (JobNotFoundError, {"job_id": self._job_id})},
@@ -344,7 +344,7 @@ class AsyncRuntimeJob:
                 status=response.status,
             )
         job = await self._service._http.get_json(
-            _job_path(p.JOB, self._job_id), params={"exclude_params": "true"}
+            p.path(p.JOB, job_id=self._job_id), params={"exclude_params": "true"}
         )
         self._tags = [str(t) for t in job.get("tags") or []]
         return list(self._tags)

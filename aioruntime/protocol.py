@@ -15,11 +15,13 @@ from __future__ import annotations
 import enum
 import json
 import threading
+import urllib.parse
 from typing import Any, Final
 
 __all__ = [
     "API_VERSION",
     "DEFAULT_INSTANCE",
+    "PROGRAMS",
     "TERMINAL_JOB_STATES",
     "ErrorCode",
     "JobState",
@@ -30,6 +32,7 @@ __all__ = [
     "error_body",
     "loads",
     "parse_bool",
+    "path",
     "session_status_string",
 ]
 
@@ -94,6 +97,16 @@ EXT_STATISTICS: Final = EXT_PREFIX + "/statistics"
 EXT_WAIT_MAX_SECONDS: Final = 60.0
 
 HEALTH: Final = "/health"
+
+
+def path(template: str, **values: str) -> str:
+    """``template`` with its ``{placeholders}`` filled, each value percent-quoted, so an id can
+    never add a path segment or a query (``path(JOB, job_id="a/b")`` → ``/jobs/a%2Fb``)."""
+    return template.format(**{k: urllib.parse.quote(v, safe="") for k, v in values.items()})
+
+
+#: The programs the emulator runs (``program_id`` of ``POST /jobs``).
+PROGRAMS: Final = ("sampler", "estimator")
 
 # ---------------------------------------------------------------------------------------------
 # States

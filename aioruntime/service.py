@@ -28,7 +28,6 @@ import asyncio
 import enum
 import logging
 import os
-import urllib.parse
 import warnings
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -339,7 +338,7 @@ class AsyncRuntimeService:
         """``GET /jobs/{id}``. Raises :class:`JobNotFoundError`."""
         self._require_open()
         raw = await self._http.get_json(
-            p.JOB.format(job_id=urllib.parse.quote(job_id, safe="")),
+            p.path(p.JOB, job_id=job_id),
             params={"exclude_params": "true"},
             errors={404: (JobNotFoundError, {"job_id": job_id})},
         )
@@ -419,7 +418,7 @@ class AsyncRuntimeService:
         self._require_open()
         await self._http.request(
             "DELETE",
-            p.JOB.format(job_id=urllib.parse.quote(job_id, safe="")),
+            p.path(p.JOB, job_id=job_id),
             accept_json=False,
             errors={404: (JobNotFoundError, {"job_id": job_id})},
         )
@@ -456,7 +455,7 @@ class AsyncRuntimeService:
     async def _session_details(self, session_id: str) -> dict[str, Any]:
         self._require_open()
         body = await self._http.get_json(
-            p.SESSION.format(session_id=urllib.parse.quote(session_id, safe="")),
+            p.path(p.SESSION, session_id=session_id),
             errors={404: (SessionNotFoundError, {"session_id": session_id})},
         )
         return dict(body or {})

@@ -32,7 +32,6 @@ import asyncio
 import contextvars
 import enum
 import logging
-import urllib.parse
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -237,7 +236,7 @@ class _ExecutionMode:
 
     def _path(self, template: str) -> str:
         assert self._session_id is not None
-        return template.format(session_id=urllib.parse.quote(self._session_id, safe=""))
+        return p.path(template, session_id=self._session_id)
 
     async def close(self) -> None:
         """Stop accepting jobs (``PATCH /sessions/{id}`` ``{"accepting_jobs": false}``); queued

@@ -32,7 +32,6 @@ from .api.keys import (
     REQUEST_LOG,
     SCHEDULER,
     STORE,
-    ApiError,
     Caller,
 )
 from .auth import AuthError, authenticate
@@ -40,9 +39,9 @@ from .backends import DEFAULT_BACKENDS, Device, resolve_devices
 from .classical import JobInputError
 from .clock import make_clock
 from .config import Config
+from .errors import Refused
 from .faults import Faults
-from .scheduler import Scheduler, SubmitError
-from .sessions import SessionError
+from .scheduler import Scheduler
 from .store import Store
 
 __all__ = ["create_app"]
@@ -61,7 +60,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Every refusal leaves as IBM's error body; nothing leaves as a bare 500."""
     try:
         return await handler(request)
-    except (ApiError, SubmitError, SessionError) as exc:
+    except Refused as exc:
         return _error(exc.status, exc.code, exc.message)
     except JobInputError as exc:
         return _error(400, exc.code, exc.message)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from aioruntime.protocol import ErrorCode, dumps
+from aioruntime.protocol import PROGRAMS, ErrorCode, dumps
 
 from . import estimation
 from .backends import (
@@ -66,8 +66,6 @@ __all__ = [
     "preprocess",
     "sample",
 ]
-
-PROGRAMS = ("sampler", "estimator")
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from . import classical, worker
 from .backends import Device
 from .clock import Clock, utcnow
 from .config import Config
+from .errors import Refused
 from .faults import Faults
 from .lanes import POST, PRE, Lanes, LaneStatistics, WorkerDied, WorkerPool
 from .qpu import QPU, Turn
@@ -39,20 +40,12 @@ from .sessions import SessionBook
 from .store import JobRecord, SessionRecord, Store
 from .timing import TimingParams
 
-__all__ = ["BackendStatistics", "Scheduler", "Statistics", "SubmitError"]
+__all__ = ["BackendStatistics", "Scheduler", "Statistics"]
 
 log = logging.getLogger("emulator.scheduler")
 
 #: CPU niceness of the lane workers relative to the QPU workers (see WorkerPool).
 LANE_NICENESS = 5
-
-
-class SubmitError(Exception):
-    """A submission refused before a job was created (answered with ``status``)."""
-
-    def __init__(self, status: int, code: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +227,7 @@ class Scheduler:
         runtime: str = "",
         idempotency_key: str | None = None,
     ) -> JobRecord:
-        """Create, persist and start a job. Raises SubmitError / SessionError when refused.
+        """Create, persist and start a job. Raises :class:`Refused` when refused.
 
         With an ``idempotency_key`` already used by this instance, the earlier job is returned
         and nothing new is created.
@@ -243,12 +236,10 @@ class Scheduler:
             if (earlier := self.store.job(known)) is not None:
                 return earlier
         if not self._accepting:
-            raise SubmitError(
-                503, ErrorCode.BACKEND_NOT_AVAILABLE, "The emulator is shutting down."
-            )
+            raise Refused(503, ErrorCode.BACKEND_NOT_AVAILABLE, "The emulator is shutting down.")
         pending = self._live_per_instance[instance]
         if pending >= self.config.max_pending_jobs_per_instance:
-            raise SubmitError(
+            raise Refused(
                 429,
                 ErrorCode.TOO_MANY_JOBS,
                 f"The instance has {pending} pending jobs, the limit is "

@@ -33,21 +33,12 @@ from aioruntime.protocol import ErrorCode, SessionMode, SessionState
 
 from .clock import Clock, utcnow
 from .config import Config
+from .errors import Refused
 from .store import SessionRecord, Store
 
-__all__ = ["SessionBook", "SessionError"]
+__all__ = ["SessionBook"]
 
 log = logging.getLogger("emulator.sessions")
-
-
-class SessionError(Exception):
-    """A request about a session that cannot be honoured; carries the HTTP status to answer."""
-
-    def __init__(self, status: int, code: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 def _iso() -> str:
@@ -78,7 +69,7 @@ class SessionBook:
         """The session, or a 404 when it does not exist *for this instance* (ids don't leak)."""
         rec = self._store.session(session_id)
         if rec is None or rec.instance != instance:
-            raise SessionError(404, ErrorCode.NOT_FOUND, f"Session {session_id} not found.")
+            raise Refused(404, ErrorCode.NOT_FOUND, f"Session {session_id} not found.")
         return rec
 
     async def create(
@@ -104,20 +95,18 @@ class SessionBook:
         return rec
 
     def admit(self, session_id: str, instance: str, backend: str) -> SessionRecord:
-        """Check that a job may join the session; raises :class:`SessionError` otherwise."""
+        """Check that a job may join the session; raises :class:`Refused` otherwise."""
         rec = self.get(session_id, instance)
         if rec.closed:
-            raise SessionError(
-                409, ErrorCode.SESSION_NOT_ACCEPTING, f"Session {session_id} is closed."
-            )
+            raise Refused(409, ErrorCode.SESSION_NOT_ACCEPTING, f"Session {session_id} is closed.")
         if not rec.accepting_jobs:
-            raise SessionError(
+            raise Refused(
                 409,
                 ErrorCode.SESSION_NOT_ACCEPTING,
                 f"Session {session_id} is not accepting new jobs (it was closed by the user).",
             )
         if rec.backend != backend:
-            raise SessionError(
+            raise Refused(
                 400,
                 ErrorCode.VALIDATION,
                 f"Session {session_id} runs on {rec.backend}; the job asked for {backend}.",

@@ -17,8 +17,9 @@ from aiohttp import web
 
 from aioruntime import protocol as p
 
+from ..errors import Refused
 from ..faults import FaultPlan
-from .keys import CONFIG, DEVICES, FAULTS, SCHEDULER, ApiError
+from .keys import CONFIG, DEVICES, FAULTS, SCHEDULER
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -27,7 +28,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     expected = f"Bearer {request.config_dict[CONFIG].admin_key}"
     if not secrets.compare_digest(request.headers.get("Authorization", ""), expected):
-        raise ApiError(401, p.ErrorCode.INVALID_CREDENTIALS, "Invalid admin key.")
+        raise Refused(401, p.ErrorCode.INVALID_CREDENTIALS, "Invalid admin key.")
     return await handler(request)
 
 
@@ -41,7 +42,7 @@ async def put_faults(request: web.Request) -> web.Response:
         body = await request.json()
         plan = FaultPlan.from_json(body if isinstance(body, dict) else {})
     except (ValueError, TypeError) as exc:
-        raise ApiError(400, p.ErrorCode.VALIDATION, f"Bad fault plan: {exc}") from None
+        raise Refused(400, p.ErrorCode.VALIDATION, f"Bad fault plan: {exc}") from None
     request.config_dict[FAULTS].set(plan)
     return web.json_response(plan.to_json())
 
@@ -54,7 +55,7 @@ async def clear_faults(request: web.Request) -> web.Response:
 def _backend(request: web.Request) -> str:
     name = request.match_info["name"]
     if name not in request.config_dict[DEVICES]:
-        raise ApiError(404, p.ErrorCode.BACKEND_NOT_FOUND, f"Backend {name} not found.")
+        raise Refused(404, p.ErrorCode.BACKEND_NOT_FOUND, f"Backend {name} not found.")
     return name
 
 
@@ -63,7 +64,7 @@ async def pause_backend(request: web.Request) -> web.Response:
         lanes = p.parse_bool(request.query.get("lanes"), default=True)
         qpu = p.parse_bool(request.query.get("qpu"), default=True)
     except ValueError as exc:
-        raise ApiError(400, p.ErrorCode.VALIDATION, str(exc)) from None
+        raise Refused(400, p.ErrorCode.VALIDATION, str(exc)) from None
     request.config_dict[SCHEDULER].pause(_backend(request), lanes=lanes, qpu=qpu)
     return web.Response(status=204)
 

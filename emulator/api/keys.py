@@ -23,14 +23,6 @@ REQUEST_LOG = web.AppKey("request_log", list[dict[str, Any]])
 FAULTS = web.AppKey("faults", Faults)
 
 
-class ApiError(Exception):
-    """A request the API refuses: answered as IBM's error body with ``status``."""
-
-    def __init__(self, status: int, code: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Caller:
     """Who is calling: the instance (CRN) the request acts for."""

@@ -21,11 +21,10 @@ from aioruntime import protocol as p
 from aioruntime.protocol import ErrorCode, JobState, SessionMode
 
 from ..backends import Device
+from ..errors import Refused
 from ..store import JobRecord
 from . import views
-from .keys import CALLER, CONFIG, DEVICES, SCHEDULER, STORE, ApiError, Caller
-
-PROGRAMS = ("sampler", "estimator")
+from .keys import CALLER, CONFIG, DEVICES, SCHEDULER, STORE, Caller
 
 
 def _caller(request: web.Request) -> Caller:
@@ -41,7 +40,7 @@ def _device(request: web.Request) -> Device:
     name = request.match_info["name"]
     device = request.config_dict[DEVICES].get(name)
     if device is None:
-        raise ApiError(404, ErrorCode.BACKEND_NOT_FOUND, f"Backend {name} not found.")
+        raise Refused(404, ErrorCode.BACKEND_NOT_FOUND, f"Backend {name} not found.")
     return device
 
 
@@ -49,7 +48,7 @@ def _job(request: web.Request) -> JobRecord:
     job_id = request.match_info["job_id"]
     rec = request.config_dict[STORE].job(job_id)
     if rec is None or rec.instance != _caller(request).instance:
-        raise ApiError(404, ErrorCode.NOT_FOUND, f"Job {job_id} not found.")
+        raise Refused(404, ErrorCode.NOT_FOUND, f"Job {job_id} not found.")
     return rec
 
 
@@ -58,11 +57,11 @@ async def _body_object(request: web.Request) -> dict[str, Any]:
     try:
         body = json.loads(raw) if raw else None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(
+        raise Refused(
             400, ErrorCode.VALIDATION, f"The request body is not valid JSON: {exc}"
         ) from None
     if not isinstance(body, dict):
-        raise ApiError(400, ErrorCode.VALIDATION, "The request body must be a JSON object.")
+        raise Refused(400, ErrorCode.VALIDATION, "The request body must be a JSON object.")
     return body
 
 
@@ -72,13 +71,13 @@ def _field(
     value = body.get(name)
     if value is None:
         if required:
-            raise ApiError(400, ErrorCode.VALIDATION, f"Missing required field '{name}'.")
+            raise Refused(400, ErrorCode.VALIDATION, f"Missing required field '{name}'.")
         return None
     kinds = kind if isinstance(kind, tuple) else (kind,)
     # bool is an int subclass: a boolean is never accepted as a number
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         names = " or ".join(k.__name__ for k in kinds)
-        raise ApiError(400, ErrorCode.VALIDATION, f"Field '{name}' must be of type {names}.")
+        raise Refused(400, ErrorCode.VALIDATION, f"Field '{name}' must be of type {names}.")
     return value
 
 
@@ -140,25 +139,25 @@ async def instance_usage(request: web.Request) -> web.Response:
 async def submit_job(request: web.Request) -> web.Response:
     body = await _body_object(request)
     program_id = _field(body, "program_id", str, required=True)
-    if program_id not in PROGRAMS:
-        raise ApiError(
+    if program_id not in p.PROGRAMS:
+        raise Refused(
             404,
             ErrorCode.VALIDATION,
-            f"Program '{program_id}' not found; the emulator runs {', '.join(PROGRAMS)}.",
+            f"Program '{program_id}' not found; the emulator runs {', '.join(p.PROGRAMS)}.",
         )
     backend = _field(body, "backend", str, required=True)
     if backend not in request.config_dict[DEVICES]:
-        raise ApiError(400, ErrorCode.BACKEND_NOT_FOUND, f"Backend {backend} not found.")
+        raise Refused(400, ErrorCode.BACKEND_NOT_FOUND, f"Backend {backend} not found.")
     params = _field(body, "params", dict, required=True)
     pubs = params.get("pubs")
     if not isinstance(pubs, list) or not pubs:
-        raise ApiError(400, ErrorCode.VALIDATION, "Field 'params.pubs' must be a non-empty list.")
+        raise Refused(400, ErrorCode.VALIDATION, "Field 'params.pubs' must be a non-empty list.")
     tags = _field(body, "tags", list) or []
     if not all(isinstance(t, str) for t in tags):
-        raise ApiError(400, ErrorCode.VALIDATION, "Field 'tags' must be a list of strings.")
+        raise Refused(400, ErrorCode.VALIDATION, "Field 'tags' must be a list of strings.")
     cost = _field(body, "cost", (int, float))
     if cost is not None and not (math.isfinite(cost) and cost > 0):
-        raise ApiError(400, ErrorCode.VALIDATION, "Field 'cost' (max_execution_time) must be > 0.")
+        raise Refused(400, ErrorCode.VALIDATION, "Field 'cost' (max_execution_time) must be > 0.")
     rec = await request.config_dict[SCHEDULER].submit(
         instance=_caller(request).instance,
         backend=backend,
@@ -198,7 +197,7 @@ async def job_results(request: web.Request) -> web.Response:
             f"Error code {rec.reason_code}; {rec.reason}" if rec.reason_code else (rec.reason or "")
         )
     else:
-        raise ApiError(409, ErrorCode.INVALID_STATE, f"Job {rec.id} is {rec.state}; no result yet.")
+        raise Refused(409, ErrorCode.INVALID_STATE, f"Job {rec.id} is {rec.state}; no result yet.")
     return web.Response(text=text, content_type="text/plain")
 
 
@@ -213,7 +212,7 @@ async def job_logs(request: web.Request) -> web.Response:
 async def cancel_job(request: web.Request) -> web.Response:
     rec = _job(request)
     if not await request.config_dict[SCHEDULER].cancel(rec):
-        raise ApiError(409, ErrorCode.INVALID_STATE, f"Job {rec.id} is already {rec.state}.")
+        raise Refused(409, ErrorCode.INVALID_STATE, f"Job {rec.id} is already {rec.state}.")
     return web.Response(status=204)
 
 
@@ -228,7 +227,7 @@ async def replace_tags(request: web.Request) -> web.Response:
     rec = _job(request)
     tags = _field(await _body_object(request), "tags", list, required=True)
     if not all(isinstance(t, str) for t in tags):
-        raise ApiError(400, ErrorCode.VALIDATION, "Field 'tags' must be a list of strings.")
+        raise Refused(400, ErrorCode.VALIDATION, "Field 'tags' must be a list of strings.")
     rec.tags = list(tags)
     await request.config_dict[STORE].save_job(rec)
     return web.Response(status=204)
@@ -241,7 +240,7 @@ def _iso_query(request: web.Request, name: str) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise ApiError(400, ErrorCode.VALIDATION, f"Query '{name}' must be an ISO date.") from None
+        raise Refused(400, ErrorCode.VALIDATION, f"Query '{name}' must be an ISO date.") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
@@ -251,18 +250,16 @@ def _bool_query(request: web.Request, name: str) -> bool | None:
     try:
         return p.parse_bool(request.query[name])
     except ValueError:
-        raise ApiError(
-            400, ErrorCode.VALIDATION, f"Query '{name}' must be true or false."
-        ) from None
+        raise Refused(400, ErrorCode.VALIDATION, f"Query '{name}' must be true or false.") from None
 
 
 def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
     try:
         value = int(request.query.get(name, default))
     except ValueError:
-        raise ApiError(400, ErrorCode.VALIDATION, f"Query '{name}' must be an integer.") from None
+        raise Refused(400, ErrorCode.VALIDATION, f"Query '{name}' must be an integer.") from None
     if not lo <= value <= hi:
-        raise ApiError(400, ErrorCode.VALIDATION, f"Query '{name}' must be in [{lo}, {hi}].")
+        raise Refused(400, ErrorCode.VALIDATION, f"Query '{name}' must be in [{lo}, {hi}].")
     return value
 
 
@@ -312,18 +309,18 @@ async def create_session(request: web.Request) -> web.Response:
     body = await _body_object(request)
     mode = _field(body, "mode", str) or SessionMode.DEDICATED
     if mode not in (SessionMode.DEDICATED, SessionMode.BATCH):
-        raise ApiError(400, ErrorCode.VALIDATION, "Field 'mode' must be 'dedicated' or 'batch'.")
+        raise Refused(400, ErrorCode.VALIDATION, "Field 'mode' must be 'dedicated' or 'batch'.")
     backend = _field(body, "backend", str, required=True)
     if backend not in request.config_dict[DEVICES]:
-        raise ApiError(400, ErrorCode.BACKEND_NOT_FOUND, f"Backend {backend} not found.")
+        raise Refused(400, ErrorCode.BACKEND_NOT_FOUND, f"Backend {backend} not found.")
     max_ttl = _field(body, "max_ttl", (int, float))
     if max_ttl is not None and not (math.isfinite(max_ttl) and 0 < max_ttl <= 10**7):
-        raise ApiError(
+        raise Refused(
             400, ErrorCode.VALIDATION, "Field 'max_ttl' must be a positive number of seconds."
         )
     instance = _caller(request).instance
     if (asked := _field(body, "instance", str)) and asked != instance:
-        raise ApiError(400, ErrorCode.VALIDATION, "Field 'instance' does not match Service-CRN.")
+        raise Refused(400, ErrorCode.VALIDATION, "Field 'instance' does not match Service-CRN.")
     scheduler = request.config_dict[SCHEDULER]
     rec = await scheduler.sessions.create(
         instance=instance, backend=backend, mode=mode, max_ttl=max_ttl
@@ -343,9 +340,9 @@ async def update_session(request: web.Request) -> web.Response:
     body = await _body_object(request)
     accepting = _field(body, "accepting_jobs", bool)
     if accepting is None:
-        raise ApiError(400, ErrorCode.VALIDATION, "Only 'accepting_jobs': false can be changed.")
+        raise Refused(400, ErrorCode.VALIDATION, "Only 'accepting_jobs': false can be changed.")
     if accepting and not rec.accepting_jobs:
-        raise ApiError(409, ErrorCode.SESSION_NOT_ACCEPTING, "A closed session cannot be reopened.")
+        raise Refused(409, ErrorCode.SESSION_NOT_ACCEPTING, "A closed session cannot be reopened.")
     if not accepting:
         scheduler.close_session(rec)
     return web.Response(status=204)
@@ -384,16 +381,16 @@ async def wait_job(request: web.Request) -> web.Response:
     try:
         timeout = float(request.query.get("timeout", config.wait_max_s))
     except ValueError:
-        raise ApiError(400, ErrorCode.VALIDATION, "Query 'timeout' must be a number.") from None
+        raise Refused(400, ErrorCode.VALIDATION, "Query 'timeout' must be a number.") from None
     if not (math.isfinite(timeout) and timeout >= 0):
-        raise ApiError(400, ErrorCode.VALIDATION, "Query 'timeout' must be >= 0.")
+        raise Refused(400, ErrorCode.VALIDATION, "Query 'timeout' must be >= 0.")
     store = request.config_dict[STORE]
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(min(timeout, config.wait_max_s)):
             await store.wait_final(rec.id)
     final = store.job(rec.id)
     if final is None:
-        raise ApiError(404, ErrorCode.NOT_FOUND, f"Job {rec.id} not found.")
+        raise Refused(404, ErrorCode.NOT_FOUND, f"Job {rec.id} not found.")
     return web.Response(text=views.job_json_text(final), content_type="application/json")
 
 
