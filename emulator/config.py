@@ -99,6 +99,14 @@ class Config:
     session_idle_close_s: float = 30 * 60.0
     #: IBM's service cap on one job's QPU time.
     job_max_execution_s: float = 3 * 3600.0
+    #: Wall seconds one job's simulation may take on the QPU worker; past it the worker is
+    #: stopped and replaced and the job fails (under ``realtime``, also the job's
+    #: ``max_execution_time``, with IBM's 1305).
+    sim_budget_s: float = 600.0
+    #: Fair share between instances: their recent QPU use decays with this half-life (model s).
+    fair_share_half_life_s: float = 3600.0
+    #: Tests only: cap the SQLite database at this many pages (a full disk on demand).
+    store_max_pages: int | None = None
     #: On SIGTERM, wait this long (wall seconds) for jobs in flight before exiting; what is
     #: still unfinished stays in the store and is re-queued at the next start.
     drain_timeout_s: float = 30.0
@@ -223,6 +231,13 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
             default=30.0,
             show_default=True,
             help="seconds to let jobs in flight finish on SIGTERM",
+        ),
+        click.option(
+            "--sim-budget",
+            "sim_budget_s",
+            type=click.FloatRange(min=0, min_open=True),
+            default=600.0,
+            help="wall seconds one job's simulation may hold the QPU worker",
         ),
         click.option(
             "--token-secret",
