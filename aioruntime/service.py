@@ -39,8 +39,9 @@ import anyio
 import anyio.to_thread
 
 from . import protocol as p
-from ._http import ClientConfig, Transport, TransportStatistics
+from ._http import ApiClient, ClientConfig, TransportStatistics
 from ._tasks import _retrieve
+from ._transport import AsyncTransport
 from ._wait import JobWaits, WaitStatistics
 from .backend import AsyncBackend, load_backend
 from .errors import (
@@ -83,9 +84,11 @@ class AsyncRuntimeService:
     ``QISKIT_IBM_TOKEN`` (API key), ``QISKIT_IBM_URL`` (runtime URL, used verbatim, e.g.
     ``http://127.0.0.1:8765/api/v1``), ``QISKIT_IBM_INSTANCE`` (instance CRN) and ``IAM_URL``.
 
-    The service owns one ``aiohttp.ClientSession``; everything made from it (backends,
-    sessions, primitives, jobs) uses that pool. Methods raise :class:`ServiceClosedError` before
-    :meth:`open` / ``async with`` and after :meth:`aclose`.
+    ``transport``: where requests go (an :class:`~aioruntime._transport.AsyncTransport`); by
+    default one ``aiohttp.ClientSession``, i.e. one connection pool for everything made from
+    this service (backends, sessions, primitives, jobs). The service closes it in
+    :meth:`aclose`. Methods raise :class:`ServiceClosedError` before :meth:`open` /
+    ``async with`` and after :meth:`aclose`.
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class AsyncRuntimeService:
         poll_rate: float = 20.0,
         preflight_checks: bool = False,
         environ: Mapping[str, str] | None = None,
+        transport: AsyncTransport | None = None,
         **options: Any,
     ) -> None:
         self._config = ClientConfig.build(
@@ -118,7 +122,7 @@ class AsyncRuntimeService:
             preflight_checks=preflight_checks,
             **options,
         )
-        self._http = Transport(self._config)
+        self._http = ApiClient(self._config, transport)
         self._waits = JobWaits(self._http, self._config)
         self._state = ServiceState.UNOPENED
         self._backends: dict[str, AsyncBackend] = {}

@@ -1,0 +1,70 @@
+"""The transport seam: ``AsyncRuntimeService(transport=...)`` with an in-memory transport that
+answers a few routes. No sockets, no emulator: the URLs point at a host that does not exist."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from circuits import bell
+from client_helpers import INSTANCE, MemoryTransport
+from qiskit.primitives.containers import PrimitiveResult
+from qiskit.transpiler import generate_preset_pass_manager
+
+from aioruntime import AsyncRuntimeService, AsyncSamplerV2, ServiceClosedError
+
+URL = "http://runtime.invalid/api/v1"
+
+
+def memory_service(transport: MemoryTransport, **kwargs: Any) -> AsyncRuntimeService:
+    values: dict[str, Any] = {
+        "url": URL,
+        "token": "memory-key",
+        "instance": INSTANCE,
+        "iam_url": "http://iam.invalid",
+        "transport": transport,
+        "backoff_s": 0.001,
+    }
+    values.update(kwargs)
+    return AsyncRuntimeService(**values)
+
+
+@pytest.fixture
+async def memory() -> AsyncIterator[tuple[AsyncRuntimeService, MemoryTransport]]:
+    transport = MemoryTransport()
+    async with memory_service(transport) as service:
+        yield service, transport
+
+
+async def test_a_service_runs_on_an_in_memory_transport(
+    memory: tuple[AsyncRuntimeService, MemoryTransport],
+) -> None:
+    service, transport = memory
+    assert (await service.usage())["usage_remaining_seconds"] == 9
+    manila = await service.backend("ibm_manila")
+    isa = generate_preset_pass_manager(optimization_level=1, target=manila.target).run(bell())
+    job = await AsyncSamplerV2(mode=manila).run([isa], shots=10)
+    assert isinstance(await job, PrimitiveResult) and job.last_status == "DONE"
+    assert transport.routes() == [
+        ("POST", "/identity/token"),
+        ("GET", "/api/v1/instances/usage"),
+        ("GET", "/api/v1/backends"),
+        ("GET", "/api/v1/backends/ibm_manila/configuration"),
+        ("GET", "/api/v1/backends/ibm_manila/properties"),
+        ("POST", "/api/v1/jobs"),
+        ("GET", "/api/v1/aioruntime/capabilities"),  # 404: no long-poll, poll instead
+        ("GET", "/api/v1/jobs/{id}"),
+        ("GET", "/api/v1/jobs/{id}/results"),
+    ]
+    headers = transport.sent[-1].headers
+    assert headers["Service-CRN"] == INSTANCE and headers["Authorization"].startswith("Bearer ")
+
+
+async def test_the_service_closes_the_transport_it_was_given() -> None:
+    transport = MemoryTransport()
+    async with memory_service(transport) as service:
+        await service.usage()
+    assert transport.closed
+    with pytest.raises(ServiceClosedError):
+        await service.usage()
