@@ -3,7 +3,10 @@ answers a few routes. No sockets, no emulator: the URLs point at a host that doe
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -12,6 +15,7 @@ from client_helpers import INSTANCE, MemoryTransport
 from qiskit.primitives.containers import PrimitiveResult
 from qiskit.transpiler import generate_preset_pass_manager
 
+import aioruntime
 from aioruntime import AsyncRuntimeService, AsyncSamplerV2, ServiceClosedError
 
 URL = "http://runtime.invalid/api/v1"
@@ -68,3 +72,30 @@ async def test_the_service_closes_the_transport_it_was_given() -> None:
     assert transport.closed
     with pytest.raises(ServiceClosedError):
         await service.usage()
+
+
+async def test_one_job_from_run_to_result_never_calls_back_into_the_service(
+    memory: tuple[AsyncRuntimeService, MemoryTransport],
+) -> None:
+    """The handles work on their context: between ``run()`` and the result, no code of
+    ``service.py`` runs (on the loop's thread; the codec's worker threads run no aioruntime
+    code but ``protocol``)."""
+    service, _ = memory
+    manila = await service.backend("ibm_manila")
+    isa = generate_preset_pass_manager(optimization_level=1, target=manila.target).run(bell())
+    package = Path(aioruntime.__file__).parent
+    entered: set[str] = set()
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        path = Path(frame.f_code.co_filename)
+        if event == "call" and path.parent == package:
+            entered.add(path.name)
+
+    sys.setprofile(profile)
+    try:
+        job = await AsyncSamplerV2(mode=manila).run([isa], shots=10)
+        await job
+    finally:
+        sys.setprofile(None)
+    assert "service.py" not in entered
+    assert {"primitives.py", "_context.py", "_http.py", "job.py", "_wait.py"} <= entered

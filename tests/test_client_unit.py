@@ -3,9 +3,12 @@ retries, and the waiting machinery against an in-loop fake server (no sleeps, no
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import inspect
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,6 +57,40 @@ def test_public_names_are_exported_and_sorted() -> None:
     for name in aioruntime.__all__:
         assert getattr(aioruntime, name) is not None, name
     assert set(errors_module.__all__) - {"api_error_class"} <= set(aioruntime.__all__)
+
+
+def _runtime_imports(tree: ast.Module) -> set[str]:
+    """Modules a module imports when it runs (``if TYPE_CHECKING:`` blocks left out)."""
+    found: set[str] = set()
+
+    def visit(nodes: list[ast.stmt]) -> None:
+        for node in nodes:
+            if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+                visit(node.orelse)
+                continue
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                found.add(node.module or "")
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.stmt):
+                    visit([child])
+
+    visit(tree.body)
+    return found
+
+
+def test_handles_reach_the_service_only_through_its_context() -> None:
+    """No module touches AsyncRuntimeService's private members, and only ``__init__`` imports
+    ``service`` at run time: backends, jobs, sessions and primitives hold a ClientContext."""
+    package = Path(aioruntime.__file__).parent
+    for path in sorted(package.glob("*.py")):
+        text = path.read_text()
+        assert not re.search(r"service\)?\._[a-z]", text), f"{path.name} reaches into service"
+        if path.name != "__init__.py":
+            assert "service" not in _runtime_imports(ast.parse(text)), path.name
+    assert "_context" not in {
+        name for path in package.glob("_*.py") if path.name != "_context.py"
+        for name in _runtime_imports(ast.parse(path.read_text()))
+    }  # fmt: skip
 
 
 def test_exception_tree_families_do_not_mix() -> None:
@@ -235,7 +272,7 @@ async def test_bad_api_key_is_not_authorized(fake: FakeRuntime) -> None:
 async def test_revoked_token_is_renewed_once_then_refused(fake: FakeRuntime) -> None:
     async with fake.service() as service:
         await service.usage()
-        first = service._http.tokens._token
+        first = service.context.api.tokens._token
         assert first is not None
         fake.revoked.add(first.value)
         await service.usage()  # 401 → one new token → success
@@ -286,7 +323,7 @@ async def test_unreachable_server_is_a_transport_error() -> None:
 
 
 def _job(service: AsyncRuntimeService, job_id: str) -> AsyncRuntimeJob:
-    return AsyncRuntimeJob(service=service, job_id=job_id, program_id="sampler")
+    return AsyncRuntimeJob(context=service.context, job_id=job_id, program_id="sampler")
 
 
 async def _until(predicate: Any) -> None:
