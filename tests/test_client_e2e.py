@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio.to_thread
 import numpy as np
 import pytest
-import pytest_asyncio
 from circuits import bell
 from client_helpers import endpoint, service_for
 from qiskit import QuantumCircuit
@@ -41,17 +39,6 @@ from emulator.testing import EmulatorThread
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 SEED = 42
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def service(emulator: EmulatorThread) -> AsyncIterator[AsyncRuntimeService]:
-    async with service_for(emulator) as svc:
-        yield svc
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def manila(service: AsyncRuntimeService) -> AsyncBackend:
-    return await service.backend("ibm_manila")
 
 
 @pytest.fixture(scope="module")
