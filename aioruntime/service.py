@@ -22,12 +22,13 @@ Differences from the official ``QiskitRuntimeService`` (0.51.0), and why:
   every ``backend()`` call but caches configurations); the first ``backend(name)`` lists
   ``/backends``, then reads ``/configuration`` and ``/properties`` and builds the ``Target`` off
   the event loop.
-* ``jobs()`` is an async iterator that fetches pages lazily.
+* ``jobs()`` is awaitable (a list, as the official one) and also async-iterable, fetching
+  pages as it goes.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -36,10 +37,11 @@ from typing import Any, Literal
 from . import protocol as p
 from ._context import ClientContext, ServiceState
 from ._http import ClientConfig, TransportStatistics
+from ._listing import JobList, job_filters
 from ._transport import AsyncTransport
 from ._wait import WaitStatistics
 from .backend import AsyncBackend, BackendCatalog
-from .errors import InputValueError, JobNotFoundError
+from .errors import JobNotFoundError
 from .job import AsyncRuntimeJob, job_from_json
 
 __all__ = ["AsyncBackend", "AsyncRuntimeService", "ServiceState", "ServiceStatistics"]
@@ -189,7 +191,7 @@ class AsyncRuntimeService:
         )
         return await job_from_json(raw, self._backends)
 
-    async def jobs(
+    def jobs(
         self,
         limit: int | None = 10,
         skip: int = 0,
@@ -202,61 +204,27 @@ class AsyncRuntimeService:
         created_before: datetime | None = None,
         descending: bool = True,
         include_mocks: bool = False,
-    ) -> AsyncIterator[AsyncRuntimeJob]:
-        """``async for job in service.jobs(...)``: the official filters, pages fetched lazily
-        (``limit=None`` means every matching job, 20 per page). Naive datetimes are local time,
-        as in the official client."""
-        from qiskit_ibm_runtime.utils import local_to_utc
+    ) -> JobList:
+        """The official filters. ``await service.jobs(...)`` is a ``list``, as the official
+        ``jobs()``; ``async for job in service.jobs(...)`` fetches pages as it goes.
+        ``limit=None`` means every matching job (20 per page). Each job comes with its backend.
 
-        self._context.require_open()
-        if job_tags is not None and (
-            not isinstance(job_tags, list) or not all(isinstance(t, str) for t in job_tags)
-        ):
-            raise InputValueError("job_tags needs to be a list of strings.")
-        if (limit is not None and limit < 0) or skip < 0:
-            raise InputValueError("limit and skip must not be negative")
-        collected = 0
-        page_limit = limit or 20
-        offset = skip
-        while True:
-            params: list[tuple[str, str]] = [("exclude_params", "true")]
-            if page_limit:
-                params.append(("limit", str(page_limit)))
-            if offset:
-                params.append(("offset", str(offset)))
-            if backend_name:
-                params.append(("backend", backend_name))
-            if pending is not None:
-                params.append(("pending", "true" if pending else "false"))
-            if program_id:
-                params.append(("program", program_id))
-            for tag in job_tags or []:
-                params.append(("tags", tag))
-            if session_id:
-                params.append(("session_id", session_id))
-            if created_after:
-                params.append(("created_after", local_to_utc(created_after).isoformat()))
-            if created_before:
-                params.append(("created_before", local_to_utc(created_before).isoformat()))
-            if not descending:
-                params.append(("sort", "ASC"))
-            if include_mocks:
-                params.append(("include_mocks", "True"))
-            body = await self._context.api.get_json(p.JOBS, params=params)
-            page = list(body.get("jobs") or [])
-            count = int(body["count"])
-            for raw in page:
-                yield await job_from_json(raw, self._backends)
-            collected += len(page)
-            if not page or collected >= count - skip:
-                return
-            if limit:
-                if collected >= limit:
-                    return
-                page_limit = limit - collected
-            else:
-                page_limit = 20
-            offset += len(page)
+        Raises :class:`InputValueError` here, at the call, for bad arguments; naive datetimes
+        are local time, as in the official client."""
+        filters = job_filters(
+            limit=limit,
+            skip=skip,
+            backend_name=backend_name,
+            pending=pending,
+            program_id=program_id,
+            job_tags=job_tags,
+            session_id=session_id,
+            created_after=created_after,
+            created_before=created_before,
+            descending=descending,
+            include_mocks=include_mocks,
+        )
+        return JobList(self._backends, filters, limit=limit, skip=skip)
 
     async def delete_job(self, job_id: str) -> None:
         """``DELETE /jobs/{id}``. Raises :class:`JobNotFoundError`."""

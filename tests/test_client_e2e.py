@@ -231,8 +231,10 @@ async def test_jobs_filters(service: AsyncRuntimeService, manila: AsyncBackend, 
     assert await ids(pending=True) == []
     assert await ids(created_after=datetime.now(UTC) + timedelta(hours=1)) == []
     assert await ids(created_before=datetime.now(UTC) + timedelta(hours=1), limit=1) == [created[3]]
-    with pytest.raises(InputValueError):
-        [j async for j in service.jobs(job_tags="not-a-list")]  # type: ignore[arg-type]
+    listed = await service.jobs(job_tags=[tag], backend_name="ibm_manila")  # as the official
+    assert isinstance(listed, list) and [j.job_id() for j in listed] == created[::-1]
+    with pytest.raises(InputValueError):  # at the call, before anything is sent
+        service.jobs(job_tags="not-a-list")  # type: ignore[arg-type]
 
 
 # -- sessions and batches --------------------------------------------------------------------------

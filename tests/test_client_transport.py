@@ -99,3 +99,25 @@ async def test_one_job_from_run_to_result_never_calls_back_into_the_service(
         sys.setprofile(None)
     assert "service.py" not in entered
     assert {"primitives.py", "_context.py", "_http.py", "job.py", "_wait.py"} <= entered
+
+
+async def test_jobs_is_a_list_when_awaited_and_pages_when_iterated(
+    memory: tuple[AsyncRuntimeService, MemoryTransport],
+) -> None:
+    service, transport = memory
+    for i in range(25):
+        transport.add_job(f"listed-{i}", "ibm_manila")
+    start = len(transport.sent)
+    jobs = await service.jobs(limit=None)
+    assert isinstance(jobs, list) and len(jobs) == 25
+    assert [j.job_id() for j in jobs[:2]] == ["listed-24", "listed-23"]  # newest first
+    pages = [r for r in transport.sent[start:] if r.url.endswith("/jobs")]
+    assert [dict(r.params or {})["limit"] for r in pages] == ["20", "20"]
+    start = len(transport.sent)
+    seen = []
+    async for job in service.jobs(limit=None):
+        seen.append(job)
+        if len(seen) == 3:
+            break
+    assert len([r for r in transport.sent[start:] if r.url.endswith("/jobs")]) == 1
+    assert [j.job_id() for j in await service.jobs(limit=2, skip=1)] == ["listed-23", "listed-22"]
