@@ -3,7 +3,8 @@
 :func:`load_backend` reads ``/backends/{name}/configuration`` and (except for simulators)
 ``/properties``, decodes them with the official decoders and builds the qiskit ``Target`` in a
 worker thread, off the event loop. The catalog lists ``GET /backends``, loads each backend once
-(concurrent first uses share the load), caches it, and picks the least busy one.
+(concurrent first uses share the load), caches it, and picks the least busy one
+(:meth:`BackendCatalog.least_busy`).
 
 A backend holds its service's :class:`~aioruntime._context.ClientContext`; the service itself is
 kept only to answer the official ``backend.service`` property (hence the type-only import).
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from qiskit.providers import BackendV2, Options
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from ._context import ClientContext
     from .service import AsyncRuntimeService
 
-__all__ = ["AsyncBackend", "BackendCatalog", "load_backend"]
+__all__ = ["AsyncBackend", "BackendCatalog", "backend_status", "load_backend"]
 
 
 class AsyncBackend(BackendV2):  # type: ignore[misc]
@@ -130,15 +131,24 @@ class AsyncBackend(BackendV2):  # type: ignore[misc]
 
     async def status(self) -> dict[str, Any]:
         """``GET /backends/{name}/status``, mapped as the official adapter maps it."""
-        body = await self._context.api.get_json(p.path(p.BACKEND_STATUS, name=self.name))
-        body = body or {}
-        return {
-            "backend_name": self.name,
-            "backend_version": body.get("backend_version", "0.0.0"),
-            "status_msg": body.get("status", ""),
-            "operational": bool(body.get("state", False)),
-            "pending_jobs": max(int(body.get("length_queue", 0) or 0), 0),
-        }
+        return await backend_status(self._context, self.name)
+
+
+async def backend_status(context: ClientContext, name: str) -> dict[str, Any]:
+    """``GET /backends/{name}/status`` as the official ``BackendStatus`` fields:
+    ``operational``, ``pending_jobs``, ``status_msg``, ``backend_name``, ``backend_version``."""
+    body = await context.api.get_json(
+        p.path(p.BACKEND_STATUS, name=name),
+        errors={404: (BackendNotFoundError, {"backend_name": name})},
+    )
+    body = body or {}
+    return {
+        "backend_name": name,
+        "backend_version": body.get("backend_version", "0.0.0"),
+        "status_msg": body.get("status", ""),
+        "operational": bool(body.get("state", False)),
+        "pending_jobs": max(int(body.get("length_queue", 0) or 0), 0),
+    }
 
 
 def _decode_configuration(name: str, instance: str, body: bytes) -> QasmBackendConfiguration:
@@ -302,3 +312,55 @@ class BackendCatalog:
             backend = await load_backend(self._context, self._service, summary)
             self._loaded[name] = backend
             return backend
+
+    async def least_busy(
+        self,
+        min_num_qubits: int | None = None,
+        filters: Callable[[AsyncBackend], bool] | None = None,
+    ) -> AsyncBackend:
+        """The operational backend with the fewest pending jobs, decided as the official
+        ``least_busy``: the non-mock devices of ``GET /backends`` whose ``status.name`` is
+        ``online``, with at least ``min_num_qubits`` ``qubits``, ordered by ``queue_length``
+        (ties keep the server's order); the first that loads wins. A device the list gives no
+        status or queue length for is asked through ``/backends/{name}/status``. The list is
+        read afresh on every call (the official client reuses the one it read at start).
+
+        ``filters`` is called with each loaded candidate (so all of them are loaded, as in the
+        official client). Raises :class:`BackendNotFoundError` when nothing matches.
+        """
+        devices = [d for d in await self.devices() if d.get("class") != "mock"]
+        queues = await asyncio.gather(*(self._queue(d) for d in devices))
+        candidates = [
+            (queue, d)
+            for queue, d in zip(queues, devices, strict=True)
+            if queue is not None and (not min_num_qubits or _qubits(d) >= min_num_qubits)
+        ]
+        if filters is not None:
+            loaded = await asyncio.gather(*(self.load(d) for _, d in candidates))
+            candidates = [c for c, b in zip(candidates, loaded, strict=True) if filters(b)]
+        for _, summary in sorted(candidates, key=lambda c: c[0]):
+            try:
+                backend = await self.load(summary)
+            except BackendNotFoundError:
+                continue  # e.g. a configuration the official decoder rejects
+            if not min_num_qubits or backend.num_qubits >= min_num_qubits:
+                return backend
+        raise BackendNotFoundError("No backend matches the criteria.", backend_name="")
+
+    async def _queue(self, summary: Mapping[str, Any]) -> int | None:
+        """Pending jobs of an operational device, from its list entry or its status route;
+        None when it is not operational."""
+        status, queue = summary.get("status"), summary.get("queue_length")
+        if isinstance(status, Mapping) and "name" in status and isinstance(queue, int):
+            return queue if status["name"] == "online" else None
+        try:
+            answer = await backend_status(self._context, str(summary["name"]))
+        except BackendNotFoundError:
+            return None
+        return int(answer["pending_jobs"]) if answer["operational"] else None
+
+
+def _qubits(summary: Mapping[str, Any]) -> float:
+    """A device's qubit count from its list entry; unknown counts pass (checked once loaded)."""
+    qubits = summary.get("qubits", summary.get("physical_qubits"))
+    return float(qubits) if isinstance(qubits, int) else float("inf")

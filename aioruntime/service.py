@@ -28,7 +28,7 @@ Differences from the official ``QiskitRuntimeService`` (0.51.0), and why:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -178,6 +178,17 @@ class AsyncRuntimeService:
     async def backend(self, name: str) -> AsyncBackend:
         """The backend ``name``, with its Target. Raises :class:`BackendNotFoundError`."""
         return await self._backends.get(name)
+
+    async def least_busy(
+        self,
+        min_num_qubits: int | None = None,
+        *,
+        filters: Callable[[AsyncBackend], bool] | None = None,
+    ) -> AsyncBackend:
+        """The operational backend with the fewest pending jobs, as the official
+        ``least_busy`` decides (see :meth:`BackendCatalog.least_busy`). Raises
+        :class:`BackendNotFoundError` when no backend matches."""
+        return await self._backends.least_busy(min_num_qubits, filters)
 
     # -- jobs --------------------------------------------------------------------------------
 

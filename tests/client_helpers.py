@@ -355,6 +355,8 @@ class MemoryTransport:
         self.sent: list[Request] = []
         self.before_send: Callable[[Request], None] | None = None
         self.answers: dict[tuple[str, str], list[tuple[int, dict[str, str]]]] = {}
+        #: False: ``/backends`` entries carry no status and queue length (ask the status route).
+        self.list_queues = True
         self.closed = False
 
     def routes(self) -> list[tuple[str, str]]:
@@ -441,12 +443,10 @@ class MemoryTransport:
         return 404, p.error_body(1291, "not found", 404)
 
     def _summary(self, name: str) -> dict[str, Any]:
-        return {
-            "name": name,
-            "status": {"name": "online"},
-            "queue_length": self.queues[name],
-            "qubits": self.devices[name].num_qubits,
-        }
+        summary: dict[str, Any] = {"name": name, "qubits": self.devices[name].num_qubits}
+        if self.list_queues:
+            summary.update(status={"name": "online"}, queue_length=self.queues[name])
+        return summary
 
     def _list(self, query: dict[str, str]) -> dict[str, Any]:
         jobs = [j for j in reversed(self.jobs.values())]

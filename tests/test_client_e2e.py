@@ -74,6 +74,15 @@ async def test_backends_carry_a_target_for_transpilation(service: AsyncRuntimeSe
     assert [b.name for b in await service.backends(min_num_qubits=100)] != []
 
 
+async def test_least_busy_like_the_official_client(
+    service: AsyncRuntimeService, official: Any
+) -> None:
+    ours = await service.least_busy()
+    assert ours.name == (await official_call(official.least_busy)).name
+    assert ours is await service.backend(ours.name)
+    assert (await service.least_busy(min_num_qubits=140)).name == "ibm_fez"  # 156 qubits
+
+
 async def test_service_from_the_official_environment_variables(emulator: EmulatorThread) -> None:
     env = emulator.client_env(experimental_url=False)
     async with AsyncRuntimeService(environ=env) as svc:

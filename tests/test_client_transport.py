@@ -16,7 +16,12 @@ from qiskit.primitives.containers import PrimitiveResult
 from qiskit.transpiler import generate_preset_pass_manager
 
 import aioruntime
-from aioruntime import AsyncRuntimeService, AsyncSamplerV2, ServiceClosedError
+from aioruntime import (
+    AsyncRuntimeService,
+    AsyncSamplerV2,
+    BackendNotFoundError,
+    ServiceClosedError,
+)
 
 URL = "http://runtime.invalid/api/v1"
 
@@ -121,3 +126,21 @@ async def test_jobs_is_a_list_when_awaited_and_pages_when_iterated(
             break
     assert len([r for r in transport.sent[start:] if r.url.endswith("/jobs")]) == 1
     assert [j.job_id() for j in await service.jobs(limit=2, skip=1)] == ["listed-23", "listed-22"]
+
+
+@pytest.mark.parametrize("listed", [True, False], ids=["from-the-list", "from-the-status-route"])
+async def test_least_busy_picks_the_shortest_queue(listed: bool) -> None:
+    transport = MemoryTransport({"ibm_busy": 7, "ibm_idle": 1, "ibm_mid": 3})
+    transport.list_queues = listed
+    async with memory_service(transport) as service:
+        start = len(transport.sent)
+        assert (await service.least_busy()).name == "ibm_idle"
+        routes = transport.routes()[start:]
+        configurations = [r for r in routes if r[1].endswith("/configuration")]
+        assert configurations == [("GET", "/api/v1/backends/ibm_idle/configuration")]
+        assert any(r[1].endswith("/status") for r in routes) is not listed
+        transport.queues["ibm_idle"] = 9  # read afresh on every call
+        assert (await service.least_busy(min_num_qubits=5)).name == "ibm_mid"
+        assert (await service.least_busy(filters=lambda b: b.name != "ibm_mid")).name == "ibm_busy"
+        with pytest.raises(BackendNotFoundError, match="No backend matches"):
+            await service.least_busy(min_num_qubits=6)  # manila has 5
