@@ -132,17 +132,19 @@ class AsyncRuntimeService:
     def instance(self) -> str:
         return self.config.instance
 
-    async def open(self) -> None:
-        """Open the connection pool. Idempotent while open; a closed service cannot reopen."""
+    async def open(self) -> AsyncRuntimeService:
+        """Open the service and return it, so ``service = await AsyncRuntimeService(...).open()``
+        works (then ``await service.aclose()`` when done). Idempotent while open; raises
+        :class:`ServiceClosedError` once closed (a closed service cannot reopen)."""
         await self._context.open()
+        return self
 
     async def aclose(self) -> None:
         """Stop all waiters (jobs keep running on the server) and close the pool. Idempotent."""
         await self._context.aclose()
 
     async def __aenter__(self) -> AsyncRuntimeService:
-        await self.open()
-        return self
+        return await self.open()
 
     async def __aexit__(
         self,

@@ -300,6 +300,8 @@ async def test_lifecycle_misuse_is_explained(fake: FakeRuntime) -> None:
     assert service.state.value == "unopened"
     with pytest.raises(ServiceClosedError, match="not open yet"):
         await service.backends()
+    assert await service.open() is service  # `service = await AsyncRuntimeService(...).open()`
+    assert await service.open() is service  # idempotent while open
     async with service:
         assert service.state.value == "open"
     assert service.state is ServiceState.CLOSED
