@@ -2,8 +2,9 @@
 
 :class:`ApiClient` adds the headers the official client sends (spec 1.3), trades the API key for
 an IAM token (on behalf of its :class:`~aioruntime._auth.TokenManager`), retries like the
-official client (spec 1.4: 5xx in the force list and failed connections, POST included,
-exponential backoff) and turns every failure into the :mod:`aioruntime.errors` tree. The bytes go
+official client (spec 1.4: 5xx in the force list, POST included, ``Retry-After`` answers, lost
+connections, exponential backoff; see :meth:`ApiClient._send`), except that a server never
+reached fails at once, and turns every failure into the :mod:`aioruntime.errors` tree. The bytes go
 through an :class:`~aioruntime._transport.AsyncTransport` (aiohttp unless the service was given
 another one), which is where HTTP itself lives.
 
@@ -17,6 +18,7 @@ import asyncio
 import json
 import logging
 import random
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -50,6 +52,10 @@ log = logging.getLogger("aioruntime.http")
 
 #: Statuses the official client retries, POST included (``api/session.py: STATUS_FORCELIST``).
 RETRY_STATUSES: Final = frozenset({500, 502, 503, 504, 520, 521, 522, 524})
+#: Statuses urllib3 retries when they carry ``Retry-After`` (``Retry.RETRY_AFTER_STATUS_CODES``),
+#: for the methods it retries at all (``Retry.DEFAULT_ALLOWED_METHODS``: not POST, not PATCH).
+RETRY_AFTER_STATUSES: Final = frozenset({413, 429, 503})
+RETRY_AFTER_METHODS: Final = frozenset({"DELETE", "GET", "HEAD", "OPTIONS", "PUT", "TRACE"})
 
 IAM_TIMEOUT_S: Final = 60.0  # the ibm-cloud-sdk-core default
 
@@ -112,6 +118,8 @@ class ApiClient:
         self.tokens = TokenManager(self._fetch_token)
         self._opened = False
         self._closed = False
+        #: Origins (scheme://host:port) that have answered at least once.
+        self._reached: set[str] = set()
         self._requests = 0
         self._in_flight = 0
         self._retries = 0
@@ -261,16 +269,34 @@ class ApiClient:
         )
 
     async def _send(self, request: Request, *, idempotent: bool) -> Response:
-        """One request with the official retry policy; returns any HTTP answer (also 4xx)."""
-        attempt = 0
+        """One request with the official retry policy; returns any HTTP answer (also 4xx).
+
+        Retried, with exponential backoff, at most ``config.retries`` times: the 5xx of
+        ``RETRY_STATUSES`` (POST included, as the official client); 413/429/503 carrying
+        ``Retry-After`` for the methods urllib3 retries (not POST, not PATCH), waiting as long
+        as the server asks (up to 60 s); a connection lost after sending, for idempotent
+        requests; a refused connection, up to ``config.connect_retries`` times, but only to a
+        server that has answered before (one restarting). A server never reached (wrong URL,
+        not started) fails at once with :class:`ConnectError`: retrying would only delay the
+        error by the whole backoff (15 s by default).
+        """
+        origin = _origin(request.url)
+        attempt = connects = 0
         while True:
             self._requests += 1
             self._in_flight += 1
             try:
                 response = await self.transport.send(request)
-            except ConnectError:
-                # Nothing was sent: safe to retry for every method.
-                if attempt < self.config.retries:
+            except ConnectError as exc:
+                if origin not in self._reached:
+                    raise ConnectError(
+                        f"{exc} (not retried: {origin} has never answered; is the URL right "
+                        "and the server running?)",
+                        method=request.method,
+                        url=request.url,
+                    ) from (exc.__cause__ or exc)
+                if connects < self.config.connect_retries and attempt < self.config.retries:
+                    connects += 1
                     attempt = await self._backoff(attempt, None)
                     continue
                 raise
@@ -282,7 +308,8 @@ class ApiClient:
                 raise
             finally:
                 self._in_flight -= 1
-            if response.status in RETRY_STATUSES and attempt < self.config.retries:
+            self._reached.add(origin)
+            if attempt < self.config.retries and _worth_retrying(request.method, response):
                 attempt = await self._backoff(attempt, _retry_after(response.headers))
                 continue
             return response
@@ -294,6 +321,21 @@ class ApiClient:
             delay = max(delay, min(retry_after, 60.0))
         await asyncio.sleep(delay * random.uniform(0.8, 1.2))
         return attempt + 1
+
+
+def _origin(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _worth_retrying(method: str, response: Response) -> bool:
+    if response.status in RETRY_STATUSES:
+        return True
+    return (
+        response.status in RETRY_AFTER_STATUSES
+        and method in RETRY_AFTER_METHODS
+        and _retry_after(response.headers) is not None
+    )
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

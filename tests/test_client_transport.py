@@ -20,8 +20,11 @@ from aioruntime import (
     AsyncRuntimeService,
     AsyncSamplerV2,
     BackendNotFoundError,
+    ConnectError,
+    RateLimitError,
     ServiceClosedError,
 )
+from aioruntime._transport import Request
 
 URL = "http://runtime.invalid/api/v1"
 
@@ -144,3 +147,59 @@ async def test_least_busy_picks_the_shortest_queue(listed: bool) -> None:
         assert (await service.least_busy(filters=lambda b: b.name != "ibm_mid")).name == "ibm_busy"
         with pytest.raises(BackendNotFoundError, match="No backend matches"):
             await service.least_busy(min_num_qubits=6)  # manila has 5
+
+
+def refuse(times: int | None) -> Any:
+    """A ``before_send`` hook: the next ``times`` requests (all, with None) find no server."""
+    left = [times]
+
+    def hook(request: Request) -> None:
+        if left[0] is None or left[0] > 0:
+            left[0] = None if left[0] is None else left[0] - 1
+            raise ConnectError(f"cannot connect for {request.method} {request.url}: refused")
+
+    return hook
+
+
+async def test_a_server_never_reached_is_not_retried() -> None:
+    transport = MemoryTransport()
+    transport.before_send = refuse(None)
+    async with memory_service(transport) as service:
+        with pytest.raises(ConnectError, match=r"http://iam\.invalid/identity/token.*refused"):
+            await service.usage()
+    assert len(transport.sent) == 1
+
+
+async def test_a_server_that_answered_before_is_retried_when_it_refuses() -> None:
+    transport = MemoryTransport()
+    async with memory_service(transport, connect_retries=3) as service:
+        await service.usage()
+        start = len(transport.sent)
+        transport.before_send = refuse(2)  # e.g. restarting
+        await service.usage()
+        assert len(transport.sent) - start == 3
+        start = len(transport.sent)
+        transport.before_send = refuse(None)  # gone for good: 1 + connect_retries attempts
+        with pytest.raises(ConnectError):
+            await service.usage()
+        assert len(transport.sent) - start == 4
+
+
+async def test_retry_after_is_honoured_for_idempotent_requests_only(
+    memory: tuple[AsyncRuntimeService, MemoryTransport],
+) -> None:
+    service, transport = memory
+    usage = ("GET", "/api/v1/instances/usage")
+    transport.answers[usage] = [(429, {"Retry-After": "0"}), (503, {})]
+    await service.usage()  # 429 with Retry-After, then 503: both retried
+    assert transport.routes().count(usage) == 3
+    transport.answers[usage] = [(429, {})]  # no Retry-After: not retried
+    with pytest.raises(RateLimitError):
+        await service.usage()
+    manila = await service.backend("ibm_manila")
+    isa = generate_preset_pass_manager(optimization_level=1, target=manila.target).run(bell())
+    transport.answers[("POST", "/api/v1/jobs")] = [(429, {"Retry-After": "0"})]
+    with pytest.raises(RateLimitError) as info:  # POST: never retried on 429, as the official
+        await AsyncSamplerV2(mode=manila).run([isa])
+    assert info.value.retry_after == 0
+    assert transport.routes().count(("POST", "/api/v1/jobs")) == 1

@@ -7,10 +7,12 @@ import ast
 import asyncio
 import inspect
 import re
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from client_helpers import API_KEY, INSTANCE, FakeRuntime
 from qiskit.primitives.containers import PrimitiveResult
@@ -21,6 +23,7 @@ from aioruntime import (
     ApiError,
     AsyncRuntimeJob,
     AsyncRuntimeService,
+    ConnectError,
     InputValueError,
     InvalidStateError,
     JobCancelledError,
@@ -311,14 +314,21 @@ async def test_lifecycle_misuse_is_explained(fake: FakeRuntime) -> None:
         await service.open()
 
 
-async def test_unreachable_server_is_a_transport_error() -> None:
-    service = AsyncRuntimeService(
-        url="http://127.0.0.1:9/api/v1", token="k", instance=INSTANCE,
-        iam_url="http://127.0.0.1:9", retries=1, backoff_s=0.001,
-    )  # fmt: skip
+async def test_unreachable_server_fails_at_once_with_the_url_and_the_cause() -> None:
+    with socket.socket() as probe:  # a port nobody listens on: bound, then released
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    service = AsyncRuntimeService(url=base + "/api/v1", token="k", instance=INSTANCE, iam_url=base)
     async with service:
-        with pytest.raises(TransportError):
+        with pytest.raises(ConnectError) as info:
             await service.usage()
+        stats = service.statistics().transport
+    assert (stats.requests_sent, stats.retries) == (1, 0)  # one attempt, no silent retries
+    assert isinstance(info.value, TransportError) and info.value.url == base + p.IAM_TOKEN
+    assert base + p.IAM_TOKEN in str(info.value) and "never answered" in str(info.value)
+    assert isinstance(info.value.__cause__, aiohttp.ClientConnectorError)
+    assert str(info.value.__cause__) in str(info.value)
 
 
 # -- waiting ---------------------------------------------------------------------------------------
