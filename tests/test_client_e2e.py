@@ -217,6 +217,23 @@ async def test_job_handle_api(service: AsyncRuntimeService, manila: AsyncBackend
         await service.job("d-no-such-job")
 
 
+async def test_retrieved_and_listed_jobs_know_their_backend(
+    emulator: EmulatorThread, manila: AsyncBackend, pm: Any, official: Any
+) -> None:
+    job = await AsyncSamplerV2(mode=manila).run([pm.run(bell())], shots=10)
+    await job
+    async with service_for(emulator) as fresh:  # nothing loaded or cached yet
+        again = await fresh.job(job.job_id())
+        backend = again.backend()
+        assert backend is not None and backend.name == "ibm_manila" == again.backend_name
+        assert backend is await fresh.backend("ibm_manila") and backend.service is fresh
+        listed = await fresh.jobs(backend_name="ibm_manila", limit=3)
+        assert job.job_id() in {j.job_id() for j in listed}
+        assert {j.backend() for j in listed} == {backend}
+    theirs = await official_call(lambda: official.job(job.job_id()).backend().name)
+    assert theirs == "ibm_manila"
+
+
 async def test_jobs_filters(service: AsyncRuntimeService, manila: AsyncBackend, pm: Any) -> None:
     tag = f"filters-{os.getpid()}"
     isa = pm.run(bell())

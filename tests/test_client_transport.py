@@ -203,3 +203,20 @@ async def test_retry_after_is_honoured_for_idempotent_requests_only(
         await AsyncSamplerV2(mode=manila).run([isa])
     assert info.value.retry_after == 0
     assert transport.routes().count(("POST", "/api/v1/jobs")) == 1
+
+
+async def test_a_job_knows_its_backend_even_before_anything_was_loaded(
+    memory: tuple[AsyncRuntimeService, MemoryTransport],
+) -> None:
+    service, transport = memory
+    transport.add_job("on-manila", "ibm_manila")
+    transport.add_job("on-retired", "ibm_retired")  # a device the server no longer lists
+    job = await service.job("on-manila")
+    backend = job.backend()
+    assert backend is not None and backend.name == "ibm_manila"
+    assert backend is await service.backend("ibm_manila")
+    listed = {j.job_id(): j for j in await service.jobs(backend_name="ibm_manila")}
+    assert listed["on-manila"].backend() is backend
+    retired = await service.job("on-retired")  # still usable, without a backend object
+    assert retired.backend() is None and retired.backend_name == "ibm_retired"
+    assert retired.last_status == "DONE"
