@@ -75,6 +75,7 @@ class AsyncRuntimeJob:
         self._status = "INITIALIZING"
         self._reason: str | None = None
         self._reason_code: int | None = None
+        self._estimate: float | None = None
         self._result: Any = _UNSET
         self._result_lock = asyncio.Lock()
 
@@ -154,19 +155,38 @@ class AsyncRuntimeJob:
             self._creation_date = str(job["created"])
         if job.get("backend") and not self._backend_name:
             self._backend_name = str(job["backend"])
+        if isinstance(estimate := job.get("estimated_running_time_seconds"), (int, float)):
+            self._estimate = float(estimate)
+
+    async def _refresh(self) -> Mapping[str, Any]:
+        """``GET /jobs/{id}`` (without params), folded into this handle."""
+        job: Mapping[str, Any] = await self._context.api.get_json(
+            p.path(p.JOB, job_id=self._job_id),
+            params={"exclude_params": "true"},
+            errors={404: (JobNotFoundError, {"job_id": self._job_id})},
+        )
+        self._update(job)
+        return job
 
     async def status(self) -> str:
         """The official status name: INITIALIZING, QUEUED, RUNNING, DONE, CANCELLED or ERROR.
 
         Final statuses are cached; until then each call is one ``GET /jobs/{id}``."""
         if self._status not in FINAL_STATUSES:
-            job = await self._context.api.get_json(
-                p.path(p.JOB, job_id=self._job_id),
-                params={"exclude_params": "true"},
-                errors={404: (JobNotFoundError, {"job_id": self._job_id})},
-            )
-            self._update(job)
+            await self._refresh()
         return self._status
+
+    async def usage_estimation(self) -> dict[str, Any]:
+        """The official ``usage_estimation``: ``{"quantum_seconds": s}``, the server's estimate
+        of the time the QPU is dedicated to the job (``estimated_running_time_seconds`` of
+        ``GET /jobs/{id}``); ``s`` is None while the server has no estimate yet.
+
+        Any job body seen before (``service.job()``, the wait for the result) already carries
+        it, so this often sends nothing. Once known it is kept; unlike the official property,
+        an answer without an estimate is not kept, so a later call asks again."""
+        if self._estimate is None:
+            await self._refresh()
+        return {"quantum_seconds": self._estimate}
 
     async def wait(self, timeout: float | None = None) -> str:  # noqa: ASYNC109
         """Wait until the job is final and return its status (does not raise for failures).
@@ -344,9 +364,7 @@ class AsyncRuntimeJob:
                 f"Updating the tags of job {self._job_id} answered {response.status}, not 204.",
                 status=response.status,
             )
-        job = await self._context.api.get_json(
-            p.path(p.JOB, job_id=self._job_id), params={"exclude_params": "true"}
-        )
+        job = await self._refresh()
         self._tags = [str(t) for t in job.get("tags") or []]
         return list(self._tags)
 

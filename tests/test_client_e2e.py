@@ -190,7 +190,9 @@ async def test_options_reach_the_server_like_the_official_ones(
 # -- jobs ------------------------------------------------------------------------------------------
 
 
-async def test_job_handle_api(service: AsyncRuntimeService, manila: AsyncBackend, pm: Any) -> None:
+async def test_job_handle_api(
+    service: AsyncRuntimeService, manila: AsyncBackend, pm: Any, official: Any
+) -> None:
     job = await AsyncSamplerV2(mode=manila).run([pm.run(bell())], shots=50)
     assert job.last_status == "INITIALIZING" and not job.done()
     assert job.job_id() in repr(job) and "INITIALIZING" in repr(job)
@@ -205,6 +207,10 @@ async def test_job_handle_api(service: AsyncRuntimeService, manila: AsyncBackend
     assert await job.usage() > 0
     assert isinstance(await job.logs(), str)
     assert await job.error_message() is None
+    estimate = await job.usage_estimation()
+    assert estimate["quantum_seconds"] > 0
+    theirs = await official_call(lambda: official.job(job.job_id()).usage_estimation)
+    assert estimate == theirs
     again = await service.job(job.job_id())
     assert again.last_status == "DONE" and again.backend() is manila
     assert again.creation_date is not None

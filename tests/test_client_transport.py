@@ -220,3 +220,22 @@ async def test_a_job_knows_its_backend_even_before_anything_was_loaded(
     retired = await service.job("on-retired")  # still usable, without a backend object
     assert retired.backend() is None and retired.backend_name == "ibm_retired"
     assert retired.last_status == "DONE"
+
+
+async def test_usage_estimation_reads_the_servers_estimate(
+    memory: tuple[AsyncRuntimeService, MemoryTransport],
+) -> None:
+    service, transport = memory
+    transport.add_job("estimated", "ibm_manila", estimate=2.5)
+    transport.add_job("not-yet", "ibm_manila", estimate=None)
+    job = await service.job("estimated")
+    start = len(transport.sent)
+    assert await job.usage_estimation() == {"quantum_seconds": 2.5}
+    assert len(transport.sent) == start  # the body service.job() read carried it
+    pending = await service.job("not-yet")
+    assert await pending.usage_estimation() == {"quantum_seconds": None}
+    transport.jobs["not-yet"]["estimated_running_time_seconds"] = 4
+    assert await pending.usage_estimation() == {"quantum_seconds": 4.0}  # asked again
+    sent = len(transport.sent)
+    assert await pending.usage_estimation() == {"quantum_seconds": 4.0}
+    assert len(transport.sent) == sent  # then kept
