@@ -14,9 +14,10 @@ Backends, jobs, sessions and primitives each hold one :class:`ClientContext`, ne
 * the lifecycle (:class:`ServiceState`, :meth:`require_open`), since all of the above stop
   together.
 
-The service is the public facade over it (backends, jobs, usage); this module imports nothing
-from the handles or the service, so the dependencies run one way only:
-``_context`` ← ``backend`` ← ``job`` ← ``session`` ← ``primitives`` ← ``service``.
+The service is the public facade over it (backends, jobs, usage). Dependencies run one way:
+this module imports nothing from the handles or the service, and the handles import nothing
+from ``service.py`` at run time (``backend.py`` and ``session.py`` name the service type only
+to annotate the official ``.service`` properties).
 """
 
 from __future__ import annotations
