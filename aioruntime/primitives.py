@@ -64,9 +64,7 @@ async def preflight(context: ClientContext, backend: AsyncBackend) -> None:
     """The official client's checks before every job (only with ``preflight_checks``): warn
     when the instance has used up its time or the backend is not active. Never raises for
     what it finds; request failures propagate."""
-    usage, status = await asyncio.gather(
-        context.api.get_json(p.INSTANCES_USAGE), backend.status()
-    )
+    usage, status = await asyncio.gather(context.api.get_json(p.INSTANCES_USAGE), backend.status())
     if (usage or {}).get("usage_limit_reached"):
         warnings.warn(
             "This instance has met its usage limit; workloads will not run until time is "

@@ -46,6 +46,7 @@ from .job import AsyncRuntimeJob, job_from_json
 
 __all__ = ["AsyncBackend", "AsyncRuntimeService", "ServiceState", "ServiceStatistics"]
 
+
 @dataclass(frozen=True, slots=True)
 class ServiceStatistics:
     state: ServiceState
