@@ -161,7 +161,8 @@ async def test_timeout_raises_and_the_job_keeps_running(held: Any) -> None:
             await job.result(timeout=0.3)
         assert info.value.job_id == job.job_id() and info.value.timeout == 0.3
         assert isinstance(info.value, TimeoutError)
-        assert await job.status() == "RUNNING"
+        # the session owns the QPU: a job-mode job gets no lane and stays Queued (timing §4)
+        assert await job.status() == "QUEUED"
         with pytest.raises(JobTimeoutError):
             await job.wait(timeout=0.1)
         # the job was not cancelled: once the session's interactive TTL runs out, it runs
@@ -185,8 +186,8 @@ async def test_cancelling_the_awaiter_leaves_the_job_then_cancel_stops_it(held: 
         awaiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await awaiter
-        assert await job.status() == "RUNNING"
-        assert (await svc.job(job.job_id())).last_status == "RUNNING"
+        assert await job.status() == "QUEUED"
+        assert (await svc.job(job.job_id())).last_status == "QUEUED"
         # many awaiters, one waiter; job.cancel() wakes them all with JobCancelledError
         awaiters = [asyncio.create_task(job.result()) for _ in range(20)]
         while svc.statistics().waits.slots_busy == 0:  # noqa: ASYNC110
