@@ -127,8 +127,11 @@ class Scheduler:
         self.lanes = {d.name: Lanes(config.lanes) for d in devices}
 
         #: Classical lanes and QPUs get separate worker processes (one QPU worker per backend).
-        self.lane_workers = WorkerPool(size=len(devices) * config.lanes, nice=LANE_NICENESS)
-        self.qpu_workers = WorkerPool(size=len(devices))
+        #: Mock twins (dry runs, ``Device.mock``) have lanes but add no workers: they share the
+        #: pool and never use a QPU.
+        served = [d for d in devices if not d.mock]
+        self.lane_workers = WorkerPool(size=len(served) * config.lanes, nice=LANE_NICENESS)
+        self.qpu_workers = WorkerPool(size=len(served))
         self.timing = TimingParams()
         self.sessions = SessionBook(store, clock, config, self._spawn)
         ownership = _Ownership(store, self.sessions)
@@ -178,7 +181,8 @@ class Scheduler:
         sources = tuple(sorted({d.source for d in self.devices.values()}))
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.lane_workers.warm(worker.warm, sources, count=self.config.lanes))
-            tg.create_task(self.qpu_workers.warm(worker.warm, sources, count=len(self.devices)))
+            served = sum(not d.mock for d in self.devices.values())
+            tg.create_task(self.qpu_workers.warm(worker.warm, sources, count=served))
 
     async def drain(self) -> None:
         """Stop accepting jobs and wait for every job in flight to finish."""
@@ -342,6 +346,24 @@ class Scheduler:
                 )
                 return
             rec.quantum_seconds = prepared.quantum_seconds
+            # -- executor task: job-log notes and dry runs (a clearly separated branch) --------
+            if prepared.notes:
+                stamp = utcnow().isoformat()
+                rec.logs += "".join(f"{stamp} WARNING: {note}\n" for note in prepared.notes)
+            if prepared.dry_run:
+                # A job on a mock twin: validated and pre-processed for real, with its modelled
+                # time (estimated_running_time_seconds), but no QPU turn and nothing billed;
+                # post-processing fills the result with mock data (emulator.dry_run).
+                async with lanes.slot(priority=POST):
+                    rec.stages["post_start"] = utcnow().isoformat()
+                    now = utcnow()
+                    result = await self.lane_workers.run(
+                        worker.postprocess, prepared, None, now, now
+                    )
+                    rec.stages["post_end"] = utcnow().isoformat()
+                await self._finish(rec, JobState.COMPLETED, None, None, result=result)
+                return
+            # -- end of the executor task's branch ----------------------------------------------
             limit = min(
                 rec.cost or self.config.job_max_execution_s, self.config.job_max_execution_s
             )
