@@ -190,6 +190,14 @@ def layer_model(device_source: str, instruction: CircuitInstruction) -> LayerMod
     target = device_target(device_source)
     physical = _physical(instruction, target.num_qubits)
     order = tuple(sorted(physical))
+    if find_learning_protocol(instruction) == LearningProtocol.TREX:
+        # The noise model's readout error is the target's symmetric measurement error
+        # (Aer's basic_device_readout_errors): read it there, without building a model of a
+        # device-wide measurement box.
+        trex: dict[tuple[str, tuple[int, ...]], float] = {
+            ("X", (k,)): _flip_rate(_measure_error(target, q)) for k, q in enumerate(order)
+        }
+        return _finish_layer("trex", len(order), trex)
     local = {p: k for k, p in enumerate(order)}  # physical qubit → generator index
     model = device_noise_model_for(device_source, order)  # renumbered like `local`
     box = instruction.operation
@@ -203,10 +211,6 @@ def layer_model(device_source: str, instruction: CircuitInstruction) -> LayerMod
             key = (label, tuple(qubits[i] for i in sub))
             rates[key] = rates.get(key, 0.0) + rate
 
-    if find_learning_protocol(instruction) == LearningProtocol.TREX:
-        for k in range(len(order)):
-            rates[("X", (k,))] = _readout_rate(model, k)
-        return _finish_layer("trex", len(order), rates)
     for k in range(len(order)):
         for _ in range(2):  # the dressing: rz sx rz sx rz per qubit
             if (error := _gate_error(model, "sx", (k,))) is not None:
@@ -236,11 +240,22 @@ def _gate_error(model: NoiseModel, name: str, qubits: tuple[int, ...]) -> Any:
 
 
 def _readout_rate(model: NoiseModel, qubit: int) -> float:
+    """The TREX rate of a qubit's readout error in ``model``."""
     error = model._local_readout_errors.get((qubit,)) or model._default_readout_error
     if error is None:
         return 0.0
     probs = np.asarray(error.probabilities)
-    flip = (probs[0, 1] + probs[1, 0]) / 2
+    return _flip_rate((probs[0, 1] + probs[1, 0]) / 2)
+
+
+def _measure_error(target: Target, qubit: int) -> float:
+    props = target["measure"].get((qubit,)) if "measure" in target.operation_names else None
+    return float(props.error) if props is not None and props.error else 0.0
+
+
+def _flip_rate(flip: float) -> float:
+    """``λ`` of the generator ``X`` whose channel flips the bit with probability ``flip``:
+    ``flip = (1 - exp(-2λ)) / 2``."""
     return float(-0.5 * math.log(max(1e-300, 1 - 2 * flip)))
 
 

@@ -168,10 +168,13 @@ def _mitigation_asked(
     """The error-suppression and mitigation the job asked for, which the legacy programs of the
     emulator do not apply (each entry names the option and what it asked for)."""
     asked = []
-    level = params.get("resilience_level")
+    # The official client sends resilience_level only when the user set it; IBM's server then
+    # applies its default, 1.
+    level = params.get("resilience_level", 1)
     if program_id == "estimator" and isinstance(level, Integral) and int(level) >= 1:
         what = {1: "TREX measurement mitigation", 2: "TREX and ZNE"}.get(int(level), "mitigation")
-        asked.append(f"resilience_level={int(level)} ({what})")
+        default = "" if "resilience_level" in params else ", IBM's default"
+        asked.append(f"resilience_level={int(level)} ({what}{default})")
     resilience = options.get("resilience") or {}
     if isinstance(resilience, dict):
         asked += [
