@@ -196,6 +196,12 @@ def prepare(
     for i, item in enumerate(program.items):
         where = f"quantum_program.items[{i}]"
         circuit = item.circuit
+        if any(inst.name == "box" for inst in circuit.data):
+            raise JobInputError(
+                ErrorCode.VALIDATION,
+                f"{where}: the circuit contains boxes; build boxed circuits into a template "
+                "circuit and a samplex (samplomatic.build) and submit them as a samplex item.",
+            )
         _check_circuit(where, circuit, target, device)
         shape = tuple(int(n) for n in item.shape)
         outputs: dict[str, np.ndarray] = {}

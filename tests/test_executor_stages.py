@@ -202,3 +202,15 @@ def test_legacy_estimator_gets_a_note_sampler_without_options_none() -> None:
     assert "resilience_level=1" in note and "IBM's default" in note
     body = {"pubs": [SamplerPub.coerce(bell_isa())], "options": {}, "version": 2}
     assert classical.preprocess("sampler", json.dumps(body, cls=RuntimeEncoder), "fez").notes == ()
+
+
+def test_boxes_in_a_circuit_item_are_refused() -> None:
+    qc = QuantumCircuit(2)
+    with qc.box():
+        qc.cz(0, 1)
+    qc.measure_all()
+    program = QuantumProgram(shots=10)
+    program.append_circuit_item(qc)
+    with pytest.raises(classical.JobInputError, match="samplex item") as info:
+        classical.preprocess("executor", params_json(program), "fez")
+    assert info.value.code == 1002
