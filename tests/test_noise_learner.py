@@ -56,6 +56,7 @@ def pec_estimator(fez: Any) -> Estimator:
     estimator = Estimator(mode=fez)
     estimator.options.resilience.pec_mitigation = True
     estimator.options.default_shots = 512
+    estimator.options.twirling.num_randomizations = 8  # each randomization is a circuit to run
     return estimator
 
 
@@ -146,6 +147,7 @@ def test_pea_completes(fez: Any, isa: QuantumCircuit, observables: list[SparsePa
     estimator.options.resilience.zne_mitigation = True
     estimator.options.resilience.zne.amplifier = "pea"
     estimator.options.default_shots = 256
+    estimator.options.twirling.num_randomizations = 4
     layers = estimator.find_unique_layers([(isa, observables)])
     maps = NoiseLearnerV3(fez).run(layers).result().to_pauli_lindblad_maps()
     estimator.options.resilience.layer_noise_model = list(zip(layers, maps, strict=True))
