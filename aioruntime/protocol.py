@@ -106,7 +106,7 @@ def path(template: str, **values: str) -> str:
 
 
 #: The programs the emulator runs (``program_id`` of ``POST /jobs``).
-PROGRAMS: Final = ("sampler", "estimator")
+PROGRAMS: Final = ("sampler", "estimator", "executor", "noise-learner")
 
 # ---------------------------------------------------------------------------------------------
 # States

@@ -35,7 +35,7 @@ from .api.keys import (
     Caller,
 )
 from .auth import AuthError, authenticate
-from .backends import DEFAULT_BACKENDS, Device, resolve_devices
+from .backends import DEFAULT_BACKENDS, Device, mock_twins, resolve_devices
 from .classical import JobInputError
 from .clock import make_clock
 from .config import Config
@@ -143,7 +143,7 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "status": "ok",
-            "backends": sorted(devices),
+            "backends": sorted(n for n, d in devices.items() if not d.mock),
             "clock": str(config.clock),
             "lanes": config.lanes,
             "runtime_paths": list(p.RUNTIME_PREFIXES),
@@ -154,6 +154,7 @@ async def health(request: web.Request) -> web.Response:
 def create_app(config: Config) -> web.Application:
     """Build the emulator application for ``config`` (not started)."""
     devices = resolve_devices(config.backends or DEFAULT_BACKENDS)
+    devices += mock_twins(devices)  # dry_run=True targets: ibm_fez → mock_fez
     # cast: @web.middleware returns a plain Callable, aiohttp's Middleware protocol names params
     middlewares = [cast(Middleware, error_middleware)]
     if config.record_requests:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BACKENDS",
+    "DRY_RUN_PREFIX",
     "Device",
     "DeviceLimits",
     "available_devices",
@@ -45,10 +46,14 @@ __all__ = [
     "device_noise_model_for",
     "device_properties",
     "device_target",
+    "mock_name",
+    "mock_twin",
+    "mock_twins",
     "resolve_devices",
     "restrict_noise_model",
     "served_name",
     "source_for_name",
+    "split_source",
 ]
 
 #: A small 5-qubit Falcon next to two large Herons.
@@ -72,13 +77,17 @@ class Device:
     name: str
     """Served name, e.g. ``ibm_fez``, or an alias like ``my_qpu``."""
     source: str
-    """Snapshot directory name, e.g. ``fez``: the key of every per-device cache."""
+    """Snapshot directory name, e.g. ``fez``: the key of every per-device cache. For a mock
+    twin, ``dry-run:<snapshot>`` (see :func:`split_source`)."""
     num_qubits: int
     configuration: dict[str, Any]
     """``conf_<source>.json`` with ``backend_name`` = ``name``, ``simulator`` false and an
     ``online_date``."""
     properties: dict[str, Any]
     """``props_<source>.json`` with ``backend_name`` = ``name``."""
+    mock: bool = False
+    """A mock twin (``mock_fez`` of ``ibm_fez``): IBM's target of dry runs, listed only with
+    ``include_mocks`` and marked ``"class": "mock"``. Its jobs never reach a QPU."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,6 +263,56 @@ def resolve_devices(spec: str) -> list[Device]:
         seen.add(name)
         devices.append(device_for_name(name, source))
     return devices
+
+
+# ---------------------------------------------------------------------------------------------
+# Mock twins (dry runs)
+# ---------------------------------------------------------------------------------------------
+
+#: Marks the ``Device.source`` of a mock twin; the pre-processing stage reads it as "dry run".
+DRY_RUN_PREFIX = "dry-run:"
+
+
+def split_source(source: str) -> tuple[str, bool]:
+    """``(snapshot name, whether the job is a dry run)`` of a ``Device.source``."""
+    if source.startswith(DRY_RUN_PREFIX):
+        return source[len(DRY_RUN_PREFIX) :], True
+    return source, False
+
+
+def mock_name(name: str) -> str:
+    """IBM's name of a device's mock twin, as the official client derives it for ``dry_run``
+    (``re.sub(r"^[^_]+", "mock", name)``: ``ibm_fez`` → ``mock_fez``)."""
+    return re.sub(r"^[^_]+", "mock", name)
+
+
+def mock_twin(device: Device) -> Device:
+    """The mock twin of ``device``: same configuration and properties, served as
+    :func:`mock_name`, whose jobs are dry runs."""
+    name = mock_name(device.name)
+    conf = dict(device.configuration, backend_name=name)
+    props = dict(device.properties, backend_name=name)
+    return Device(
+        name=name,
+        source=DRY_RUN_PREFIX + device.source,
+        num_qubits=device.num_qubits,
+        configuration=conf,
+        properties=props,
+        mock=True,
+    )
+
+
+def mock_twins(devices: list[Device]) -> list[Device]:
+    """The mock twins of ``devices`` whose names are free (two aliases like ``a_x`` and ``b_x``
+    would share the twin ``mock_x``: the first keeps it)."""
+    taken = {d.name for d in devices}
+    twins = []
+    for device in devices:
+        twin = mock_twin(device)
+        if twin.name not in taken:
+            taken.add(twin.name)
+            twins.append(twin)
+    return twins
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,9 @@ from .backends import (
     device_target,
     restrict_noise_model,
     served_name,
+    split_source,
 )
+from .compaction import compact, live_qubits
 from .timing import TimingParams, circuit_duration_s, quantum_seconds, subjob_count
 from .validation import (
     DEFAULT_PRECISION,
@@ -47,6 +49,7 @@ from .validation import (
     _estimator_pub,
     _parse_options,
     _sampler_pub,
+    mitigation_note,
 )
 
 if TYPE_CHECKING:
@@ -82,8 +85,9 @@ class PreparedJob:
     """The output of :func:`preprocess`: everything the QPU and post-processing need."""
 
     program_id: str
-    """``"sampler"`` or ``"estimator"``."""
+    """``"sampler"``, ``"estimator"``, ``"executor"`` or ``"noise-learner"``."""
     device_source: str
+    """The device's snapshot name (without the ``dry-run:`` mark)."""
     sampler_pubs: list[SamplerPub]
     """What the QPU samples, each circuit compacted onto the qubits it needs simulated,
     ``metadata["pub_qubits"][k]``: its qubit ``i`` is physical qubit ``pub_qubits[k][i]``, and
@@ -104,7 +108,13 @@ class PreparedJob:
     """``pub_qubits`` (per ``sampler_pubs`` entry, the physical qubits simulated),
     ``physical_qubits`` (their union), ``rep_delay_s``, ``subjobs``, ``noise_models`` (the
     user's ``simulator.noise_model`` restricted to each distinct ``pub_qubits`` entry, or
-    ``None``) and ``ignored_options`` (option names the emulator accepts but does not apply)."""
+    ``None``), ``ignored_options`` (option names the emulator accepts but does not apply) and, for
+    a dry run, ``mock_seed``."""
+    dry_run: bool = False
+    """A job on a mock device: it never reaches the QPU and is billed nothing; post-processing
+    fills the result with mock data (:mod:`emulator.dry_run`)."""
+    notes: tuple[str, ...] = ()
+    """Warnings for the job's log (options accepted but not applied, and why)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +144,13 @@ def preprocess(
     """Decode, validate and plan one job for the device ``device_source``.
 
     Args:
-        program_id: ``"sampler"`` or ``"estimator"``.
+        program_id: ``"sampler"``, ``"estimator"`` (the legacy primitives, here),
+            ``"executor"`` (:mod:`emulator.executor`) or ``"noise-learner"``
+            (:mod:`emulator.noise_learner`).
         params_json: the JSON text of ``params`` of ``POST /jobs``, as the official client sends
             it (spec 4.1).
-        device_source: the device's snapshot name (``Device.source``).
+        device_source: the device's ``Device.source``: its snapshot name, or
+            ``dry-run:<snapshot>`` for a mock twin (the job is then a dry run).
         timing: constants of the QPU time model.
         max_shots: shots per PUB allowed, at most (default: the configuration's ``max_shots``).
         max_executions: total executions allowed, at most (``None``: no limit).
@@ -150,9 +163,37 @@ def preprocess(
     if program_id not in PROGRAMS:
         raise JobInputError(
             ErrorCode.VALIDATION,
-            f"Unknown program {program_id!r}: the emulator runs 'sampler' and 'estimator'.",
+            f"Unknown program {program_id!r}: the emulator runs {', '.join(PROGRAMS)}.",
         )
+    source, dry_run = split_source(device_source)
     params = _decode(params_json)
+    if program_id == "executor":
+        from . import executor
+
+        prepared = executor.prepare(params, source, timing=timing, max_executions=max_executions)
+    elif program_id == "noise-learner":
+        from . import noise_learner
+
+        prepared = noise_learner.prepare(params, source, timing=timing)
+    else:
+        prepared = _prepare_primitive(program_id, params, source, timing, max_shots, max_executions)
+    if dry_run:
+        from .dry_run import mock_seed
+
+        metadata = {**prepared.metadata, "mock_seed": mock_seed(params_json)}
+        prepared = replace(prepared, dry_run=True, metadata=metadata)
+    return prepared
+
+
+def _prepare_primitive(
+    program_id: str,
+    params: dict[str, Any],
+    device_source: str,
+    timing: TimingParams,
+    max_shots: int | None,
+    max_executions: int | None,
+) -> PreparedJob:
+    """:func:`preprocess` for the legacy ``sampler`` and ``estimator`` programs."""
     limits = device_limits(device_source)
     target = device_target(device_source)
     device_name = served_name(device_source)
@@ -206,9 +247,9 @@ def preprocess(
 
     # Compact each circuit onto the qubits it uses, so Aer never sees the idle rest of the
     # device (nor, for a job spread over the chip, the qubits of its other circuits).
-    pub_qubits = [_live_qubits(circ) for circ, _, _ in executed]
+    pub_qubits = [live_qubits(circ) for circ, _, _ in executed]
     sampler_pubs = [
-        _make_sampler_pub(_compact(circ, live), values, shots)
+        _make_sampler_pub(compact(circ, live), values, shots)
         for (circ, values, shots), live in zip(executed, pub_qubits, strict=True)
     ]
     user_noise = opts["noise_model"]
@@ -231,73 +272,10 @@ def preprocess(
             "subjobs": subjobs,
             "noise_models": noise_models,
             "ignored_options": opts["ignored"],
+            "ignored_mitigation": opts["mitigation"],
         },
+        notes=(mitigation_note(program_id, opts["mitigation"]),) if opts["mitigation"] else (),
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Circuits: compaction onto the qubits that need simulating
-# ---------------------------------------------------------------------------------------------
-
-
-#: Instructions that leave a qubit in |0> if it starts there (or do nothing to it).
-_GROUND_OPS = frozenset({"barrier", "delay", "measure", "reset"})
-
-
-def _live_qubits(circuit: QuantumCircuit) -> tuple[int, ...]:
-    """Physical qubits ``circuit`` acts on with anything but a barrier, delay, measurement or
-    reset, sorted. Every other qubit stays in |0> throughout: it needs no simulation."""
-    index = {q: k for k, q in enumerate(circuit.qubits)}
-    live: set[int] = set()
-    for inst in circuit.data:
-        if inst.operation.name not in _GROUND_OPS:
-            live.update(index[q] for q in inst.qubits)
-    return tuple(sorted(live))
-
-
-def _compact(circuit: QuantumCircuit, live: tuple[int, ...]) -> QuantumCircuit:
-    """``circuit`` on the qubits that need simulating: its qubit ``live[i]`` becomes qubit ``i``,
-    and every other qubit that is measured or reset shares one extra "ground" qubit
-    ``len(live)``, which stays in |0> (so those measurements read 0, as they would on an ideal
-    device; no readout error is modelled for them). Barriers and delays are cut to the kept
-    qubits. Classical bits, registers, parameters and metadata are unchanged.
-    """
-    from qiskit import QuantumCircuit
-    from qiskit.circuit import Barrier
-
-    new_index = {p: i for i, p in enumerate(live)}
-    ground = len(live)
-    old_index = {q: k for k, q in enumerate(circuit.qubits)}
-    needs_ground = any(
-        inst.operation.name in ("measure", "reset")
-        and any(old_index[q] not in new_index for q in inst.qubits)
-        for inst in circuit.data
-    )
-    out = QuantumCircuit(
-        ground + (1 if needs_ground or not live else 0),
-        name=circuit.name,
-        global_phase=circuit.global_phase,
-        metadata=dict(circuit.metadata or {}),
-    )
-    out.add_bits(list(circuit.clbits))
-    for creg in circuit.cregs:
-        out.add_register(creg)
-    for inst in circuit.data:
-        op = inst.operation
-        if op.name in ("measure", "reset"):
-            qubits = [out.qubits[new_index.get(old_index[q], ground)] for q in inst.qubits]
-        else:
-            qubits = [
-                out.qubits[new_index[old_index[q]]]
-                for q in inst.qubits
-                if old_index[q] in new_index
-            ]
-            if not qubits and inst.qubits:  # a barrier or delay on ground qubits only
-                continue
-            if op.name == "barrier" and len(qubits) != len(inst.qubits):
-                op = Barrier(len(qubits))
-        out.append(op, qubits, inst.clbits, copy=False)
-    return out
 
 
 def _make_sampler_pub(circuit: QuantumCircuit, values: BindingsArray, shots: int) -> SamplerPub:
@@ -361,17 +339,40 @@ def sample(prepared: PreparedJob, *, noise: bool, max_threads: int = 0) -> Sampl
 
 
 def postprocess(
-    prepared: PreparedJob, sampled: Sampled, span_start: datetime, span_stop: datetime
+    prepared: PreparedJob, sampled: Sampled | None, span_start: datetime, span_stop: datetime
 ) -> str:
-    """The RuntimeEncoder JSON text of the job's ``PrimitiveResult`` (spec 4.3).
+    """The result text of the job (spec 4.3); ``sampled`` is ``None`` for a dry run, whose
+    result holds mock data (:mod:`emulator.dry_run`) and no execution span.
 
-    Sampler: one ``SamplerPubResult`` per PUB (a ``BitArray`` per classical register, shaped
-    like the PUB) and one ``DoubleSliceSpan`` from ``span_start`` to ``span_stop`` covering all
-    PUBs. Estimator: one ``PubResult`` per PUB with ``evs``, ``stds`` and
-    ``ensemble_standard_error``.
+    Sampler: the RuntimeEncoder JSON of a ``PrimitiveResult`` with one ``SamplerPubResult`` per
+    PUB (a ``BitArray`` per classical register, shaped like the PUB) and one ``DoubleSliceSpan``
+    from ``span_start`` to ``span_stop`` covering all PUBs. Estimator: one ``PubResult`` per PUB
+    with ``evs``, ``stds`` and ``ensemble_standard_error``. Executor and noise learner: their
+    schema's result model (:mod:`emulator.executor`, :mod:`emulator.noise_learner`). A legacy
+    job that asked for mitigation the emulator does not apply says so in the result metadata
+    (``metadata["emulator"]``).
     """
     from qiskit.primitives.containers import PrimitiveResult, SamplerPubResult
 
+    if prepared.program_id == "executor":
+        from . import executor
+
+        return executor.finish(prepared, sampled, span_start, span_stop)
+    if prepared.program_id == "noise-learner":
+        from . import noise_learner
+
+        return noise_learner.finish(prepared, sampled)
+    dry_run = sampled is None
+    if sampled is None:
+        from .dry_run import mock_sampled
+
+        sampled = mock_sampled(prepared)
+    extra: dict[str, Any] = {}
+    if asked := prepared.metadata.get("ignored_mitigation"):
+        extra["emulator"] = {
+            "ignored_options": list(asked),
+            "note": mitigation_note(prepared.program_id, list(asked)),
+        }
     if prepared.program_id == "sampler":
         from qiskit_ibm_runtime.execution_span import DoubleSliceSpan, ExecutionSpans
 
@@ -383,14 +384,15 @@ def postprocess(
             )
             size = math.prod(plan.shape) or 1
             slices[i] = ((*plan.shape, plan.shots), slice(0, size), slice(0, plan.shots))
-        spans = ExecutionSpans([DoubleSliceSpan(span_start, span_stop, slices)])
+        spans = ExecutionSpans([] if dry_run else [DoubleSliceSpan(span_start, span_stop, slices)])
         result = PrimitiveResult(
-            pub_results, metadata={"execution": {"execution_spans": spans}, "version": 2}
+            pub_results,
+            metadata={"execution": {"execution_spans": spans}, "version": 2, **extra},
         )
     else:
         datas: list[DataBin] = sampled.data
         result = PrimitiveResult(
             [estimation.estimator_pub_result(plan, datas) for plan in prepared.post],
-            metadata=estimation.estimator_result_metadata(),
+            metadata={**estimation.estimator_result_metadata(), **extra},
         )
     return dumps(result)

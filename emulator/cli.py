@@ -59,7 +59,8 @@ async def serve(config: Config) -> None:
         print(f"aioruntime emulator listening on {base_url}", flush=True)
         devices: dict[str, Device] = app[DEVICES]
         print(
-            f"  backends: {', '.join(devices)}; clock {config.clock}; "
+            f"  backends: {', '.join(n for n, d in devices.items() if not d.mock)} (dry runs on "
+            f"their mock_ twins); clock {config.clock}; "
             f"{config.lanes} lanes per backend; noise {'on' if config.noise else 'off'}"
         )
         print(connection_snippet(config, base_url), flush=True)

@@ -142,6 +142,8 @@ class _Live:
     charged: float | None = None
     #: Modelled QPU seconds, once pre-processing computed them.
     estimate: float | None = None
+    #: Warnings for the job's log (options the emulator does not apply, …).
+    notes: list[str] = field(default_factory=list)
     lag_s: float = 0.0
     lane_held: bool = True
     started: float = field(default_factory=time.monotonic)
@@ -174,7 +176,10 @@ class Scheduler:
         self.store = store
         self.clock = clock
         self.devices = {d.name: d for d in devices}
-        self.plane: WorkerPlane = plane or ProcessPlane(backends=len(devices), lanes=config.lanes)
+        # Mock twins (dry runs, ``Device.mock``) have lanes but add no workers: they never use
+        # a QPU and share the lane workers.
+        served = sum(not d.mock for d in devices)
+        self.plane: WorkerPlane = plane or ProcessPlane(backends=served, lanes=config.lanes)
         self.timing = TimingParams()
         self.faults = faults or Faults()
         self.supervisor = Supervisor(on_fatal=self._fatal)
@@ -546,13 +551,21 @@ class Scheduler:
             raise _died() from None
         live.stages["pre_end"] = utcnow().isoformat()
         live.estimate = prepared.quantum_seconds
+        live.notes = list(prepared.notes)
         if self.faults.fail_job():
             raise _Failed(
                 JobState.FAILED,
                 ErrorCode.EMULATOR_FAULT,
                 "Injected fault: the job failed on purpose (admin fault plan).",
             )
-        sampled, span_start, span_stop = await self._on_qpu(live, prepared)
+        if prepared.dry_run:
+            # A job on a mock twin: validated and pre-processed for real, with its modelled
+            # time (estimated_running_time_seconds), but no QPU turn and nothing billed;
+            # post-processing fills the result with mock data (emulator.dry_run).
+            sampled, span_start = None, utcnow()
+            span_stop = span_start
+        else:
+            sampled, span_start, span_stop = await self._on_qpu(live, prepared)
         await asyncio.sleep(0)  # let the next job take the QPU before we pickle our call
         live.stages["post_start"] = utcnow().isoformat()
         try:
@@ -668,8 +681,13 @@ class Scheduler:
             "finished": finished,
             "usage_seconds": charged,
         }
+        logs = rec.logs
+        if live is not None and live.notes:
+            logs += "".join(f"{finished} WARNING: {note}\n" for note in live.notes)
         if reason:
-            changes["logs"] = rec.logs + f"{finished} {state}: {reason}\n"
+            logs += f"{finished} {state}: {reason}\n"
+        if logs != rec.logs:
+            changes["logs"] = logs
         if live is not None:
             changes["stages"] = dict(live.stages)
             changes["emulator_lag_s"] = live.lag_s

@@ -128,28 +128,7 @@ def _parse_options(
             f"options.simulator.seed_simulator must be an integer, not {seed!r}.",
         )
 
-    rep_delay = execution.get("rep_delay")
-    if rep_delay is None:
-        rep_delay_s = limits.default_rep_delay_s
-    else:
-        if (
-            not isinstance(rep_delay, Real)
-            or isinstance(rep_delay, bool)
-            or not math.isfinite(rep_delay)
-        ):
-            raise JobInputError(
-                ErrorCode.VALIDATION,
-                f"options.execution.rep_delay must be a number, not {rep_delay!r}.",
-            )
-        rep_delay_s = float(rep_delay)
-        rng = limits.rep_delay_range_s
-        lo, hi = rng if rng is not None else (0.0, math.inf)
-        if not lo - 1e-12 <= rep_delay_s <= hi + 1e-12:
-            raise JobInputError(
-                ErrorCode.VALIDATION,
-                f"options.execution.rep_delay {rep_delay_s:g} s is outside the device's range "
-                f"[{lo:g}, {hi:g}] s ({lo * 1e6:g}-{hi * 1e6:g} µs).",
-            )
+    rep_delay_s = check_rep_delay("options.execution.rep_delay", execution.get("rep_delay"), limits)
     meas_type = execution.get("meas_type")
     if meas_type not in (None, "classified"):
         raise JobInputError(
@@ -179,7 +158,71 @@ def _parse_options(
         "rep_delay_s": rep_delay_s,
         "noise_model": noise_model,
         "ignored": ignored,
+        "mitigation": _mitigation_asked(params, options, program_id),
     }
+
+
+def _mitigation_asked(
+    params: dict[str, Any], options: dict[str, Any], program_id: str
+) -> list[str]:
+    """The error-suppression and mitigation the job asked for, which the legacy programs of the
+    emulator do not apply (each entry names the option and what it asked for)."""
+    asked = []
+    # The official client sends resilience_level only when the user set it; IBM's server then
+    # applies its default, 1.
+    level = params.get("resilience_level", 1)
+    if program_id == "estimator" and isinstance(level, Integral) and int(level) >= 1:
+        what = {1: "TREX measurement mitigation", 2: "TREX and ZNE"}.get(int(level), "mitigation")
+        default = "" if "resilience_level" in params else ", IBM's default"
+        asked.append(f"resilience_level={int(level)} ({what}{default})")
+    resilience = options.get("resilience") or {}
+    if isinstance(resilience, dict):
+        asked += [
+            f"resilience.{k}"
+            for k in ("measure_mitigation", "zne_mitigation", "pec_mitigation")
+            if resilience.get(k)
+        ]
+    twirling = options.get("twirling") or {}
+    if isinstance(twirling, dict):
+        asked += [f"twirling.{k}" for k in ("enable_gates", "enable_measure") if twirling.get(k)]
+    dd = options.get("dynamical_decoupling") or {}
+    if isinstance(dd, dict) and dd.get("enable"):
+        asked.append("dynamical_decoupling.enable")
+    return asked
+
+
+def mitigation_note(program_id: str, asked: list[str]) -> str:
+    """The warning a job gets when it asked for mitigation the legacy program does not apply."""
+    return (
+        f"Options not applied by the emulator's legacy '{program_id}' program (accepted and "
+        f"ignored; results are unmitigated): {', '.join(asked)}. The executor-based primitives "
+        "(qiskit_ibm_runtime.executor_estimator.Estimator, executor_sampler.SamplerV2) apply "
+        "twirling, dynamical decoupling and error mitigation on the client, and run on the "
+        "emulator."
+    )
+
+
+def check_rep_delay(where: str, rep_delay: Any, limits: DeviceLimits) -> float:
+    """``rep_delay`` (seconds, ``None`` for the device's default) checked against the device's
+    range; raises :class:`JobInputError` when it is not a number or out of range."""
+    if rep_delay is None:
+        return limits.default_rep_delay_s
+    if (
+        not isinstance(rep_delay, Real)
+        or isinstance(rep_delay, bool)
+        or not math.isfinite(rep_delay)
+    ):
+        raise JobInputError(ErrorCode.VALIDATION, f"{where} must be a number, not {rep_delay!r}.")
+    rep_delay_s = float(rep_delay)
+    rng = limits.rep_delay_range_s
+    lo, hi = rng if rng is not None else (0.0, math.inf)
+    if not lo - 1e-12 <= rep_delay_s <= hi + 1e-12:
+        raise JobInputError(
+            ErrorCode.VALIDATION,
+            f"{where} {rep_delay_s:g} s is outside the device's range "
+            f"[{lo:g}, {hi:g}] s ({lo * 1e6:g}-{hi * 1e6:g} µs).",
+        )
+    return rep_delay_s
 
 
 def _check_shots(where: str, shots: Any, cap: int) -> int:

@@ -28,11 +28,11 @@ def warm(sources: tuple[str, ...]) -> None:
     import qiskit_aer.primitives  # noqa: F401
     import qiskit_ibm_runtime.json  # noqa: F401
 
-    from . import classical, estimation  # noqa: F401
-    from .backends import device_target
+    from . import classical, estimation, executor  # noqa: F401
+    from .backends import device_target, split_source
 
     for source in sources:
-        device_target(source)
+        device_target(split_source(source)[0])
 
 
 def preprocess(
@@ -77,7 +77,10 @@ def sample(prepared: PreparedJob, noise: bool) -> Sampled:
     return _sample(prepared, noise=noise, max_threads=0 if widest >= _PARALLEL_QUBITS else 1)
 
 
-def postprocess(prepared: PreparedJob, sampled: Sampled, start: datetime, stop: datetime) -> str:
+def postprocess(
+    prepared: PreparedJob, sampled: Sampled | None, start: datetime, stop: datetime
+) -> str:
+    """``sampled`` is ``None`` for a dry run (see :func:`emulator.classical.postprocess`)."""
     from .classical import postprocess as _postprocess
 
     return _postprocess(prepared, sampled, start, stop)

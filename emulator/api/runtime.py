@@ -20,6 +20,7 @@ from aiohttp import web
 from aioruntime import protocol as p
 from aioruntime.protocol import ErrorCode, JobState, SessionMode
 
+from .. import executor, noise_learner
 from ..backends import Device
 from ..errors import Refused
 from ..store import JobRecord
@@ -85,10 +86,13 @@ def _field(
 
 
 async def list_backends(request: web.Request) -> web.Response:
+    """Mock twins (dry-run targets) are listed only with ``include_mocks``, as IBM does."""
     stats = request.config_dict[SCHEDULER].statistics()
+    mocks = bool(_bool_query(request, "include_mocks"))
     devices = [
         views.device_summary(d, stats.backend(d.name).pending)
         for d in request.config_dict[DEVICES].values()
+        if mocks or not d.mock
     ]
     return _json({"devices": devices})
 
@@ -151,9 +155,7 @@ async def submit_job(request: web.Request) -> web.Response:
     if backend not in request.config_dict[DEVICES]:
         raise Refused(400, ErrorCode.BACKEND_NOT_FOUND, f"Backend {backend} not found.")
     params = _field(body, "params", dict, required=True)
-    pubs = params.get("pubs")
-    if not isinstance(pubs, list) or not pubs:
-        raise Refused(400, ErrorCode.VALIDATION, "Field 'params.pubs' must be a non-empty list.")
+    _check_params(program_id, params)
     tags = _field(body, "tags", list) or []
     if not all(isinstance(t, str) for t in tags):
         raise Refused(400, ErrorCode.VALIDATION, "Field 'tags' must be a list of strings.")
@@ -179,6 +181,20 @@ async def submit_job(request: web.Request) -> web.Response:
     if rec.private:
         answer["private"] = True
     return _json(answer)
+
+
+def _check_params(program_id: str, params: dict[str, Any]) -> None:
+    """What can be refused from the JSON alone (nothing is decoded on the event loop)."""
+    if program_id == "executor":
+        executor.check_request(params)  # JobInputError: answered 400 by the middleware
+    elif program_id == "noise-learner":
+        noise_learner.check_request(params)
+    else:
+        pubs = params.get("pubs")
+        if not isinstance(pubs, list) or not pubs:
+            raise Refused(
+                400, ErrorCode.VALIDATION, "Field 'params.pubs' must be a non-empty list."
+            )
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -282,10 +298,14 @@ async def list_jobs(request: web.Request) -> web.Response:
     pending = _bool_query(request, "pending")
     tags = set(q.getall("tags", []))
     after, before = _iso_query(request, "created_after"), _iso_query(request, "created_before")
+    devices = request.config_dict[DEVICES]
+    mocks = bool(_bool_query(request, "include_mocks"))
     matched = []
     for rec in request.config_dict[STORE].jobs():
         if rec.instance != instance:
             continue
+        if not mocks and (d := devices.get(rec.backend)) is not None and d.mock:
+            continue  # dry runs are listed only with include_mocks, as IBM does
         if (b := q.get("backend")) and rec.backend != b:
             continue
         if (prog := q.get("program")) and rec.program_id != prog:

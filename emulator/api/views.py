@@ -115,7 +115,7 @@ def device_summary(device: Device, queue_length: int) -> dict[str, Any]:
     conf = device.configuration
     return {
         "name": device.name,
-        "class": "real",
+        "class": "mock" if device.mock else "real",
         "status": {"name": "online", "reason": "available"},
         "queue_length": queue_length,
         "qubits": device.num_qubits,

@@ -1,0 +1,216 @@
+"""Unit tests of the pure stages for the executor program: packs, the time model, chunks, dry
+runs, and the notes legacy jobs get. No server: the functions the workers run, called directly."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+from qiskit import QuantumCircuit
+from qiskit.circuit import Parameter
+from qiskit.primitives.containers.sampler_pub import SamplerPub
+from qiskit.transpiler import generate_preset_pass_manager
+from qiskit_aer.primitives import SamplerV2 as AerSampler
+from qiskit_ibm_runtime.decoders.executor.decoder import ExecutorResultDecoder
+from qiskit_ibm_runtime.json import RuntimeEncoder
+from qiskit_ibm_runtime.options_models.executor import ExecutorOptions
+from qiskit_ibm_runtime.quantum_program import QuantumProgram
+from qiskit_ibm_runtime.quantum_program.params_converters import (
+    QUANTUM_PROGRAM_PARAMS_CONVERTERS,
+)
+
+from emulator import classical, compaction, executor
+from emulator.backends import device_limits, device_target
+from emulator.timing import TimingParams, circuit_duration_s
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def to_isa(circuit: QuantumCircuit) -> QuantumCircuit:
+    pm = generate_preset_pass_manager(
+        optimization_level=1, target=device_target("fez"), seed_transpiler=5
+    )
+    return pm.run(circuit)
+
+
+def params_json(program: QuantumProgram, version: str = "v2.0") -> str:
+    model = QUANTUM_PROGRAM_PARAMS_CONVERTERS[version].encoder(program, ExecutorOptions())
+    return json.dumps(model.model_dump(mode="json"))
+
+
+def run(prepared: classical.PreparedJob, stop: datetime = T0 + timedelta(seconds=3)) -> object:
+    sampled = classical.sample(prepared, noise=False, max_threads=1)
+    return ExecutorResultDecoder.decode(classical.postprocess(prepared, sampled, T0, stop))
+
+
+# ---------------------------------------------------------------------------------------------
+# Packs
+# ---------------------------------------------------------------------------------------------
+
+
+def test_independent_qubits_are_packed_and_merged() -> None:
+    qc = QuantumCircuit(12, 12)
+    qc.h(0)
+    qc.cx(0, 1)
+    for q in range(2, 9):
+        qc.x(q)
+    qc.barrier()
+    qc.measure(range(10), range(10))  # qubit 9 is only measured; 10 and 11 are idle
+    packs = compaction.plan_packs(qc, width=4)
+    assert [p.qubits for p in packs] == [(0, 1, 2, 3), (4, 5, 6, 7), (8,)]
+    assert packs[0].circuit.num_qubits == 5  # + the ground qubit measured for qubit 9
+    assert all(p.circuit.num_qubits <= 5 for p in packs)
+    result = AerSampler(seed=1).run([SamplerPub.coerce((p.circuit, None, 50)) for p in packs])
+    merged = compaction.merge_bins([r.data for r in result.result()])
+    counts = merged.c.get_counts()
+    # bits 2-8 read 1, bit 9 reads 0, bits 0 and 1 agree
+    assert set(counts) <= {"000111111100", "000111111111"}
+    assert sum(counts.values()) == 50
+
+
+def test_circuits_that_must_not_be_split() -> None:
+    qc = QuantumCircuit(3, 1)
+    qc.x(0)
+    qc.x(1)
+    qc.measure(0, 0)
+    qc.measure(1, 0)  # one clbit written from two components
+    assert [p.qubits for p in compaction.plan_packs(qc)] == [(0, 1)]
+    dyn = QuantumCircuit(3, 1)
+    dyn.x(0)
+    dyn.measure(0, 0)
+    with dyn.if_test((dyn.clbits[0], 1)):
+        dyn.x(1)
+    assert [p.qubits for p in compaction.plan_packs(dyn)] == [(0, 1)]
+
+
+def test_pack_parameters_select_their_columns() -> None:
+    a, b = Parameter("a"), Parameter("b")
+    qc = QuantumCircuit(2)
+    qc.rx(b, 0)
+    qc.rx(a, 1)
+    qc.measure_all()
+    packs = compaction.plan_packs(qc, width=1)
+    # circuit.parameters is sorted by name: a (qubit 1) then b (qubit 0)
+    assert [(p.qubits, p.parameter_index) for p in packs] == [((0,), (1,)), ((1,), (0,))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pre-processing: decoding, the time model, chunks
+# ---------------------------------------------------------------------------------------------
+
+
+def bell_isa() -> QuantumCircuit:
+    qc = QuantumCircuit(2)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.measure_all()
+    return to_isa(qc)
+
+
+def test_quantum_seconds_follow_the_model() -> None:
+    theta = Parameter("θ")
+    ry = QuantumCircuit(1)
+    ry.ry(theta, 0)
+    ry.measure_all()
+    ry_isa, bell = to_isa(ry), bell_isa()
+    program = QuantumProgram(shots=100)
+    program.append_circuit_item(ry_isa, circuit_arguments=np.zeros((4, 1)))
+    program.append_circuit_item(bell)
+    prepared = classical.preprocess("executor", params_json(program), "fez")
+    timing, target = TimingParams(), device_target("fez")
+    per_shot = device_limits("fez").default_rep_delay_s + timing.init_s
+    expected = timing.overhead_s + 100 * (
+        4 * (per_shot + circuit_duration_s(ry_isa, target))
+        + (per_shot + circuit_duration_s(bell, target))
+    )
+    assert prepared.quantum_seconds == pytest.approx(expected)
+    assert prepared.executions == 500 and prepared.num_circuits == 5
+    assert prepared.metadata["subjobs"] == 1
+    assert pickle.loads(pickle.dumps(prepared)).quantum_seconds == prepared.quantum_seconds
+
+
+def test_every_schema_version_decodes_to_the_same_job() -> None:
+    program = QuantumProgram(shots=10)
+    program.append_circuit_item(bell_isa())
+    seconds = {
+        classical.preprocess("executor", params_json(program, v), "fez").quantum_seconds
+        for v in QUANTUM_PROGRAM_PARAMS_CONVERTERS
+    }
+    assert len(seconds) == 1
+
+
+def test_chunks() -> None:
+    # chunk_size set: each item cut on its own
+    assert executor._chunks([6, 1], [4, 4], 300) == [((0, 0, 4),), ((0, 4, 6),), ((1, 0, 1),)]
+    # auto: the device's max_experiments per chunk, spanning items
+    assert executor._chunks([5, 3], [None, None], 4) == [((0, 0, 4),), ((0, 4, 5), (1, 0, 3))]
+    assert executor._chunks([], [], 4) == [()]
+
+
+def test_chunk_timing_divides_the_qpu_span_by_modelled_time() -> None:
+    program = QuantumProgram(shots=10)
+    bell = bell_isa()
+    program.append_circuit_item(bell, chunk_size=1)
+    program.append_circuit_item(bell, chunk_size=1)
+    prepared = classical.preprocess("executor", params_json(program), "fez")
+    result = run(prepared, T0 + timedelta(seconds=4))
+    chunks = result.metadata.chunk_timing
+    assert [(c.parts[0].idx_item, c.parts[0].size) for c in chunks] == [(0, 1), (1, 1)]
+    assert chunks[0].start == T0 and chunks[-1].stop == T0 + timedelta(seconds=4)
+    assert chunks[0].stop == chunks[1].start == T0 + timedelta(seconds=2)  # equal chunks
+    assert prepared.quantum_seconds == pytest.approx(
+        sum(c.seconds for c in prepared.post[0].chunks)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Dry runs and notes
+# ---------------------------------------------------------------------------------------------
+
+
+def test_dry_run_source_gives_seeded_mock_data_without_a_span() -> None:
+    program = QuantumProgram(shots=64)
+    program.append_circuit_item(bell_isa())
+    text = params_json(program)
+    real = classical.preprocess("executor", text, "fez")
+    dry = classical.preprocess("executor", text, "dry-run:fez")
+    assert dry.dry_run and not real.dry_run
+    assert dry.quantum_seconds == real.quantum_seconds and dry.device_source == "fez"
+    first = classical.postprocess(dry, None, T0, T0)
+    assert first == classical.postprocess(dry, None, T0, T0)  # seeded by the job's params
+    decoded = ExecutorResultDecoder.decode(first)
+    assert decoded.metadata.chunk_timing == []
+    bits = decoded[0]["meas"]
+    assert bits.shape == (64, 2) and np.any(bits[:, 0] != bits[:, 1])  # random, not a Bell pair
+
+
+def test_legacy_estimator_gets_a_note_sampler_without_options_none() -> None:
+    from qiskit.primitives.containers.estimator_pub import EstimatorPub
+    from qiskit.quantum_info import SparsePauliOp
+
+    qc = QuantumCircuit(2)
+    qc.h(0)
+    qc.cx(0, 1)
+    isa = to_isa(qc)
+    pub = EstimatorPub.coerce((isa, SparsePauliOp("ZZ").apply_layout(isa.layout), None, 0.1))
+    body = {"pubs": [pub], "options": {}, "version": 2, "support_qiskit": True}
+    prepared = classical.preprocess("estimator", json.dumps(body, cls=RuntimeEncoder), "fez")
+    (note,) = prepared.notes
+    assert "resilience_level=1" in note and "IBM's default" in note
+    body = {"pubs": [SamplerPub.coerce(bell_isa())], "options": {}, "version": 2}
+    assert classical.preprocess("sampler", json.dumps(body, cls=RuntimeEncoder), "fez").notes == ()
+
+
+def test_boxes_in_a_circuit_item_are_refused() -> None:
+    qc = QuantumCircuit(2)
+    with qc.box():
+        qc.cz(0, 1)
+    qc.measure_all()
+    program = QuantumProgram(shots=10)
+    program.append_circuit_item(qc)
+    with pytest.raises(classical.JobInputError, match="samplex item") as info:
+        classical.preprocess("executor", params_json(program), "fez")
+    assert info.value.code == 1002
