@@ -29,9 +29,8 @@ from emulator.stim_sampler import clifford_ops, is_clifford, sample_pub, to_stim
 
 
 def probs_by_label(probs: np.ndarray) -> dict[str, float]:
-    return {
-        label: float(p) for label, p in zip(pauli_labels(round(math.log(len(probs), 4))), probs)
-    }
+    labels = pauli_labels(round(math.log(len(probs), 4)))
+    return {label: float(p) for label, p in zip(labels, probs, strict=True)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,7 +81,7 @@ def test_device_errors_keep_their_ptm_diagonal() -> None:
         for error in per_qubits.values():
             probs = twirl_error(error)
             labels = pauli_labels(error.num_qubits)
-            twirled = pauli_error([(lab, p) for lab, p in zip(labels, probs) if p > 0])
+            twirled = pauli_error([(lab, p) for lab, p in zip(labels, probs, strict=True) if p > 0])
             original = np.diag(PTM(error.to_quantumchannel()).data).real
             assert np.allclose(np.diag(PTM(twirled.to_quantumchannel()).data).real, original)
             assert probs[0] < 1.0, name  # there is an error to keep
