@@ -60,7 +60,8 @@ async def serve(config: Config) -> None:
         devices: dict[str, Device] = app[DEVICES]
         print(
             f"  backends: {', '.join(devices)}; clock {config.clock}; "
-            f"{config.lanes} lanes per backend; noise {'on' if config.noise else 'off'}"
+            f"{config.lanes} lanes per backend; noise {config.noise}, simulation budget "
+            f"{config.sim_budget_s:g} s per job"
         )
         print(connection_snippet(config, base_url), flush=True)
         print(

@@ -7,6 +7,7 @@ nothing else in the emulator reads ``os.environ``.
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,10 @@ from typing import Any
 import click
 
 from aioruntime.protocol import DEFAULT_INSTANCE
+
+from .noise import NoiseLevel
+from .noise_cache import default_cache_dir
+from .simulation import DEFAULT_BUDGET_S, DEFAULT_MAX_MEMORY_MB, SimulationSettings
 
 __all__ = ["ApiKey", "ClockSpec", "Config", "command", "from_args"]
 
@@ -81,7 +86,15 @@ class Config:
     backends: str = ""  # "" = emulator.backends.DEFAULT_BACKENDS
     lanes: int = 5
     clock: ClockSpec = field(default_factory=ClockSpec)
-    noise: bool = False
+    #: The noise level of jobs that do not choose one (``True``/``False`` mean full/none).
+    noise: NoiseLevel = NoiseLevel.NONE
+    #: Predicted simulation seconds a job may take before it is refused (``--sim-budget``).
+    sim_budget_s: float = DEFAULT_BUDGET_S
+    #: Memory Aer may use for one circuit, MB (``--sim-memory``).
+    sim_memory_mb: int = DEFAULT_MAX_MEMORY_MB
+    #: Where twirled device noise tables are kept across starts; None = not kept. The command
+    #: line defaults to the user cache directory (``$XDG_CACHE_HOME/aioruntime-emulator``).
+    noise_cache_dir: Path | None = None
     #: None = a temporary directory (removed at exit); ":memory:" = ephemeral, nothing on disk.
     data_dir: Path | None = None
     api_keys: tuple[ApiKey, ...] = (ApiKey(DEFAULT_API_KEY),)
@@ -111,6 +124,11 @@ class Config:
     record_requests: bool = False
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "noise", _noise_level(self.noise))
+        if not self.sim_budget_s > 0:
+            raise ValueError("--sim-budget must be positive")
+        if self.sim_memory_mb < 1:
+            raise ValueError("--sim-memory must be at least 1 MB")
         if self.lanes < 1:
             raise ValueError("--lanes must be at least 1")
         if not self.api_keys:
@@ -123,6 +141,16 @@ class Config:
             for crn in key.instances:
                 if crn not in self.instances:
                     raise ValueError(f"--api-key binds to {crn!r}, which is not an --instance")
+
+    @property
+    def simulation(self) -> SimulationSettings:
+        """What the workers need to plan and run simulations (it pickles)."""
+        return SimulationSettings(
+            noise=self.noise,
+            budget_s=self.sim_budget_s,
+            max_memory_mb=self.sim_memory_mb,
+            cache_dir=self.noise_cache_dir,
+        )
 
     def instances_for_key(self, key: str) -> tuple[str, ...] | None:
         """The instances a key may use, or None when the key is not accepted."""
@@ -142,6 +170,40 @@ class _ClockType(click.ParamType):  # type: ignore[type-arg]
             return value
         try:
             return ClockSpec.parse(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+#: Spellings of the old boolean ``--noise`` (and its environment variable) still accepted.
+_NOISE_ALIASES = {
+    "on": "full",
+    "true": "full",
+    "1": "full",
+    "off": "none",
+    "false": "none",
+    "0": "none",
+}
+
+
+def _noise_level(value: object) -> NoiseLevel:
+    if isinstance(value, bool):
+        return NoiseLevel.FULL if value else NoiseLevel.NONE
+    text = str(value).strip().lower()
+    try:
+        return NoiseLevel(_NOISE_ALIASES.get(text, text))
+    except ValueError:
+        choices = ", ".join(level.value for level in NoiseLevel)
+        raise ValueError(f"--noise must be one of {choices}, got {value!r}") from None
+
+
+class _NoiseType(click.ParamType):  # type: ignore[type-arg]
+    name = "full|pauli|none"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> NoiseLevel:
+        try:
+            return _noise_level(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
@@ -185,10 +247,42 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="instant, scaled:K or realtime",
         ),
         click.option(
-            "--noise/--no-noise",
-            default=False,
-            show_default=False,
-            help="simulate with the device noise model (default: off, ideal results)",
+            "--noise",
+            type=_NoiseType(),
+            is_flag=False,
+            flag_value="full",
+            default="none",
+            show_default=True,
+            help="noise level of jobs that do not choose one: full (the device's Aer noise "
+            "model; --noise alone), pauli (its Pauli twirl: Clifford circuits of any width in "
+            "milliseconds) or none",
+        ),
+        click.option(
+            "--no-noise",
+            is_flag=True,
+            allow_from_autoenv=False,
+            help="ideal simulation (the same as --noise none)",
+        ),
+        click.option(
+            "--sim-budget",
+            type=click.FloatRange(min=0, min_open=True),
+            default=DEFAULT_BUDGET_S,
+            show_default=True,
+            help="seconds of simulation a job may be predicted to take; a job over it fails "
+            "at once, naming what would fit",
+        ),
+        click.option(
+            "--sim-memory",
+            type=click.IntRange(min=1),
+            default=DEFAULT_MAX_MEMORY_MB,
+            show_default=True,
+            help="MB of memory Aer may use for one circuit",
+        ),
+        click.option(
+            "--noise-cache",
+            default=None,
+            help="directory keeping devices' twirled noise tables across starts, or 'none' "
+            "(default: $XDG_CACHE_HOME/aioruntime-emulator, else ~/.cache/aioruntime-emulator)",
         ),
         click.option(
             "--data-dir",
@@ -245,8 +339,19 @@ def _config_from_options(
     token_secret: str | None,
     admin_key: str | None,
     drain_timeout: float,
+    no_noise: bool,
+    noise_cache: str | None,
+    sim_budget: float,
+    sim_memory: int,
     **values: Any,
 ) -> Config:
+    values.update(sim_budget_s=sim_budget, sim_memory_mb=sim_memory)
+    if no_noise:
+        values["noise"] = NoiseLevel.NONE
+    if noise_cache is None:
+        values["noise_cache_dir"] = default_cache_dir(dict(os.environ))
+    elif noise_cache.strip().lower() not in ("", "none"):
+        values["noise_cache_dir"] = Path(noise_cache)
     if ephemeral:
         data_dir = Path(":memory:")
     persistent = data_dir is not None and str(data_dir) != ":memory:"
