@@ -321,6 +321,7 @@ class Scheduler:
                     self.timing,
                     self.config.max_executions_per_job,
                     self.faults.plan.worker_delay_ms / 1000,
+                    self.config.simulation,
                 )
                 rec.stages["pre_end"] = utcnow().isoformat()
             live.params_json = None  # the prepared job replaces it
@@ -352,7 +353,7 @@ class Scheduler:
                     )
                     return
                 t0 = time.monotonic()
-                sampled = await self.qpu_workers.run(worker.sample, prepared, self.config.noise)
+                sampled = await self.qpu_workers.run(worker.sample, prepared)
                 aer_s = time.monotonic() - t0
                 hold = self.clock.hold_s(prepared.quantum_seconds, aer_s)
                 if hold > 0:
