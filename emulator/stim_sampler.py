@@ -17,6 +17,7 @@ the instruction's Pauli channel from :class:`emulator.noise.PauliNoise`; a measu
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,7 +31,15 @@ if TYPE_CHECKING:
 
     from .noise import PauliNoise
 
-__all__ = ["ANGLE_TOLERANCE", "is_clifford", "pub_is_clifford", "sample_pub", "to_stim"]
+__all__ = [
+    "ANGLE_TOLERANCE",
+    "Program",
+    "compile_circuit",
+    "is_clifford",
+    "pub_is_clifford",
+    "sample_pub",
+    "to_stim",
+]
 
 #: How far (in units of π/2) an angle may be from a multiple of π/2 and still count as one.
 ANGLE_TOLERANCE = 1e-6
@@ -132,40 +141,138 @@ def _tableau_ops(op: Any) -> StimOps | None:
 
 def is_clifford(circuit: QuantumCircuit) -> bool:
     """Whether Stim can run the bound ``circuit`` (see the module docstring)."""
-    for inst in circuit.data:
-        op = inst.operation
-        if op.name not in _NON_GATES and clifford_ops(op) is None:
-            return False
-    return True
+    from qiskit.primitives.containers.sampler_pub import SamplerPub
+
+    return pub_is_clifford(SamplerPub(circuit, validate=False))
 
 
 def pub_is_clifford(pub: SamplerPub) -> bool:
-    """Whether every parameter set of ``pub`` binds its circuit to a Clifford circuit."""
-    circuit = pub.circuit
-    if not circuit.parameters:
-        return is_clifford(circuit)
-    values = pub.parameter_values
-    return all(is_clifford(values.bind(circuit, idx)) for idx in np.ndindex(values.shape))
+    """Whether every parameter set of ``pub`` binds its circuit to a Clifford circuit.
+
+    One pass over the circuit, then a vectorised check of the parametric gates' angles: a
+    PUB with hundreds of parameter sets (an executor's twirls) costs little more than one.
+    """
+    program = compile_circuit(pub.circuit, None)
+    return program is not None and program.multiples(_rows(pub)) is not None
 
 
 def to_stim(circuit: QuantumCircuit, noise: PauliNoise | None) -> tuple[stim.Circuit, list[int]]:
     """The Stim circuit of a bound Clifford ``circuit``, with ``noise`` on its first
     ``len(noise.physical)`` qubits, and the clbit each measurement record writes.
 
-    Built as Stim program text and parsed once: ``stim.Circuit.append`` costs about 0.2 ms a
-    call, which for a 156-qubit circuit with its noise channels was most of the job.
-
     Raises:
         ValueError: the circuit is not Clifford (check with :func:`is_clifford` first).
     """
     import stim
 
+    program = compile_circuit(circuit, noise)
+    if program is None or program.slots:
+        raise ValueError("the circuit is not a bound Clifford circuit")
+    return stim.Circuit("\n".join(program.pieces)), program.records
+
+
+@dataclass(slots=True)
+class _Slot:
+    """A parametric gate: its Stim text depends on the parameter set."""
+
+    piece: int
+    op: Instruction
+    qubits: tuple[int, ...]
+    sources: list[tuple[str, Any]]
+    """Per gate parameter: ``("col", i)``, column ``i`` of the parameter values;
+    ``("const", x)``; or ``("expr", e)``, a ``ParameterExpression`` evaluated per set."""
+    noise: str
+    texts: dict[tuple[Any, ...], str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Program:
+    """A circuit as Stim text, compiled once; parametric gates are filled in per parameter set.
+
+    Built as text and parsed by Stim once per parameter set: ``stim.Circuit.append`` costs
+    about 0.2 ms a call, which for a 156-qubit circuit with its noise channels was most of the
+    job.
+    """
+
+    pieces: list[str]
+    slots: list[_Slot]
+    records: list[int]
+    """The clbit each measurement record writes."""
+    columns: dict[Any, int]
+
+    def multiples(self, rows: np.ndarray) -> list[np.ndarray] | None:
+        """Per slot, its angles in multiples of π/2 for every row of parameter values, or
+        ``None`` when some parameter set makes a gate non-Clifford."""
+        out = []
+        for slot in self.slots:
+            angles = np.stack([self._evaluate(src, rows) for src in slot.sources], axis=-1)
+            k = angles / (math.pi / 2)
+            rounded = np.rint(k)
+            if np.any(np.abs(k - rounded) > ANGLE_TOLERANCE):
+                return None
+            ks = rounded.astype(np.int64)
+            if slot.op.name in _PERIOD_2PI:
+                ks %= 4
+            for combo in {tuple(row) for row in ks.tolist()}:
+                if _slot_text(slot, combo) is None:
+                    return None
+            out.append(ks)
+        return out
+
+    def _evaluate(self, source: tuple[str, Any], rows: np.ndarray) -> np.ndarray:
+        kind, value = source
+        if kind == "col":
+            return rows[:, value]
+        if kind == "const":
+            return np.full(len(rows), value)
+        params = list(value.parameters)
+        return np.array(
+            [float(value.bind({p: row[self.columns[p]] for p in params}).numeric()) for row in rows]
+        )
+
+    def text(self, multiples: list[np.ndarray], row: int) -> str:
+        """The Stim program of parameter set ``row`` (``multiples`` from :meth:`multiples`)."""
+        pieces = list(self.pieces)
+        for slot, ks in zip(self.slots, multiples, strict=True):
+            pieces[slot.piece] = slot.texts[tuple(ks[row].tolist())]
+        return "\n".join(pieces)
+
+
+def _slot_text(slot: _Slot, combo: tuple[int, ...]) -> str | None:
+    text = slot.texts.get(combo)
+    if text is None:
+        params = tuple(("k", k) for k in combo)
+        key = (slot.op.name, slot.op.num_qubits, params)
+        if key not in _OPS:
+            _OPS[key] = _gate_ops(slot.op, params)
+        ops = _OPS[key]
+        if ops is None:
+            return None
+        text = slot.texts[combo] = _gate_text(ops, slot.qubits, slot.noise)
+    return text
+
+
+def _gate_text(ops: StimOps, qubits: tuple[int, ...], noise: str) -> str:
+    lines = [gate + " " + " ".join(str(qubits[t]) for t in targets) for gate, targets in ops]
+    if noise:
+        lines.append(noise)
+    return "\n".join(lines)
+
+
+def compile_circuit(circuit: QuantumCircuit, noise: PauliNoise | None) -> Program | None:
+    """``circuit`` as a :class:`Program` with ``noise`` on its first ``len(noise.physical)``
+    qubits, or ``None`` when a gate that does not depend on the parameters is not Clifford (or
+    there is control flow)."""
+    from qiskit.circuit import ParameterExpression
+
     from .noise import delay_seconds
 
-    lines: list[str] = []
+    pieces: list[str] = []
+    slots: list[_Slot] = []
+    records: list[int] = []
+    columns = {p: i for i, p in enumerate(circuit.parameters)}
     qindex = {q: i for i, q in enumerate(circuit.qubits)}
     cindex = {c: i for i, c in enumerate(circuit.clbits)}
-    records: list[int] = []
     noisy = len(noise.physical) if noise is not None else 0
     memo = noise.stim_text if noise is not None else {}
     for inst in circuit.data:
@@ -174,34 +281,61 @@ def to_stim(circuit: QuantumCircuit, noise: PauliNoise | None) -> tuple[stim.Cir
         name = op.name
         if name == "barrier":
             continue
+        channel = ""
+        if noise is not None and all(q < noisy for q in qubits) and name != "delay":
+            cached = memo.get((name, qubits))
+            if cached is None:
+                probs = noise.gates.get(name, {}).get(qubits)
+                cached = _channel_text(probs, qubits) if probs is not None else ""
+                memo[(name, qubits)] = cached
+            channel = cached
         if name == "measure":
             q = qubits[0]
             p = noise.readout[q] if noise is not None and q < noisy else 0.0
-            lines.append(f"M({p!r}) {q}" if p > 0 else f"M {q}")
+            pieces.append(_join(f"M({p!r}) {q}" if p > 0 else f"M {q}", channel))
             records.append(cindex[inst.clbits[0]])
         elif name == "reset":
-            lines.append(f"R {qubits[0]}")
+            pieces.append(_join(f"R {qubits[0]}", channel))
         elif name == "delay":
-            if noise is not None and qubits[0] < noisy:
-                seconds = delay_seconds(op, noise.dt)
-                if seconds > 0:
-                    lines.append(_channel_text(noise.delay(qubits[0], seconds), qubits))
-            continue
+            seconds = delay_seconds(op, noise.dt) if noise is not None and qubits[0] < noisy else 0
+            if seconds > 0:
+                pieces.append(_channel_text(noise.delay(qubits[0], seconds), qubits))  # type: ignore[union-attr]
+        elif any(isinstance(p, ParameterExpression) for p in op.params):
+            if getattr(op, "blocks", None):
+                return None
+            sources: list[tuple[str, Any]] = []
+            for p in op.params:
+                if isinstance(p, ParameterExpression):
+                    sources.append(("col", columns[p]) if p in columns else ("expr", p))
+                elif _is_real(p):
+                    sources.append(("const", float(p)))
+                else:
+                    return None
+            pieces.append("")
+            slots.append(_Slot(len(pieces) - 1, op, qubits, sources, channel))
         else:
             ops = clifford_ops(op)
             if ops is None:
-                raise ValueError(f"{name}{op.params} is not a Clifford gate")
-            for gate, targets in ops:
-                lines.append(gate + " " + " ".join(str(qubits[t]) for t in targets))
-        if noisy and all(q < noisy for q in qubits):
-            key = (name, qubits)
-            text = memo.get(key)
-            if text is None:
-                probs = noise.gates.get(name, {}).get(qubits)  # type: ignore[union-attr]
-                text = memo[key] = _channel_text(probs, qubits) if probs is not None else ""
-            if text:
-                lines.append(text)
-    return stim.Circuit("\n".join(lines)), records
+                return None
+            pieces.append(_gate_text(ops, qubits, channel))
+    return Program(pieces, slots, records, columns)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, float | int) and not isinstance(value, bool)
+
+
+def _join(first: str, second: str) -> str:
+    return f"{first}\n{second}" if second else first
+
+
+def _rows(pub: SamplerPub) -> np.ndarray:
+    """The PUB's parameter values, one row per parameter set, columns in circuit order."""
+    values = pub.parameter_values
+    size = max(1, values.size)
+    if not pub.circuit.parameters:
+        return np.zeros((size, 0))
+    return np.asarray(values.as_array(pub.circuit.parameters), dtype=float).reshape(size, -1)
 
 
 def _channel_text(probs: np.ndarray, qubits: tuple[int, ...]) -> str:
@@ -220,19 +354,28 @@ def _channel_text(probs: np.ndarray, qubits: tuple[int, ...]) -> str:
 
 def sample_pub(pub: SamplerPub, noise: PauliNoise | None, seed: int | None) -> DataBin:
     """Sample a Clifford ``pub`` with Stim: a ``DataBin`` with one ``BitArray`` per classical
-    register, shaped like the PUB, as Aer's ``SamplerV2`` returns it."""
+    register, shaped like the PUB, as Aer's ``SamplerV2`` returns it.
+
+    Raises:
+        ValueError: a parameter set makes the circuit non-Clifford (see :func:`pub_is_clifford`).
+    """
+    import stim
     from qiskit.primitives.containers import BitArray, DataBin
 
     circuit, shots = pub.circuit, int(pub.shots)
-    values = pub.parameter_values
-    shape = tuple(values.shape)
+    shape = tuple(pub.parameter_values.shape)
+    program = compile_circuit(circuit, noise)
+    multiples = program.multiples(_rows(pub)) if program is not None else None
+    if program is None or multiples is None:
+        raise ValueError("the PUB is not a Clifford circuit")
     regs = [(creg.name, [circuit.find_bit(b).index for b in creg]) for creg in circuit.cregs]
     arrays: dict[str, list[np.ndarray]] = {name: [] for name, _ in regs}
     rng = np.random.default_rng(seed)
-    for idx in np.ndindex(shape):
-        bound = values.bind(circuit, idx) if circuit.parameters else circuit
-        stim_circuit, records = to_stim(bound, noise)
-        sampler = stim_circuit.compile_sampler(seed=int(rng.integers(2**63)))
+    records = program.records
+    for row in range(math.prod(shape)):
+        sampler = stim.Circuit(program.text(multiples, row)).compile_sampler(
+            seed=int(rng.integers(2**63))
+        )
         samples = sampler.sample(shots) if records else np.zeros((shots, 0), dtype=bool)
         bits = np.zeros((shots, circuit.num_clbits), dtype=bool)
         for record, clbit in enumerate(records):  # a later measurement overwrites its clbit

@@ -233,3 +233,18 @@ def test_bindings_array_pub_shape() -> None:
     values = BindingsArray({theta: np.zeros((2, 3))})
     data = sample_pub(SamplerPub(qc, values, 10), None, seed=None)
     assert data.meas.shape == (2, 3) and data.meas.num_shots == 10
+
+
+def test_parameter_expressions_are_evaluated_per_set() -> None:
+    theta = Parameter("θ")
+    qc = QuantumCircuit(1, 1)
+    qc.sx(0)
+    qc.rz(2 * theta + math.pi, 0)  # rz(π) at θ = 0, rz(2π) at θ = π/2
+    qc.sx(0)
+    qc.measure(0, 0)
+    data = sample_pub(pub(qc, 50, [[0.0], [math.pi / 2]]), None, seed=4)
+    assert data.c[0].get_counts() == {"0": 50} and data.c[1].get_counts() == {"1": 50}
+    from emulator.stim_sampler import pub_is_clifford
+
+    assert pub_is_clifford(pub(qc, 5, [[0.0], [math.pi / 4]]))  # 2θ = π/2
+    assert not pub_is_clifford(pub(qc, 5, [[0.0], [0.1]]))
