@@ -242,6 +242,8 @@ def _seconds(value: float) -> str:
         return f"{value / 3600:.1f} h"
     if value >= 120:
         return f"{value / 60:.0f} min"
+    if value < 1:
+        return f"{value * 1e3:.2g} ms"
     return f"{value:.3g} s"
 
 
