@@ -80,7 +80,7 @@ def _clear_caches() -> None:
     from emulator import backends, noise
 
     noise.pauli_noise_for.cache_clear()
-    noise._table.cache_clear()
+    noise.table_for.cache_clear()
     backends.device_noise_model_for.cache_clear()
 
 

@@ -225,6 +225,7 @@ def preprocess(
     sim_plan = simulation.plan(
         sampler_pubs, level=level, settings=settings, user_noise_model=user_noise is not None
     )
+    simulation.prepare(device_source, pub_qubits, sim_plan)
     return PreparedJob(
         program_id=program_id,
         device_source=device_source,

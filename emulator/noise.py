@@ -43,6 +43,7 @@ __all__ = [
     "PauliNoise",
     "pauli_noise_for",
     "pauli_twirl",
+    "table_for",
     "twirl_error",
     "twirl_readout",
 ]
@@ -289,21 +290,52 @@ class DeviceTable:
             self.gates, self.readout, self.covered = data
 
     def ensure(self, physical: Iterable[int]) -> None:
-        """Compute and store the errors of every instruction on ``physical`` not known yet."""
+        """Compute and store the errors of every instruction on ``physical`` not known yet.
+
+        With a cache file, another process (a classical lane, see :func:`emulator.simulation.
+        prepare`) may have computed them since this table was loaded: the file is read again
+        first, under a lock, so that each device's errors are computed once, not once per
+        worker.
+        """
         from . import noise_cache
-        from .backends import device_noise_model_for, device_target
+        from .backends import device_target
 
         live = set(physical)
         target = device_target(self.source)
         needed = {q for q in target.qargs or () if set(q) <= live}
         needed |= {(q,) for q in live}
-        missing = needed - self.covered
-        if not missing:
+        if not needed - self.covered:
             return
+        if self.path is None:
+            self._compute(needed - self.covered)
+            return
+        with noise_cache.locked(self.path):
+            if (data := noise_cache.load(self.path)) is not None:
+                self._merge(*data)
+            if missing := needed - self.covered:
+                self._compute(missing)
+                noise_cache.save(self.path, self.gates, self.readout, self.covered)
+
+    def _merge(
+        self,
+        gates: dict[str, dict[tuple[int, ...], np.ndarray]],
+        readout: dict[int, float],
+        covered: set[tuple[int, ...]],
+    ) -> None:
+        for name, per_qubits in gates.items():
+            self.gates.setdefault(name, {}).update(per_qubits)
+        self.readout.update(readout)
+        self.covered |= covered
+
+    def _compute(self, missing: set[tuple[int, ...]]) -> None:
+        from .backends import device_noise_model_for, device_target
+
+        target = device_target(self.source)
         qubits = tuple(sorted({q for qargs in missing for q in qargs}))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = device_noise_model_for(self.source, qubits)
+            # Uncached: the Aer model of 156 qubits is hundreds of MB and only its twirl is kept.
+            model = device_noise_model_for.__wrapped__(self.source, qubits)
         for name, per_qubits in model._local_quantum_errors.items():
             for local, error in per_qubits.items():
                 qargs = tuple(qubits[i] for i in local)
@@ -314,8 +346,6 @@ class DeviceTable:
         chosen = set(qubits)
         self.covered |= {q for q in target.qargs or () if set(q) <= chosen}
         self.covered |= {(q,) for q in chosen}
-        if self.path is not None:
-            noise_cache.save(self.path, self.gates, self.readout, self.covered)
 
     def restricted(self, physical: tuple[int, ...]) -> PauliNoise:
         """The table on ``physical``, renumbered ``0..n-1`` (call :meth:`ensure` first)."""
@@ -350,7 +380,8 @@ def _finite(value: float | None) -> float:
 
 
 @cache
-def _table(source: str, cache_dir: Path | None) -> DeviceTable:
+def table_for(source: str, cache_dir: Path | None) -> DeviceTable:
+    """This process's table of ``source`` (read from ``cache_dir`` when there is one)."""
     return DeviceTable(source, cache_dir)
 
 
@@ -360,6 +391,6 @@ def pauli_noise_for(
 ) -> PauliNoise:
     """The twirled device noise on ``physical`` (renumbered ``0..n-1``), cached per process;
     ``cache_dir`` keeps the device's table across starts (``None``: this process only)."""
-    table = _table(source, cache_dir)
+    table = table_for(source, cache_dir)
     table.ensure(physical)
     return table.restricted(physical)

@@ -16,11 +16,13 @@ that is recomputed later.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -28,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FORMAT", "default_cache_dir", "load", "save", "table_path"]
+__all__ = ["FORMAT", "default_cache_dir", "load", "locked", "save", "table_path"]
 
 log = logging.getLogger("emulator.noise")
 
@@ -67,6 +69,26 @@ def _key(source: str) -> str:
 def table_path(source: str, cache_dir: Path) -> Path:
     """Where ``source``'s table lives in ``cache_dir``."""
     return Path(cache_dir) / f"pauli-{source}-{_key(source)}.json"
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` (POSIX ``flock``), so that the lanes and the
+    QPU worker do not compute the same table at once. Without ``fcntl``, or when the lock file
+    cannot be made, no lock: duplicated work at worst."""
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_suffix(".lock"), "a+b")  # closed below, which unlocks
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()
 
 
 def load(path: Path) -> Table | None:

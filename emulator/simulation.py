@@ -1,12 +1,14 @@
 """How the QPU simulates a job: noise level, method, predicted cost, and the sampling itself.
 
-Two entry points, for any program whose executed circuits are ``SamplerPub``s compacted onto
+Entry points, for any program whose executed circuits are ``SamplerPub``s compacted onto
 their active qubits (the Sampler's, the Estimator's measurement circuits, executor items):
 
+- :func:`requested_level` (pre-processing): the level the job's options ask for.
 - :func:`plan` (pre-processing, a classical lane): choose each circuit's method and predict the
   job's simulation time from its shape alone (width, instructions, shots, parameter sets, noise
   level). A job predicted over the emulator's budget fails here, at once, naming what would fit
   (the ``pauli`` level, fewer shots, fewer qubits), instead of holding the one QPU for an hour.
+- :func:`prepare` (pre-processing): build the noise tables the QPU will read, in the lane.
 - :func:`run` (the QPU worker): sample the circuits by the plan and return one ``DataBin`` each.
 
 Methods. ``stim``: Clifford circuits (angles multiples of π/2 after binding) at the ``none`` or
@@ -45,6 +47,7 @@ __all__ = [
     "SimulationPlan",
     "SimulationSettings",
     "plan",
+    "prepare",
     "requested_level",
     "run",
 ]
@@ -245,6 +248,25 @@ def _seconds(value: float) -> str:
     if value < 1:
         return f"{value * 1e3:.2g} ms"
     return f"{value:.3g} s"
+
+
+def prepare(source: str, pub_qubits: Sequence[tuple[int, ...]], simulation: SimulationPlan) -> None:
+    """Build, in the calling classical lane, the twirled noise tables the QPU will read.
+
+    Only with a cache directory (the lanes and the QPU worker are different processes; the file
+    is how the table reaches the QPU): the first ``pauli`` job on a new part of a device then
+    costs a lane its seconds, not the one QPU. Without one, the QPU builds what it needs.
+    """
+    if simulation.level is not NoiseLevel.PAULI or simulation.cache_dir is None:
+        return
+    if simulation.user_noise_model:
+        return
+    from .noise import table_for
+
+    table = table_for(source, simulation.cache_dir)
+    for live in dict.fromkeys(tuple(q) for q in pub_qubits):
+        if live:
+            table.ensure(live)
 
 
 # ---------------------------------------------------------------------------------------------

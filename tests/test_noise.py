@@ -120,7 +120,7 @@ def test_device_table_is_built_per_qubit_set_and_kept_on_disk(
     def boom(*_: Any) -> None:
         raise AssertionError("recomputed a cached noise model")
 
-    monkeypatch.setattr("emulator.backends.device_noise_model_for", boom)
+    monkeypatch.setattr(noise.DeviceTable, "_compute", boom)
     again = noise.DeviceTable("manila", tmp_path)
     again.ensure((1, 0))
     sub = again.restricted((1, 0))  # renumbered: physical 1 is qubit 0
@@ -128,6 +128,23 @@ def test_device_table_is_built_per_qubit_set_and_kept_on_disk(
     assert sub.readout == (table.readout[1], table.readout[0])
     with pytest.raises(AssertionError, match="recomputed"):
         again.ensure((0, 1, 2))  # qubit 2 is not cached yet
+
+
+def test_a_table_sees_what_another_process_computed(tmp_path: Path) -> None:
+    """The QPU worker's table, loaded before a lane computed more qubits, reads the file again
+    instead of computing them a second time."""
+    qpu = noise.DeviceTable("manila", tmp_path)
+    lane = noise.DeviceTable("manila", tmp_path)
+    lane.ensure((3, 4))
+    assert (3, 4) not in qpu.covered
+    calls: list[Any] = []
+    original = noise.DeviceTable._compute
+    noise.DeviceTable._compute = lambda self, missing: calls.append(missing)  # type: ignore[method-assign]
+    try:
+        qpu.ensure((3, 4))
+    finally:
+        noise.DeviceTable._compute = original  # type: ignore[method-assign]
+    assert calls == [] and np.array_equal(qpu.gates["cx"][(3, 4)], lane.gates["cx"][(3, 4)])
 
 
 def test_unreadable_cache_file_is_ignored(tmp_path: Path) -> None:

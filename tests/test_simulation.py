@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -135,6 +137,34 @@ def test_plan_metadata() -> None:
     meta = p.metadata(seconds=0.25)
     assert meta["noise_level"] == "pauli" and meta["seconds"] == 0.25
     assert meta["methods"] == {"stim": 1, "density_matrix": 1}
+
+
+def test_pre_processing_builds_the_noise_table_the_qpu_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a cache directory, the lane builds the twirled table; the QPU worker (another
+    process: here, emptied caches) only reads it."""
+    from qiskit.transpiler import generate_preset_pass_manager
+    from qiskit_ibm_runtime.json import RuntimeEncoder
+
+    from emulator import noise
+    from emulator.backends import device_target
+    from emulator.classical import preprocess, sample
+
+    circuit = generate_preset_pass_manager(1, target=device_target("manila")).run(ghz(3))
+    params = json.dumps({"pubs": [pub(circuit, 100)], "version": 2}, cls=RuntimeEncoder)
+    settings = SimulationSettings(noise=NoiseLevel.PAULI, cache_dir=tmp_path)
+    prepared = preprocess("sampler", params, "manila", settings=settings)
+    assert list(tmp_path.glob("pauli-manila-*.json"))
+    noise.table_for.cache_clear()
+    noise.pauli_noise_for.cache_clear()
+
+    def boom(*_: Any) -> None:
+        raise AssertionError("the QPU computed a noise table")
+
+    monkeypatch.setattr(noise.DeviceTable, "_compute", boom)
+    counts = sample(prepared).data[0].meas.get_counts()
+    assert sum(counts.values()) == 100
 
 
 def test_aer_out_of_memory_fails_cleanly() -> None:
