@@ -44,7 +44,7 @@ ACCURACY_SHOTS = 4000
 def _isa(circuit: Any) -> Any:
     from qiskit.transpiler import generate_preset_pass_manager
 
-    from emulator.backends import device_target
+    from emulator.targets import device_target
 
     pm = generate_preset_pass_manager(
         optimization_level=1, target=device_target(FEZ), seed_transpiler=1
@@ -77,11 +77,11 @@ def _params(pubs: list[Any], level: str, shots: int | None = None, **options: An
 
 
 def _clear_caches() -> None:
-    from emulator import backends, noise
+    from emulator import noise, targets
 
     noise.pauli_noise_for.cache_clear()
     noise.table_for.cache_clear()
-    backends.device_noise_model_for.cache_clear()
+    targets.device_noise_model_for.cache_clear()
 
 
 def table(cache: Path, cold: bool) -> dict[str, Any]:

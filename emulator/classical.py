@@ -30,13 +30,9 @@ from typing import TYPE_CHECKING, Any
 from aioruntime.protocol import PROGRAMS, ErrorCode, dumps
 
 from . import estimation, simulation
-from .backends import (
-    device_limits,
-    device_target,
-    restrict_noise_model,
-    served_name,
-)
+from .backends import device_limits, served_name
 from .simulation import SimulationPlan, SimulationSettings
+from .targets import device_target, restrict_noise_model
 from .timing import TimingParams, circuit_duration_s, quantum_seconds, subjob_count
 from .validation import (
     DEFAULT_PRECISION,

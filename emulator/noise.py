@@ -298,7 +298,7 @@ class DeviceTable:
         worker.
         """
         from . import noise_cache
-        from .backends import device_target
+        from .targets import device_target
 
         live = set(physical)
         target = device_target(self.source)
@@ -328,7 +328,7 @@ class DeviceTable:
         self.covered |= covered
 
     def _compute(self, missing: set[tuple[int, ...]]) -> None:
-        from .backends import device_noise_model_for, device_target
+        from .targets import device_noise_model_for, device_target
 
         target = device_target(self.source)
         qubits = tuple(sorted({q for qargs in missing for q in qargs}))
@@ -349,7 +349,7 @@ class DeviceTable:
 
     def restricted(self, physical: tuple[int, ...]) -> PauliNoise:
         """The table on ``physical``, renumbered ``0..n-1`` (call :meth:`ensure` first)."""
-        from .backends import device_target
+        from .targets import device_target
 
         index = {p: i for i, p in enumerate(physical)}
         gates: dict[str, dict[tuple[int, ...], np.ndarray]] = {}

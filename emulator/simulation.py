@@ -342,7 +342,7 @@ def _aer_noise(
         return None
     if simulation.level is NoiseLevel.PAULI:
         return _pauli_noise(source, live, simulation).to_aer()
-    from .backends import device_noise_model_for
+    from .targets import device_noise_model_for
 
     return device_noise_model_for(source, live)
 

@@ -39,7 +39,7 @@ def warm(sources: tuple[str, ...]) -> None:
     import stim  # noqa: F401
 
     from . import classical, estimation, simulation, stim_sampler  # noqa: F401
-    from .backends import device_target
+    from .targets import device_target
 
     for source in sources:
         device_target(source)

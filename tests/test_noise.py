@@ -23,9 +23,9 @@ from qiskit_aer.noise import (
 from qiskit_aer.primitives import SamplerV2 as AerSampler
 
 from emulator import noise, noise_cache
-from emulator.backends import device_noise_model_for
 from emulator.noise import PauliNoise, pauli_labels, pauli_twirl, twirl_error, twirl_readout
 from emulator.stim_sampler import clifford_ops, is_clifford, sample_pub, to_stim
+from emulator.targets import device_noise_model_for
 
 
 def probs_by_label(probs: np.ndarray) -> dict[str, float]:

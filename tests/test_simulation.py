@@ -148,8 +148,8 @@ def test_pre_processing_builds_the_noise_table_the_qpu_reads(
     from qiskit_ibm_runtime.json import RuntimeEncoder
 
     from emulator import noise
-    from emulator.backends import device_target
     from emulator.classical import preprocess, sample
+    from emulator.targets import device_target
 
     circuit = generate_preset_pass_manager(1, target=device_target("manila")).run(ghz(3))
     params = json.dumps({"pubs": [pub(circuit, 100)], "version": 2}, cls=RuntimeEncoder)
