@@ -81,6 +81,9 @@ class ClientConfig:
     read_timeout_s: float = 300.0
     submit_timeout_s: float = 900.0
     retries: int = 5
+    #: Of those, at most this many for refused connections (the official ``retries_connect``),
+    #: and only to a server that has answered before: a never-reached one fails at once.
+    connect_retries: int = 3
     backoff_s: float = 0.5
     client_application: str = f"aioruntime-{VERSION}"
 

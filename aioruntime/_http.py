@@ -1,10 +1,12 @@
-"""Transport: the only module that touches HTTP.
+"""``ApiClient``: the Runtime API over a transport.
 
-:class:`Transport` owns the one ``aiohttp.ClientSession`` (one connection pool) of a service,
-adds the headers the official client sends (spec 1.3), retries like it does (spec 1.4: 5xx in
-the force list and connection failures, POST included, exponential backoff) and turns every
-failure into the :mod:`aioruntime.errors` tree. It also sends the IAM token request, on behalf of
-its :class:`~aioruntime._auth.TokenManager`.
+:class:`ApiClient` adds the headers the official client sends (spec 1.3), trades the API key for
+an IAM token (on behalf of its :class:`~aioruntime._auth.TokenManager`), retries like the
+official client (spec 1.4: 5xx in the force list, POST included, ``Retry-After`` answers, lost
+connections, exponential backoff; see :meth:`ApiClient._send`), except that a server never
+reached fails at once, and turns every failure into the :mod:`aioruntime.errors` tree. The bytes go
+through an :class:`~aioruntime._transport.AsyncTransport` (aiohttp unless the service was given
+another one), which is where HTTP itself lives.
 
 The configuration it runs on is :class:`~aioruntime._config.ClientConfig`; both it and the token
 manager are re-exported here.
@@ -16,7 +18,8 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import Mapping, Sequence
+import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -25,22 +28,23 @@ import aiohttp
 from . import protocol as p
 from ._auth import TokenManager, _token_lifetime
 from ._config import VERSION, ClientConfig
+from ._transport import AiohttpTransport, AsyncTransport, Params, Request, Response
 from .errors import (
     ApiError,
+    ConnectError,
+    ConnectionLostError,
     NotAuthorizedError,
     RateLimitError,
-    RequestTimeoutError,
     ServiceClosedError,
-    TransportError,
     api_error_class,
 )
 
 __all__ = [
     "VERSION",
+    "ApiClient",
     "ClientConfig",
     "Response",
     "TokenManager",
-    "Transport",
     "TransportStatistics",
 ]
 
@@ -48,34 +52,14 @@ log = logging.getLogger("aioruntime.http")
 
 #: Statuses the official client retries, POST included (``api/session.py: STATUS_FORCELIST``).
 RETRY_STATUSES: Final = frozenset({500, 502, 503, 504, 520, 521, 522, 524})
+#: Statuses urllib3 retries when they carry ``Retry-After`` (``Retry.RETRY_AFTER_STATUS_CODES``),
+#: for the methods it retries at all (``Retry.DEFAULT_ALLOWED_METHODS``: not POST, not PATCH).
+RETRY_AFTER_STATUSES: Final = frozenset({413, 429, 503})
+RETRY_AFTER_METHODS: Final = frozenset({"DELETE", "GET", "HEAD", "OPTIONS", "PUT", "TRACE"})
 
 IAM_TIMEOUT_S: Final = 60.0  # the ibm-cloud-sdk-core default
 
-Params = Sequence[tuple[str, str]] | Mapping[str, str] | None
 ErrorMap = Mapping[int, tuple[type[ApiError], Mapping[str, Any]]]
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    method: str
-    url: str
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-    def text(self) -> str:
-        return self.body.decode("utf-8", errors="replace")
-
-    def json(self) -> Any:
-        """Plain JSON (for bodies that carry no RuntimeEncoder values)."""
-        try:
-            return json.loads(self.body) if self.body else None
-        except ValueError as exc:
-            raise TransportError(
-                f"{self.method} {self.url} answered {self.status} with a body that is not JSON",
-                method=self.method,
-                url=self.url,
-            ) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,47 +99,47 @@ def parse_error_body(body: bytes) -> tuple[str | None, int | None]:
     return None, None
 
 
-class Transport:
-    """One ``aiohttp.ClientSession`` and the Runtime API's headers, retries and errors."""
+class ApiClient:
+    """The Runtime API over one :class:`~aioruntime._transport.AsyncTransport`: headers, the
+    IAM token, the official retry policy and the error tree.
 
-    def __init__(self, config: ClientConfig) -> None:
+    Lifecycle: :meth:`open` before the first request, :meth:`aclose` once (it closes the
+    transport too); requests outside that window raise :class:`ServiceClosedError`.
+    """
+
+    def __init__(self, config: ClientConfig, transport: AsyncTransport | None = None) -> None:
         self.config = config
-        self._session: aiohttp.ClientSession | None = None
+        self.transport: AsyncTransport = transport or AiohttpTransport(
+            max_connections=config.max_connections,
+            connect_timeout_s=config.connect_timeout_s,
+            read_timeout_s=config.read_timeout_s,
+            user_agent=f"aioruntime/{VERSION} aiohttp/{aiohttp.__version__}",
+        )
         self.tokens = TokenManager(self._fetch_token)
+        self._opened = False
+        self._closed = False
+        #: Origins (scheme://host:port) that have answered at least once.
+        self._reached: set[str] = set()
         self._requests = 0
         self._in_flight = 0
         self._retries = 0
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def _check_open(self) -> None:
+        if not self._opened:
             raise ServiceClosedError(
                 "The AsyncRuntimeService is not open yet: use "
                 "`async with AsyncRuntimeService(...) as service:` or `await service.open()`."
             )
-        if self._session.closed:
+        if self._closed:
             raise ServiceClosedError("The AsyncRuntimeService has been closed.")
-        return self._session
 
     async def open(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self.config.max_connections)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                sock_connect=self.config.connect_timeout_s,
-                sock_read=self.config.read_timeout_s,
-            ),
-            headers={"User-Agent": f"aioruntime/{VERSION} aiohttp/{aiohttp.__version__}"},
-            # The official client sends Accept only where it asks for JSON (spec 1.3).
-            skip_auto_headers=("Accept",),
-            raise_for_status=False,
-        )
+        self._opened = True
 
     async def aclose(self) -> None:
+        self._closed = True
         await self.tokens.aclose()
-        if self._session is not None:
-            await self._session.close()
+        await self.transport.aclose()
 
     def statistics(self) -> TransportStatistics:
         return TransportStatistics(
@@ -177,7 +161,8 @@ class Transport:
         }
         headers = {"Accept": "application/json"}
         response = await self._send(
-            "POST", url, headers=headers, data=form, read_timeout=IAM_TIMEOUT_S, idempotent=False
+            Request(method="POST", url=url, headers=headers, body=form, read_timeout=IAM_TIMEOUT_S),
+            idempotent=False,
         )
         if response.status >= 400:
             message, _ = parse_error_body(response.body)
@@ -216,12 +201,14 @@ class Transport:
 
         Raises :class:`TransportError` when no answer came, an :class:`ApiError` subclass for an
         error status (``errors`` maps a status to a more specific class and its extra keyword
-        arguments, e.g. ``{404: (JobNotFoundError, {"job_id": ...})}``).
+        arguments, e.g. ``{404: (JobNotFoundError, {"job_id": ...})}``), and
+        :class:`ServiceClosedError` outside ``open()`` … ``aclose()``.
 
         ``idempotency_key`` (for ``POST /jobs``) is sent as ``Idempotency-Key``: a server that
         honours it (the emulator does; IBM ignores unknown headers) returns the first job for a
         repeated submission, which makes a POST safe to retry after a dropped connection.
         """
+        self._check_open()
         url = self.url(path)
         refreshed = False
         while True:
@@ -238,14 +225,16 @@ class Transport:
                 headers["Content-Type"] = "application/json"
             if idempotency_key is not None:
                 headers[p.HEADER_IDEMPOTENCY_KEY] = idempotency_key
-            response = await self._send(
-                method,
-                url,
-                params=params,
+            request = Request(
+                method=method,
+                url=url,
                 headers=headers,
-                data=body,
+                params=params,
+                body=body,
                 read_timeout=read_timeout,
-                idempotent=method != "POST" or idempotency_key is not None,
+            )
+            response = await self._send(
+                request, idempotent=method != "POST" or idempotency_key is not None
             )
             if response.status == 401 and not refreshed:
                 # The token may have been revoked or the server restarted with a new secret:
@@ -279,69 +268,48 @@ class Transport:
             **kwargs,
         )
 
-    async def _send(
-        self,
-        method: str,
-        url: str,
-        *,
-        headers: dict[str, str],
-        params: Params = None,
-        data: str | Mapping[str, str] | None = None,
-        read_timeout: float | None = None,
-        idempotent: bool,
-    ) -> Response:
-        """One request with the official retry policy; returns any HTTP answer (also 4xx)."""
-        attempt = 0
-        extra: dict[str, Any] = {}
-        if read_timeout is not None:
-            extra["timeout"] = aiohttp.ClientTimeout(
-                total=None, sock_connect=self.config.connect_timeout_s, sock_read=read_timeout
-            )
+    async def _send(self, request: Request, *, idempotent: bool) -> Response:
+        """One request with the official retry policy; returns any HTTP answer (also 4xx).
+
+        Retried, with exponential backoff, at most ``config.retries`` times: the 5xx of
+        ``RETRY_STATUSES`` (POST included, as the official client); 413/429/503 carrying
+        ``Retry-After`` for the methods urllib3 retries (not POST, not PATCH), waiting as long
+        as the server asks (up to 60 s); a connection lost after sending, for idempotent
+        requests; a refused connection, up to ``config.connect_retries`` times, but only to a
+        server that has answered before (one restarting). A server never reached (wrong URL,
+        not started) fails at once with :class:`ConnectError`: retrying would only delay the
+        error by the whole backoff (15 s by default).
+        """
+        origin = _origin(request.url)
+        attempt = connects = 0
         while True:
             self._requests += 1
             self._in_flight += 1
             try:
-                async with self.session.request(
-                    method,
-                    url,
-                    params=params,
-                    data=data,
-                    headers=headers,
-                    **extra,
-                ) as resp:
-                    body = await resp.read()
-                    response = Response(method, url, resp.status, resp.headers, body)
-            except TimeoutError as exc:
-                raise RequestTimeoutError(
-                    f"{method} {url} timed out", method=method, url=url
-                ) from exc
-            except aiohttp.ClientConnectorError as exc:
-                # Nothing was sent: safe to retry for every method.
-                if attempt < self.config.retries:
+                response = await self.transport.send(request)
+            except ConnectError as exc:
+                if origin not in self._reached:
+                    raise ConnectError(
+                        f"{exc} (not retried: {origin} has never answered; is the URL right "
+                        "and the server running?)",
+                        method=request.method,
+                        url=request.url,
+                    ) from (exc.__cause__ or exc)
+                if connects < self.config.connect_retries and attempt < self.config.retries:
+                    connects += 1
                     attempt = await self._backoff(attempt, None)
                     continue
-                raise TransportError(
-                    f"cannot connect for {method} {url}: {exc}", method=method, url=url
-                ) from exc
-            except (
-                aiohttp.ServerDisconnectedError,
-                aiohttp.ClientOSError,
-                aiohttp.ClientPayloadError,
-            ) as exc:
-                # The request may have arrived: only idempotent methods are retried.
+                raise
+            except ConnectionLostError:
+                # The request may have arrived: only idempotent requests are retried.
                 if idempotent and attempt < self.config.retries:
                     attempt = await self._backoff(attempt, None)
                     continue
-                raise TransportError(
-                    f"{method} {url} failed: {exc!r}", method=method, url=url
-                ) from exc
-            except aiohttp.ClientError as exc:
-                raise TransportError(
-                    f"{method} {url} failed: {exc!r}", method=method, url=url
-                ) from exc
+                raise
             finally:
                 self._in_flight -= 1
-            if response.status in RETRY_STATUSES and attempt < self.config.retries:
+            self._reached.add(origin)
+            if attempt < self.config.retries and _worth_retrying(request.method, response):
                 attempt = await self._backoff(attempt, _retry_after(response.headers))
                 continue
             return response
@@ -353,6 +321,21 @@ class Transport:
             delay = max(delay, min(retry_after, 60.0))
         await asyncio.sleep(delay * random.uniform(0.8, 1.2))
         return attempt + 1
+
+
+def _origin(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _worth_retrying(method: str, response: Response) -> bool:
+    if response.status in RETRY_STATUSES:
+        return True
+    return (
+        response.status in RETRY_AFTER_STATUSES
+        and method in RETRY_AFTER_METHODS
+        and _retry_after(response.headers) is not None
+    )
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

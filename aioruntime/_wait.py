@@ -38,7 +38,7 @@ from typing import Any, Final
 import anyio
 
 from . import protocol as p
-from ._http import ClientConfig, Transport
+from ._http import ApiClient, ClientConfig
 from ._tasks import _retrieve
 from .errors import ApiError, JobNotFoundError, ServiceClosedError, TransportError
 
@@ -94,8 +94,8 @@ class _SharedWait:
 class JobWaits:
     """Shared, bounded waiting for jobs to reach a final state (see the module docstring)."""
 
-    def __init__(self, transport: Transport, config: ClientConfig) -> None:
-        self._transport = transport
+    def __init__(self, api: ApiClient, config: ClientConfig) -> None:
+        self._api = api
         self._config = config
         self._limiter: anyio.CapacityLimiter | None = None
         self._waits: dict[str, _SharedWait] = {}
@@ -188,7 +188,7 @@ class JobWaits:
 
     async def _fetch_capabilities(self) -> None:
         try:
-            body = await self._transport.get_json(p.EXT_CAPABILITIES)
+            body = await self._api.get_json(p.EXT_CAPABILITIES)
         except ApiError:
             body = None  # real IBM: 404. Any refusal means "no extensions".
         except TransportError:
@@ -208,7 +208,7 @@ class JobWaits:
         while True:
             async with self._limiter:
                 self.requests += 1
-                response = await self._transport.request(
+                response = await self._api.request(
                     "GET",
                     path,
                     params={"timeout": f"{slice_s:g}"},
@@ -227,7 +227,7 @@ class JobWaits:
         while True:
             async with self._limiter:
                 self.requests += 1
-                job = await self._transport.get_json(
+                job = await self._api.get_json(
                     path, params={"exclude_params": "true"}, errors=self._not_found(job_id)
                 )
             if job_status_of(job)[0] in FINAL_STATUSES:

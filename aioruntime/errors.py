@@ -7,6 +7,8 @@ carrying the job id); or the caller misused the API and nothing was sent (:class
 
     AioRuntimeError
     ├── TransportError                  no usable HTTP answer (connect, reset, bad body)
+    │   ├── ConnectError                    no connection was made; nothing was sent
+    │   ├── ConnectionLostError             the connection broke; the request may have arrived
     │   └── RequestTimeoutError             a per-request timeout expired  (also TimeoutError)
     ├── ApiError                        the server answered 4xx/5xx: .status .code .message
     │   ├── BadRequestError                 400 and other 4xx without a class of their own
@@ -61,6 +63,8 @@ __all__ = [
     "BackendNotFoundError",
     "BadRequestError",
     "ClosedError",
+    "ConnectError",
+    "ConnectionLostError",
     "InputValueError",
     "InvalidStateError",
     "JobCancelledError",
@@ -98,6 +102,16 @@ class TransportError(AioRuntimeError):
         super().__init__(message)
         self.method = method
         self.url = url
+
+
+class ConnectError(TransportError):
+    """No connection could be made (refused, DNS failure, unreachable network): nothing was
+    sent, so any request may be sent again. Raised at once when the server was never reached."""
+
+
+class ConnectionLostError(TransportError):
+    """The connection broke after the request was sent, or while the answer was read: the
+    server may have acted on it. Only idempotent requests are sent again."""
 
 
 class RequestTimeoutError(TransportError, TimeoutError):

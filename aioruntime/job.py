@@ -1,7 +1,8 @@
-"""``AsyncRuntimeJob``, the awaitable job handle.
+"""``AsyncRuntimeJob``, the awaitable job handle, and :func:`job_from_json`, which builds one
+from a job body of ``GET /jobs/{id}`` or ``GET /jobs``.
 
 A handle does not wait by itself: ``await job``, :meth:`AsyncRuntimeJob.wait` and
-:meth:`AsyncRuntimeJob.result` go through the service's :class:`~aioruntime._wait.JobWaits`
+:meth:`AsyncRuntimeJob.result` go through its context's :class:`~aioruntime._wait.JobWaits`
 (one shared, bounded waiter per job id; long-poll when the server offers it, polling with
 backoff otherwise; see :mod:`aioruntime._wait`). Cancelling an awaiter never cancels the job.
 """
@@ -28,10 +29,10 @@ from .errors import (
 if TYPE_CHECKING:
     from qiskit.primitives.containers import PrimitiveResult
 
-    from .backend import AsyncBackend
-    from .service import AsyncRuntimeService
+    from ._context import ClientContext
+    from .backend import AsyncBackend, BackendCatalog
 
-__all__ = ["FINAL_STATUSES", "AsyncRuntimeJob", "JobWaits", "WaitStatistics"]
+__all__ = ["FINAL_STATUSES", "AsyncRuntimeJob", "JobWaits", "WaitStatistics", "job_from_json"]
 
 _UNSET: Any = object()
 
@@ -50,7 +51,7 @@ class AsyncRuntimeJob:
     def __init__(
         self,
         *,
-        service: AsyncRuntimeService,
+        context: ClientContext,
         job_id: str,
         program_id: str,
         backend: AsyncBackend | None = None,
@@ -61,7 +62,7 @@ class AsyncRuntimeJob:
         creation_date: str | None = None,
         image: str | None = None,
     ) -> None:
-        self._service = service
+        self._context = context
         self._job_id = job_id
         self._program_id = program_id
         self._backend = backend
@@ -74,6 +75,7 @@ class AsyncRuntimeJob:
         self._status = "INITIALIZING"
         self._reason: str | None = None
         self._reason_code: int | None = None
+        self._estimate: float | None = None
         self._result: Any = _UNSET
         self._result_lock = asyncio.Lock()
 
@@ -153,19 +155,38 @@ class AsyncRuntimeJob:
             self._creation_date = str(job["created"])
         if job.get("backend") and not self._backend_name:
             self._backend_name = str(job["backend"])
+        if isinstance(estimate := job.get("estimated_running_time_seconds"), (int, float)):
+            self._estimate = float(estimate)
+
+    async def _refresh(self) -> Mapping[str, Any]:
+        """``GET /jobs/{id}`` (without params), folded into this handle."""
+        job: Mapping[str, Any] = await self._context.api.get_json(
+            p.path(p.JOB, job_id=self._job_id),
+            params={"exclude_params": "true"},
+            errors={404: (JobNotFoundError, {"job_id": self._job_id})},
+        )
+        self._update(job)
+        return job
 
     async def status(self) -> str:
         """The official status name: INITIALIZING, QUEUED, RUNNING, DONE, CANCELLED or ERROR.
 
         Final statuses are cached; until then each call is one ``GET /jobs/{id}``."""
         if self._status not in FINAL_STATUSES:
-            job = await self._service._http.get_json(
-                p.path(p.JOB, job_id=self._job_id),
-                params={"exclude_params": "true"},
-                errors={404: (JobNotFoundError, {"job_id": self._job_id})},
-            )
-            self._update(job)
+            await self._refresh()
         return self._status
+
+    async def usage_estimation(self) -> dict[str, Any]:
+        """The official ``usage_estimation``: ``{"quantum_seconds": s}``, the server's estimate
+        of the time the QPU is dedicated to the job (``estimated_running_time_seconds`` of
+        ``GET /jobs/{id}``); ``s`` is None while the server has no estimate yet.
+
+        Any job body seen before (``service.job()``, the wait for the result) already carries
+        it, so this often sends nothing. Once known it is kept; unlike the official property,
+        an answer without an estimate is not kept, so a later call asks again."""
+        if self._estimate is None:
+            await self._refresh()
+        return {"quantum_seconds": self._estimate}
 
     async def wait(self, timeout: float | None = None) -> str:  # noqa: ASYNC109
         """Wait until the job is final and return its status (does not raise for failures).
@@ -183,7 +204,7 @@ class AsyncRuntimeJob:
 
     async def _wait_final(self) -> None:
         if self._status not in FINAL_STATUSES:
-            self._update(await self._service._waits.wait_final(self._job_id))
+            self._update(await self._context.waits.wait_final(self._job_id))
 
     def _timeout_error(self, timeout: float | None) -> JobTimeoutError:
         return JobTimeoutError(
@@ -219,13 +240,13 @@ class AsyncRuntimeJob:
         await self._raise_for_outcome()
         async with self._result_lock:  # concurrent awaiters of this handle decode once
             if self._result is _UNSET:
-                response = await self._service._http.request(
+                response = await self._context.api.request(
                     "GET",
                     p.path(p.JOB_RESULTS, job_id=self._job_id),
                     accept_json=False,
                     errors={404: (JobNotFoundError, {"job_id": self._job_id})},
                 )
-                self._result = await self._service._decode(response.body) if response.body else None
+                self._result = await self._context.decode(response.body) if response.body else None
         return self._result
 
     async def _raise_for_outcome(self) -> None:
@@ -251,7 +272,7 @@ class AsyncRuntimeJob:
         """The error text the server keeps in ``/results`` for failed jobs (from the last
         ``Traceback`` on, as the official client cuts it)."""
         try:
-            response = await self._service._http.request(
+            response = await self._context.api.request(
                 "GET", p.path(p.JOB_RESULTS, job_id=self._job_id), accept_json=False
             )
         except ApiError:
@@ -278,7 +299,7 @@ class AsyncRuntimeJob:
 
         Raises :class:`InvalidStateError` when the job is already final (409). Like the official
         client, the local status becomes CANCELLED without re-reading the job."""
-        await self._service._http.request(
+        await self._context.api.request(
             "POST",
             p.path(p.JOB_CANCEL, job_id=self._job_id),
             accept_json=False,
@@ -291,7 +312,7 @@ class AsyncRuntimeJob:
 
     async def metrics(self) -> dict[str, Any]:
         """``GET /jobs/{id}/metrics``: timestamps, usage and more."""
-        body = await self._service._http.get_json(
+        body = await self._context.api.get_json(
             p.path(p.JOB_METRICS, job_id=self._job_id),
             errors={404: (JobNotFoundError, {"job_id": self._job_id})},
         )
@@ -307,7 +328,7 @@ class AsyncRuntimeJob:
     async def logs(self) -> str:
         """``GET /jobs/{id}/logs`` (an empty string when the server has none)."""
         try:
-            response = await self._service._http.request(
+            response = await self._context.api.request(
                 "GET", p.path(p.JOB_LOGS, job_id=self._job_id), accept_json=False
             )
         except ApiError as exc:
@@ -318,12 +339,12 @@ class AsyncRuntimeJob:
 
     async def inputs(self) -> dict[str, Any]:
         """The job's decoded ``params`` (``GET /jobs/{id}`` with params, decoded off the loop)."""
-        response = await self._service._http.request(
+        response = await self._context.api.request(
             "GET",
             p.path(p.JOB, job_id=self._job_id),
             errors={404: (JobNotFoundError, {"job_id": self._job_id})},
         )
-        job = await self._service._decode(response.body)
+        job = await self._context.decode(response.body)
         params = job.get("params") if isinstance(job, dict) else None
         return dict(params or {})
 
@@ -331,7 +352,7 @@ class AsyncRuntimeJob:
         """Replace the job's tags (``PUT /jobs/{id}/tags``, exactly 204) and re-read them."""
         if not isinstance(new_tags, list) or not all(isinstance(t, str) for t in new_tags):
             raise InputValueError("job tags must be a list of strings")
-        response = await self._service._http.request(
+        response = await self._context.api.request(
             "PUT",
             p.path(p.JOB_TAGS, job_id=self._job_id),
             body=p.dumps({"tags": list(dict.fromkeys(new_tags))}),
@@ -343,8 +364,29 @@ class AsyncRuntimeJob:
                 f"Updating the tags of job {self._job_id} answered {response.status}, not 204.",
                 status=response.status,
             )
-        job = await self._service._http.get_json(
-            p.path(p.JOB, job_id=self._job_id), params={"exclude_params": "true"}
-        )
+        job = await self._refresh()
         self._tags = [str(t) for t in job.get("tags") or []]
         return list(self._tags)
+
+
+async def job_from_json(raw: Mapping[str, Any], backends: BackendCatalog) -> AsyncRuntimeJob:
+    """A handle for the job body ``raw`` (from ``GET /jobs/{id}`` or a ``GET /jobs`` page), with
+    its backend loaded through ``backends`` (None when the backend is gone, as for a job on a
+    retired device), and its state when the body carries one."""
+    program = raw.get("program")
+    backend_name = raw.get("backend")
+    job = AsyncRuntimeJob(
+        context=backends.context,
+        job_id=str(raw["id"]),
+        program_id=str(program.get("id", "")) if isinstance(program, Mapping) else "",
+        backend=await backends.get_or_none(backend_name),
+        backend_name=backend_name,
+        session_id=raw.get("session_id"),
+        tags=list(raw.get("tags") or []),
+        private=bool(raw.get("private", False)),
+        creation_date=raw.get("created"),
+        image=raw.get("runtime"),
+    )
+    if isinstance(raw.get("state"), Mapping):
+        job._update(raw)
+    return job

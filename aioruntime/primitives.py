@@ -25,8 +25,10 @@ sending can be retried without risking a second job. The official client retries
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
+import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
@@ -36,7 +38,7 @@ from qiskit.primitives.containers.sampler_pub import SamplerPub
 from qiskit_ibm_runtime.options import EstimatorOptions, SamplerOptions
 
 from . import protocol as p
-from .errors import InputValueError, ProgramNotFoundError
+from .errors import BackendNotFoundError, InputValueError, ProgramNotFoundError
 from .job import AsyncRuntimeJob
 from .session import _ExecutionMode, current_mode
 
@@ -44,9 +46,10 @@ if TYPE_CHECKING:
     from qiskit.primitives.containers.estimator_pub import EstimatorPubLike
     from qiskit.primitives.containers.sampler_pub import SamplerPubLike
 
+    from ._context import ClientContext
     from .backend import AsyncBackend
 
-__all__ = ["AsyncEstimatorV2", "AsyncSamplerV2"]
+__all__ = ["AsyncEstimatorV2", "AsyncSamplerV2", "preflight"]
 
 log = logging.getLogger("aioruntime.primitives")
 
@@ -55,6 +58,26 @@ OptionsT = TypeVar("OptionsT", SamplerOptions, EstimatorOptions)
 
 def _input_error(exc: Exception) -> InputValueError:
     return InputValueError(str(exc))
+
+
+async def preflight(context: ClientContext, backend: AsyncBackend) -> None:
+    """The official client's checks before every job (only with ``preflight_checks``): warn
+    when the instance has used up its time or the backend is not active. Never raises for
+    what it finds; request failures propagate."""
+    usage, status = await asyncio.gather(context.api.get_json(p.INSTANCES_USAGE), backend.status())
+    if (usage or {}).get("usage_limit_reached"):
+        warnings.warn(
+            "This instance has met its usage limit; workloads will not run until time is "
+            "made available.",
+            UserWarning,
+            stacklevel=3,
+        )
+    if status["operational"] and status["status_msg"] != "active":
+        warnings.warn(
+            f"The backend {backend.name} currently has a status of {status['status_msg']}.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 class _AsyncPrimitive(Generic[OptionsT]):
@@ -206,24 +229,24 @@ class _AsyncPrimitive(Generic[OptionsT]):
         return p.dumps(payload), runtime
 
     async def _submit(self, pubs: Iterable[Any], default: Any) -> AsyncRuntimeJob:
-        service = self._backend.service
-        service._require_open()
+        context = self._backend.context
+        context.require_open()
         pub_list = list(pubs)
         options = replace(self._options)  # a snapshot: later changes don't affect this job
         session_id = await self._mode._session_id_for_job() if self._mode is not None else None
-        body, runtime = await service._to_thread(
+        body, runtime = await context.run_sync(
             self._prepare, pub_list, default, options, session_id
         )
-        if service.config.preflight_checks:
-            await service._preflight(self._backend)
+        if context.config.preflight_checks:
+            await preflight(context, self._backend)
         # No Accept header: the official ``program_run`` sends only Content-Type (spec 1.3 lists
         # Accept on POST /jobs too, but that is the client's header leak; the client wins).
-        response = await service._http.request(
+        response = await context.api.request(
             "POST",
             p.JOBS,
             body=body,
             accept_json=False,
-            read_timeout=service.config.submit_timeout_s,
+            read_timeout=context.config.submit_timeout_s,
             errors={404: (ProgramNotFoundError, {})},
             idempotency_key=uuid.uuid4().hex,
         )
@@ -231,9 +254,12 @@ class _AsyncPrimitive(Generic[OptionsT]):
         backend_name = str(answer.get("backend") or self._backend.name)
         backend = self._backend
         if backend_name != self._backend.name:  # the server moved it: load that backend
-            backend = await service._backend_or_none(backend_name) or self._backend
+            try:
+                backend = await self._backend.service.backend(backend_name)
+            except BackendNotFoundError:
+                pass
         return AsyncRuntimeJob(
-            service=service,
+            context=context,
             job_id=str(answer["id"]),
             program_id=self._program_id,
             backend=backend,

@@ -200,6 +200,8 @@ class ErrorCode(enum.IntEnum):
     EXECUTION_FAILED = 1517
     #: A worker process died under the job, or the emulator restarted with the job in flight.
     EMULATOR_FAULT = 1519
+    #: Chosen: the emulator's store could not save a change (e.g. a full disk); nothing changed.
+    STORAGE_UNAVAILABLE = 1520
 
 
 def error_body(code: int, message: str, status: int, *, more_info: str = "") -> dict[str, Any]:

@@ -1,6 +1,9 @@
-"""``AsyncRuntimeService``: the entry point. Owns the HTTP connection pool, the IAM token, the
-waiting machinery and a cache of backends (:class:`~aioruntime.backend.AsyncBackend`, loaded by
-:mod:`aioruntime.backend`).
+"""``AsyncRuntimeService``: the entry point, and the public facade over what it owns.
+
+It owns one :class:`~aioruntime._context.ClientContext` (transport, IAM token, waiters, codec
+runner, lifecycle) and one :class:`~aioruntime.backend.BackendCatalog`. Everything it hands out
+(backends, jobs, and through them sessions and primitives) holds that context, never the
+service: no handle calls back into this module.
 
 Usage::
 
@@ -19,53 +22,29 @@ Differences from the official ``QiskitRuntimeService`` (0.51.0), and why:
   every ``backend()`` call but caches configurations); the first ``backend(name)`` lists
   ``/backends``, then reads ``/configuration`` and ``/properties`` and builds the ``Target`` off
   the event loop.
-* ``jobs()`` is an async iterator that fetches pages lazily.
+* ``jobs()`` is awaitable (a list, as the official one) and also async-iterable, fetching
+  pages as it goes.
 """
 
 from __future__ import annotations
 
-import asyncio
-import enum
-import logging
-import os
-import warnings
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal, TypeVar
-
-import anyio
-import anyio.to_thread
+from typing import Any, Literal
 
 from . import protocol as p
-from ._http import ClientConfig, Transport, TransportStatistics
-from ._tasks import _retrieve
-from ._wait import JobWaits, WaitStatistics
-from .backend import AsyncBackend, load_backend
-from .errors import (
-    BackendNotFoundError,
-    InputValueError,
-    JobNotFoundError,
-    ServiceClosedError,
-    SessionNotFoundError,
-)
-from .job import AsyncRuntimeJob
+from ._context import ClientContext, ServiceState
+from ._http import ClientConfig, TransportStatistics
+from ._listing import JobList, job_filters
+from ._transport import AsyncTransport
+from ._wait import WaitStatistics
+from .backend import AsyncBackend, BackendCatalog
+from .errors import JobNotFoundError
+from .job import AsyncRuntimeJob, job_from_json
 
 __all__ = ["AsyncBackend", "AsyncRuntimeService", "ServiceState", "ServiceStatistics"]
-
-log = logging.getLogger("aioruntime.service")
-
-T = TypeVar("T")
-
-#: Longest a clean-up request (session close on exit, …) may delay the caller.
-CLEANUP_TIMEOUT_S = 15.0
-
-
-class ServiceState(enum.Enum):
-    UNOPENED = "unopened"
-    OPEN = "open"
-    CLOSED = "closed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +62,11 @@ class AsyncRuntimeService:
     ``QISKIT_IBM_TOKEN`` (API key), ``QISKIT_IBM_URL`` (runtime URL, used verbatim, e.g.
     ``http://127.0.0.1:8765/api/v1``), ``QISKIT_IBM_INSTANCE`` (instance CRN) and ``IAM_URL``.
 
-    The service owns one ``aiohttp.ClientSession``; everything made from it (backends,
-    sessions, primitives, jobs) uses that pool. Methods raise :class:`ServiceClosedError` before
-    :meth:`open` / ``async with`` and after :meth:`aclose`.
+    ``transport``: where requests go (an :class:`~aioruntime._transport.AsyncTransport`); by
+    default one ``aiohttp.ClientSession``, i.e. one connection pool for everything made from
+    this service (backends, sessions, primitives, jobs). The service closes it in
+    :meth:`aclose`. Methods raise :class:`ServiceClosedError` before :meth:`open` /
+    ``async with`` and after :meth:`aclose`.
     """
 
     def __init__(
@@ -102,9 +83,10 @@ class AsyncRuntimeService:
         poll_rate: float = 20.0,
         preflight_checks: bool = False,
         environ: Mapping[str, str] | None = None,
+        transport: AsyncTransport | None = None,
         **options: Any,
     ) -> None:
-        self._config = ClientConfig.build(
+        config = ClientConfig.build(
             url=url,
             token=token,
             instance=instance,
@@ -118,71 +100,52 @@ class AsyncRuntimeService:
             preflight_checks=preflight_checks,
             **options,
         )
-        self._http = Transport(self._config)
-        self._waits = JobWaits(self._http, self._config)
-        self._state = ServiceState.UNOPENED
-        self._backends: dict[str, AsyncBackend] = {}
-        self._backend_locks: dict[str, asyncio.Lock] = {}
-        self._background: set[asyncio.Task[Any]] = set()
-        self._codec_limiter: anyio.CapacityLimiter | None = None
+        self._context = ClientContext(config, transport)
+        self._backends = BackendCatalog(self._context, self)
 
     def __repr__(self) -> str:
         return (
-            f"<AsyncRuntimeService url={self._config.runtime_url!r} "
-            f"instance={self._config.instance!r} state={self._state.value}>"
+            f"<AsyncRuntimeService url={self.url!r} "
+            f"instance={self.instance!r} state={self.state.value}>"
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     @property
     def config(self) -> ClientConfig:
-        return self._config
+        return self._context.config
+
+    @property
+    def context(self) -> ClientContext:
+        """What this service's handles (backends, sessions, primitives, jobs) use of it: the
+        transport, the waiters, the codec runner. Not needed in application code."""
+        return self._context
 
     @property
     def state(self) -> ServiceState:
-        return self._state
+        return self._context.state
 
     @property
     def url(self) -> str:
-        return self._config.runtime_url
+        return self.config.runtime_url
 
     @property
     def instance(self) -> str:
-        return self._config.instance
+        return self.config.instance
 
-    async def open(self) -> None:
-        """Open the connection pool. Idempotent while open; a closed service cannot reopen."""
-        if self._state is ServiceState.OPEN:
-            return
-        if self._state is ServiceState.CLOSED:
-            raise ServiceClosedError(
-                "This AsyncRuntimeService was closed and cannot be reopened; create a new one."
-            )
-        self._codec_limiter = anyio.CapacityLimiter(max(2, min(4, os.cpu_count() or 2)))
-        await self._http.open()
-        await self._waits.open()
-        self._state = ServiceState.OPEN
+    async def open(self) -> AsyncRuntimeService:
+        """Open the service and return it, so ``service = await AsyncRuntimeService(...).open()``
+        works (then ``await service.aclose()`` when done). Idempotent while open; raises
+        :class:`ServiceClosedError` once closed (a closed service cannot reopen)."""
+        await self._context.open()
+        return self
 
     async def aclose(self) -> None:
         """Stop all waiters (jobs keep running on the server) and close the pool. Idempotent."""
-        if self._state is not ServiceState.OPEN:
-            self._state = ServiceState.CLOSED
-            return
-        self._state = ServiceState.CLOSED
-        try:
-            await self._waits.aclose()
-            if self._background:
-                _, pending = await asyncio.wait(set(self._background), timeout=CLEANUP_TIMEOUT_S)
-                for task in pending:
-                    task.cancel()
-                if pending:
-                    await asyncio.wait(pending)
-        finally:
-            await self._http.aclose()
+        await self._context.aclose()
 
     async def __aenter__(self) -> AsyncRuntimeService:
-        await self.open()
-        return self
+        return await self.open()
 
     async def __aexit__(
         self,
@@ -192,72 +155,15 @@ class AsyncRuntimeService:
     ) -> None:
         await self.aclose()
 
-    def _require_open(self) -> None:
-        if self._state is ServiceState.UNOPENED:
-            raise ServiceClosedError(
-                "The AsyncRuntimeService is not open yet: use "
-                "`async with AsyncRuntimeService(...) as service:` or `await service.open()`."
-            )
-        if self._state is ServiceState.CLOSED:
-            raise ServiceClosedError("The AsyncRuntimeService has been closed.")
-
     def statistics(self) -> ServiceStatistics:
         return ServiceStatistics(
-            state=self._state,
-            transport=self._http.statistics(),
-            waits=self._waits.statistics(),
+            state=self.state,
+            transport=self._context.api.statistics(),
+            waits=self._context.waits.statistics(),
             backends_cached=len(self._backends),
         )
 
-    # -- helpers shared with sessions, primitives and jobs ------------------------------------
-
-    async def _to_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run CPU-bound work (codec, target building) in a worker thread, off the event loop."""
-        return await anyio.to_thread.run_sync(fn, *args, limiter=self._codec_limiter)
-
-    async def _decode(self, body: bytes | str) -> Any:
-        """``protocol.loads`` (the official RuntimeDecoder) in a worker thread."""
-        return await self._to_thread(p.loads, body)
-
-    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        task.add_done_callback(_retrieve)
-        return task
-
-    async def _cleanup(self, coro: Coroutine[Any, Any, Any], *, what: str, suppress: bool) -> None:
-        """Run a clean-up request to completion even while the caller is being cancelled, for at
-        most ``CLEANUP_TIMEOUT_S``. Cancellation of the caller is re-raised (the request goes on
-        in the background until :meth:`aclose`). With ``suppress``, failures are logged instead
-        of raised (used when another exception is already propagating)."""
-        task = self._spawn(coro)
-        timeout = asyncio.timeout(CLEANUP_TIMEOUT_S)
-        try:
-            async with timeout:
-                await asyncio.shield(task)
-        except TimeoutError:
-            if not timeout.expired():
-                if suppress:
-                    log.warning("%s failed", what, exc_info=True)
-                    return
-                raise
-            task.cancel()
-            log.warning("%s did not finish within %s s; abandoned", what, CLEANUP_TIMEOUT_S)
-            if not suppress:
-                raise
-        except Exception:
-            if not suppress:
-                raise
-            log.warning("%s failed", what, exc_info=True)
-
     # -- backends ----------------------------------------------------------------------------
-
-    async def _devices(self) -> list[dict[str, Any]]:
-        self._require_open()
-        body = await self._http.get_json(p.BACKENDS, params={"include_mocks": "True"})
-        devices = (body or {}).get("devices") or []
-        return [d for d in devices if isinstance(d, dict) and isinstance(d.get("name"), str)]
 
     async def backends(
         self,
@@ -268,83 +174,38 @@ class AsyncRuntimeService:
     ) -> list[AsyncBackend]:
         """Every backend of the instance (mock devices only with ``include_mocks``), loaded
         concurrently, each with its Target."""
-        devices = await self._devices()
-        if name is not None:
-            devices = [d for d in devices if d["name"] == name]
-        elif not include_mocks:
-            devices = [d for d in devices if d.get("class") != "mock"]
-        loaded = await asyncio.gather(*(self._backend_from(d) for d in devices))
-        if min_num_qubits is not None:
-            loaded = [b for b in loaded if b.num_qubits >= min_num_qubits]
-        return list(loaded)
+        return await self._backends.all(
+            name, min_num_qubits=min_num_qubits, include_mocks=include_mocks
+        )
 
     async def backend(self, name: str) -> AsyncBackend:
         """The backend ``name``, with its Target. Raises :class:`BackendNotFoundError`."""
-        self._require_open()
-        if (cached := self._backends.get(name)) is not None:
-            return cached
-        devices = await self._devices()
-        summary = next((d for d in devices if d["name"] == name), None)
-        if summary is None:
-            raise BackendNotFoundError(
-                f"No backend named {name!r} for instance {self.instance}; available: "
-                f"{', '.join(sorted(d['name'] for d in devices)) or 'none'}.",
-                backend_name=name,
-            )
-        return await self._backend_from(summary)
+        return await self._backends.get(name)
 
-    async def _backend_from(self, summary: Mapping[str, Any]) -> AsyncBackend:
-        name = str(summary["name"])
-        if (cached := self._backends.get(name)) is not None:
-            return cached
-        lock = self._backend_locks.setdefault(name, asyncio.Lock())
-        async with lock:  # concurrent first uses of one backend load it once
-            if (cached := self._backends.get(name)) is not None:
-                return cached
-            backend = await load_backend(self, summary)
-            self._backends[name] = backend
-            return backend
-
-    async def _backend_or_none(self, name: str | None) -> AsyncBackend | None:
-        if not name:
-            return None
-        try:
-            return await self.backend(name)
-        except BackendNotFoundError:
-            return None  # a retired backend: the job is still usable
+    async def least_busy(
+        self,
+        min_num_qubits: int | None = None,
+        *,
+        filters: Callable[[AsyncBackend], bool] | None = None,
+    ) -> AsyncBackend:
+        """The operational backend with the fewest pending jobs, as the official
+        ``least_busy`` decides (see :meth:`BackendCatalog.least_busy`). Raises
+        :class:`BackendNotFoundError` when no backend matches."""
+        return await self._backends.least_busy(min_num_qubits, filters)
 
     # -- jobs --------------------------------------------------------------------------------
 
-    async def _job_from_json(self, raw: Mapping[str, Any]) -> AsyncRuntimeJob:
-        program = raw.get("program")
-        backend_name = raw.get("backend")
-        job = AsyncRuntimeJob(
-            service=self,
-            job_id=str(raw["id"]),
-            program_id=str(program.get("id", "")) if isinstance(program, Mapping) else "",
-            backend=await self._backend_or_none(backend_name),
-            backend_name=backend_name,
-            session_id=raw.get("session_id"),
-            tags=list(raw.get("tags") or []),
-            private=bool(raw.get("private", False)),
-            creation_date=raw.get("created"),
-            image=raw.get("runtime"),
-        )
-        if isinstance(raw.get("state"), Mapping):
-            job._update(raw)
-        return job
-
     async def job(self, job_id: str) -> AsyncRuntimeJob:
-        """``GET /jobs/{id}``. Raises :class:`JobNotFoundError`."""
-        self._require_open()
-        raw = await self._http.get_json(
+        """``GET /jobs/{id}``, with the job's backend. Raises :class:`JobNotFoundError`."""
+        self._context.require_open()
+        raw = await self._context.api.get_json(
             p.path(p.JOB, job_id=job_id),
             params={"exclude_params": "true"},
             errors={404: (JobNotFoundError, {"job_id": job_id})},
         )
-        return await self._job_from_json(raw)
+        return await job_from_json(raw, self._backends)
 
-    async def jobs(
+    def jobs(
         self,
         limit: int | None = 10,
         skip: int = 0,
@@ -357,66 +218,32 @@ class AsyncRuntimeService:
         created_before: datetime | None = None,
         descending: bool = True,
         include_mocks: bool = False,
-    ) -> AsyncIterator[AsyncRuntimeJob]:
-        """``async for job in service.jobs(...)``: the official filters, pages fetched lazily
-        (``limit=None`` means every matching job, 20 per page). Naive datetimes are local time,
-        as in the official client."""
-        from qiskit_ibm_runtime.utils import local_to_utc
+    ) -> JobList:
+        """The official filters. ``await service.jobs(...)`` is a ``list``, as the official
+        ``jobs()``; ``async for job in service.jobs(...)`` fetches pages as it goes.
+        ``limit=None`` means every matching job (20 per page). Each job comes with its backend.
 
-        self._require_open()
-        if job_tags is not None and (
-            not isinstance(job_tags, list) or not all(isinstance(t, str) for t in job_tags)
-        ):
-            raise InputValueError("job_tags needs to be a list of strings.")
-        if (limit is not None and limit < 0) or skip < 0:
-            raise InputValueError("limit and skip must not be negative")
-        collected = 0
-        page_limit = limit or 20
-        offset = skip
-        while True:
-            params: list[tuple[str, str]] = [("exclude_params", "true")]
-            if page_limit:
-                params.append(("limit", str(page_limit)))
-            if offset:
-                params.append(("offset", str(offset)))
-            if backend_name:
-                params.append(("backend", backend_name))
-            if pending is not None:
-                params.append(("pending", "true" if pending else "false"))
-            if program_id:
-                params.append(("program", program_id))
-            for tag in job_tags or []:
-                params.append(("tags", tag))
-            if session_id:
-                params.append(("session_id", session_id))
-            if created_after:
-                params.append(("created_after", local_to_utc(created_after).isoformat()))
-            if created_before:
-                params.append(("created_before", local_to_utc(created_before).isoformat()))
-            if not descending:
-                params.append(("sort", "ASC"))
-            if include_mocks:
-                params.append(("include_mocks", "True"))
-            body = await self._http.get_json(p.JOBS, params=params)
-            page = list(body.get("jobs") or [])
-            count = int(body["count"])
-            for raw in page:
-                yield await self._job_from_json(raw)
-            collected += len(page)
-            if not page or collected >= count - skip:
-                return
-            if limit:
-                if collected >= limit:
-                    return
-                page_limit = limit - collected
-            else:
-                page_limit = 20
-            offset += len(page)
+        Raises :class:`InputValueError` here, at the call, for bad arguments; naive datetimes
+        are local time, as in the official client."""
+        filters = job_filters(
+            limit=limit,
+            skip=skip,
+            backend_name=backend_name,
+            pending=pending,
+            program_id=program_id,
+            job_tags=job_tags,
+            session_id=session_id,
+            created_after=created_after,
+            created_before=created_before,
+            descending=descending,
+            include_mocks=include_mocks,
+        )
+        return JobList(self._backends, filters, limit=limit, skip=skip)
 
     async def delete_job(self, job_id: str) -> None:
         """``DELETE /jobs/{id}``. Raises :class:`JobNotFoundError`."""
-        self._require_open()
-        await self._http.request(
+        self._context.require_open()
+        await self._context.api.request(
             "DELETE",
             p.path(p.JOB, job_id=job_id),
             accept_json=False,
@@ -426,36 +253,11 @@ class AsyncRuntimeService:
     async def usage(self) -> dict[str, Any]:
         """``GET /instances/usage``, with ``usage_remaining_seconds`` added as the official
         client adds it."""
-        self._require_open()
-        usage = dict(await self._http.get_json(p.INSTANCES_USAGE) or {})
+        self._context.require_open()
+        usage = dict(await self._context.api.get_json(p.INSTANCES_USAGE) or {})
         limit = usage.get("usage_limit_seconds") or usage.get("usage_allocation_seconds")
         if limit:
             usage["usage_remaining_seconds"] = max(
                 float(limit) - float(usage.get("usage_consumed_seconds") or 0), 0
             )
         return usage
-
-    async def _preflight(self, backend: AsyncBackend) -> None:
-        """The official client's checks before every job (only with ``preflight_checks``)."""
-        usage, status = await asyncio.gather(self.usage(), backend.status())
-        if usage.get("usage_limit_reached"):
-            warnings.warn(
-                "This instance has met its usage limit; workloads will not run until time is "
-                "made available.",
-                UserWarning,
-                stacklevel=3,
-            )
-        if status["operational"] and status["status_msg"] != "active":
-            warnings.warn(
-                f"The backend {backend.name} currently has a status of {status['status_msg']}.",
-                UserWarning,
-                stacklevel=3,
-            )
-
-    async def _session_details(self, session_id: str) -> dict[str, Any]:
-        self._require_open()
-        body = await self._http.get_json(
-            p.path(p.SESSION, session_id=session_id),
-            errors={404: (SessionNotFoundError, {"session_id": session_id})},
-        )
-        return dict(body or {})

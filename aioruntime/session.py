@@ -44,10 +44,18 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from ._context import ClientContext
     from .backend import AsyncBackend
     from .service import AsyncRuntimeService
 
-__all__ = ["AsyncBatch", "AsyncSession", "ModeState", "current_mode", "parse_max_time"]
+__all__ = [
+    "AsyncBatch",
+    "AsyncSession",
+    "ModeState",
+    "current_mode",
+    "parse_max_time",
+    "session_details",
+]
 
 log = logging.getLogger("aioruntime.session")
 
@@ -110,7 +118,7 @@ class _ExecutionMode:
                 f"`await service.backend(name)`, got {type(backend).__name__}"
             )
         self._backend = backend
-        self._service: AsyncRuntimeService = backend.service
+        self._context = backend.context
         self._max_time = parse_max_time(max_time)
         self._state = ModeState.NEW
         self._session_id: str | None = None
@@ -136,7 +144,7 @@ class _ExecutionMode:
 
     @property
     def service(self) -> AsyncRuntimeService:
-        return self._service
+        return self._backend.service
 
     @property
     def max_time(self) -> int | None:
@@ -170,8 +178,8 @@ class _ExecutionMode:
             except ValueError:  # exited from another task/context than it was entered in
                 pass
         # Close like the official `with Session(...)`, also when leaving by an exception; the
-        # close request is bounded and survives our cancellation (see AsyncRuntimeService._cleanup).
-        await self._service._cleanup(
+        # close request is bounded and survives our cancellation (see ClientContext.cleanup).
+        await self._context.cleanup(
             self.close(),
             what=f"closing {self._label} {self._session_id}",
             suppress=exc_type is not None,
@@ -215,11 +223,11 @@ class _ExecutionMode:
         body: dict[str, Any] = {
             "mode": str(self._mode),
             "backend": self._backend.name,
-            "instance": self._service.instance,
+            "instance": self._context.instance,
         }
         if self._max_time:
             body["max_ttl"] = self._max_time
-        response = await self._service._http.request(
+        response = await self._context.api.request(
             "POST", p.SESSIONS, body=p.dumps(body), accept_json=False
         )
         created = response.json() or {}
@@ -249,7 +257,7 @@ class _ExecutionMode:
         if self._session_id is None:
             return
         try:
-            await self._service._http.request(
+            await self._context.api.request(
                 "PATCH",
                 self._path(p.SESSION),
                 body=p.dumps({"accepting_jobs": False}),
@@ -267,7 +275,7 @@ class _ExecutionMode:
             pass
         if self._session_id is None:
             return
-        await self._service._http.request(
+        await self._context.api.request(
             "DELETE",
             self._path(p.SESSION_CLOSE),
             accept_json=False,
@@ -281,7 +289,7 @@ class _ExecutionMode:
         session."""
         if self._session_id is None:
             return None
-        response = await self._service._session_details(self._session_id)
+        response = await session_details(self._context, self._session_id)
         if not response:
             return None
         return {
@@ -315,7 +323,7 @@ class _ExecutionMode:
         QPU time for batches. None without a server session."""
         if self._session_id is None:
             return None
-        response = await self._service._session_details(self._session_id)
+        response = await session_details(self._context, self._session_id)
         value = response.get("elapsed_time") if response else None
         return float(value) if value is not None else None
 
@@ -324,7 +332,7 @@ class _ExecutionMode:
         """Attach to an existing server session. Raises :class:`SessionNotFoundError`, or
         :class:`InputValueError` when its mode is not this class's (``dedicated`` for
         AsyncSession, ``batch`` for AsyncBatch)."""
-        details = await service._session_details(session_id)
+        details = await session_details(service.context, session_id)
         backend_name = details.get("backend_name")
         if not backend_name:
             raise InputValueError(
@@ -340,6 +348,16 @@ class _ExecutionMode:
         obj._session_id = session_id
         obj._state = ModeState.CLOSED if details.get("state") == "closed" else ModeState.OPEN
         return obj
+
+
+async def session_details(context: ClientContext, session_id: str) -> dict[str, Any]:
+    """``GET /sessions/{id}`` as the server sends it. Raises :class:`SessionNotFoundError`."""
+    context.require_open()
+    body = await context.api.get_json(
+        p.path(p.SESSION, session_id=session_id),
+        errors={404: (SessionNotFoundError, {"session_id": session_id})},
+    )
+    return dict(body or {})
 
 
 class AsyncSession(_ExecutionMode):

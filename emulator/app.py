@@ -183,7 +183,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             path = ":memory:"
         else:
             path = config.data_dir / "emulator.sqlite3"
-        store = await stack.enter_async_context(Store(path))
+        store = await stack.enter_async_context(Store(path, max_pages=config.store_max_pages))
         clock = app[CLOCK]
         if (anchor := await store.get_meta("clock")) is not None:
             clock.resume(anchor)  # TTL clocks of stored sessions carry on where they were

@@ -88,7 +88,10 @@ class Config:
     clock: ClockSpec = field(default_factory=ClockSpec)
     #: The noise level of jobs that do not choose one (``True``/``False`` mean full/none).
     noise: NoiseLevel = NoiseLevel.NONE
-    #: Predicted simulation seconds a job may take before it is refused (``--sim-budget``).
+    #: Wall seconds of simulation one job may take (``--sim-budget``). Pre-processing refuses a
+    #: job predicted over it (IBM 1001) before it takes the QPU; one that runs past it anyway is
+    #: stopped on the QPU worker, which is replaced, and fails (under ``realtime``, also capped
+    #: by the job's ``max_execution_time``, with IBM's 1305).
     sim_budget_s: float = DEFAULT_BUDGET_S
     #: Memory Aer may use for one circuit, MB (``--sim-memory``).
     sim_memory_mb: int = DEFAULT_MAX_MEMORY_MB
@@ -112,6 +115,10 @@ class Config:
     session_idle_close_s: float = 30 * 60.0
     #: IBM's service cap on one job's QPU time.
     job_max_execution_s: float = 3 * 3600.0
+    #: Fair share between instances: their recent QPU use decays with this half-life (model s).
+    fair_share_half_life_s: float = 3600.0
+    #: Tests only: cap the SQLite database at this many pages (a full disk on demand).
+    store_max_pages: int | None = None
     #: On SIGTERM, wait this long (wall seconds) for jobs in flight before exiting; what is
     #: still unfinished stays in the store and is re-queued at the next start.
     drain_timeout_s: float = 30.0
@@ -268,8 +275,8 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
             type=click.FloatRange(min=0, min_open=True),
             default=DEFAULT_BUDGET_S,
             show_default=True,
-            help="seconds of simulation a job may be predicted to take; a job over it fails "
-            "at once, naming what would fit",
+            help="wall seconds of simulation per job: a job predicted over it fails at once, "
+            "naming what would fit; one running past it is stopped",
         ),
         click.option(
             "--sim-memory",

@@ -35,7 +35,7 @@ class CostModel:
     sv_amplitude_s: float = 3.5e-9
     """Per instruction and state-vector amplitude, for one ideal run."""
     trajectory_instruction_s: float = 5e-6
-    trajectory_amplitude_s: float = 2.5e-9
+    trajectory_amplitude_s: float = 5e-9
     """Per shot of a noisy (or mid-circuit-measured) state vector: per instruction, and per
     instruction and amplitude."""
     dm_instruction_s: float = 5e-3

@@ -11,13 +11,15 @@ scheduler calls :meth:`QPU.dispatch`, which grants the next turn by the rules of
    becomes the owner (:meth:`OwnerPolicy.activate`).
 
 Waiting turns are kept in heaps (oldest first, overall and per session) with lazy removal, so a
-dispatch costs O(log n) however many jobs wait.
+dispatch costs O(log n) however many jobs wait; a session's heap goes when its last waiting
+turn does, so finished sessions cost nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -52,6 +54,7 @@ class QPU:
         self._policy = policy
         self._all: list[tuple[int, Turn]] = []
         self._by_session: dict[str, list[tuple[int, Turn]]] = {}
+        self._session_waiting: Counter[str] = Counter()
         self._waiting = 0
         self.current: Turn | None = None
         self.owner: str | None = None
@@ -70,15 +73,24 @@ class QPU:
         heapq.heappush(self._all, (seq, turn))
         if session_id is not None:
             heapq.heappush(self._by_session.setdefault(session_id, []), (seq, turn))
+            self._session_waiting[session_id] += 1
         self._waiting += 1
         return turn
+
+    def _stopped_waiting(self, turn: Turn) -> None:
+        turn.waiting = False  # dropped lazily from the heaps
+        self._waiting -= 1
+        if (sid := turn.session_id) is not None:
+            self._session_waiting[sid] -= 1
+            if self._session_waiting[sid] <= 0:
+                del self._session_waiting[sid]
+                self._by_session.pop(sid, None)
 
     def withdraw(self, turn: Turn) -> None:
         """The turn's job went away (cancelled, failed) while waiting or on the QPU."""
         if turn.waiting:
-            turn.waiting = False  # dropped lazily from the heaps
+            self._stopped_waiting(turn)
             turn.granted.cancel()
-            self._waiting -= 1
         else:
             self.release(turn)
 
@@ -94,8 +106,7 @@ class QPU:
         turn = self._next()
         if turn is None:
             return None
-        turn.waiting = False
-        self._waiting -= 1
+        self._stopped_waiting(turn)
         self.current = turn
         self._on += 1
         self.peak = max(self.peak, self._on)

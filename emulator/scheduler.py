@@ -1,51 +1,72 @@
-"""Who gets a lane and who gets the QPU.
+"""Who gets a lane, who gets the QPU, and the one pipeline every job runs.
 
-Each accepted job runs one pipeline task (:meth:`Scheduler._pipeline`)::
+A job is ``Queued`` until one of its backend's lanes takes it (the order is
+:mod:`emulator.admission`'s: the QPU's owner first, then fair share between instances). From
+then on it is ``Running`` and holds that lane until its post-processing ends
+(timing-and-scheduling §4)::
 
-    lane (pre-process) ──► wait for the QPU turn ──► QPU (Aer + hold) ──► lane (post-process)
+    Queued ──lane──► pre-process ──► wait for the QPU turn ──► QPU (Aer + hold) ──► post-process
+                     └──────────────────────── Running, in its lane ────────────────────┘
 
-Per backend there are ``lanes`` classical slots (:class:`~emulator.lanes.Lanes`) and one QPU
-(:class:`QPU`); all CPU work runs in worker processes. The QPU's turn order follows
-timing-and-scheduling §4: an active session owns the QPU (see :mod:`emulator.sessions`);
-otherwise the oldest ready job goes next, and a session becomes active when its job takes the QPU.
+All CPU work runs on the worker plane (:mod:`emulator.workers`); the QPU's turn order is
+:mod:`emulator.qpu`'s, with the session book (:mod:`emulator.sessions`) as its owner policy.
 
-The scheduler is an async context manager: it starts the timekeeper and restarts unfinished jobs
-found in the store on entry; :meth:`aclose` cancels every pipeline (their jobs stay in the store
-as they were, so a restart re-queues them), :meth:`drain` waits for them instead.
+State changes go through the store's one transition function (:meth:`Store.transition`), which
+never leaves a final state; a cancel first stops the job's pipeline and then records the
+cancel, so the two never race. Only running jobs have a task: ten thousand queued jobs are ten
+thousand small queue entries. Background work (the session timekeeper, saves of changes the
+emulator makes on its own) runs under :class:`~emulator.supervise.Supervisor`.
+
+The scheduler is an async context manager: on entry it re-queues what the store holds
+unfinished (a restart) and starts the timekeeper; :meth:`aclose` cancels every pipeline (their
+jobs stay as stored, so the next start re-queues them), :meth:`drain` waits for them instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
-from aioruntime.protocol import ErrorCode, JobState
+from aioruntime.protocol import ErrorCode, JobState, SessionMode
 
 from . import classical, worker
+from .admission import Admission, FairShare, Waiting
 from .backends import Device
 from .clock import Clock, utcnow
 from .config import Config
 from .errors import Refused
 from .faults import Faults
-from .lanes import POST, PRE, Lanes, LaneStatistics, WorkerDied, WorkerPool
 from .qpu import QPU, Turn
 from .sessions import SessionBook
-from .store import JobRecord, SessionRecord, Store
+from .store import JobFinal, JobRecord, SessionRecord, StorageError, Store
+from .supervise import Supervisor
 from .timing import TimingParams
+from .workers import ProcessPlane, WorkerDied, WorkerPlane
 
-__all__ = ["BackendStatistics", "Scheduler", "Statistics"]
+__all__ = ["BackendStatistics", "LaneStatistics", "Scheduler", "Statistics"]
 
 log = logging.getLogger("emulator.scheduler")
 
-#: CPU niceness of the lane workers relative to the QPU workers (see WorkerPool).
-LANE_NICENESS = 5
+#: How long a retried submission (same ``Idempotency-Key``) finds its first job, wall seconds.
+IDEMPOTENCY_WINDOW_S = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class LaneStatistics:
+    width: int
+    busy: int
+    #: Jobs waiting for a lane (``Queued``).
+    waiting: int
+    peak_busy: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +83,20 @@ class BackendStatistics:
     completed: int
     failed: int
     cancelled: int
+    paused: bool
+
+    @property
+    def pending(self) -> int:
+        """Unfinished jobs (``pending_jobs`` / ``queue_length`` of IBM's status routes)."""
+        return self.queued + self.running
 
 
 @dataclass(frozen=True, slots=True)
 class Statistics:
     backends: tuple[BackendStatistics, ...]
+    workers: dict[str, Any] = field(default_factory=dict)
+    supervised_tasks: int = 0
+    supervised_crashes: int = 0
 
     def backend(self, name: str) -> BackendStatistics:
         for b in self.backends:
@@ -75,32 +105,58 @@ class Statistics:
         raise KeyError(name)
 
 
+class _Backend:
+    """One backend's lanes, queue and QPU."""
+
+    def __init__(self, device: Device, width: int, fair: FairShare, sessions: SessionBook) -> None:
+        self.device = device
+        self.width = width
+        self.busy = 0
+        self.peak = 0
+        self.paused = False
+        self.admission = Admission(fair)
+        self.qpu = QPU(device.name, sessions)
+        #: Recent wall seconds a job held a lane (for queue-time estimates).
+        self.lane_s = 0.0
+
+    def take_lane(self) -> None:
+        self.busy += 1
+        self.peak = max(self.peak, self.busy)
+
+    def note_lane_time(self, seconds: float) -> None:
+        self.lane_s = seconds if not self.lane_s else 0.8 * self.lane_s + 0.2 * seconds
+
+
 @dataclass(eq=False, slots=True)
 class _Live:
-    """A job the scheduler is working on."""
+    """A job that holds a lane (``Running``)."""
 
     rec: JobRecord
+    backend: _Backend
     params_json: str | None
     task: asyncio.Task[None] | None = None
     turn: Turn | None = None
+    stages: dict[str, str] = field(default_factory=dict)
+    #: Set once its QPU turn was granted; past the QPU once ``charged`` is set.
+    reached_qpu: bool = False
+    charged: float | None = None
+    #: Modelled QPU seconds, once pre-processing computed them.
+    estimate: float | None = None
+    lag_s: float = 0.0
+    lane_held: bool = True
+    started: float = field(default_factory=time.monotonic)
 
 
-class _Ownership:
-    """The session book seen by a QPU (:class:`emulator.qpu.OwnerPolicy`)."""
+class _Requeue(Exception):
+    """The job could not be started (its change to ``Running`` could not be saved)."""
 
-    def __init__(self, store: Store, sessions: SessionBook) -> None:
-        self._store, self._sessions = store, sessions
 
-    def activate(self, session_id: str) -> bool:
-        session = self._store.session(session_id)
-        if session is None or session.closed:
-            return False
-        self._sessions.activate(session)
-        return True
+class _Failed(Exception):
+    """A job ends unsuccessfully: ``state`` with IBM ``code`` and ``reason``."""
 
-    def holds(self, session_id: str) -> bool:
-        session = self._store.session(session_id)
-        return session is not None and self._sessions.holds_qpu(session)
+    def __init__(self, state: str, code: int, reason: str, charged: float = 0.0) -> None:
+        super().__init__(reason)
+        self.state, self.code, self.reason, self.charged = state, code, reason, charged
 
 
 class Scheduler:
@@ -112,88 +168,108 @@ class Scheduler:
         clock: Clock,
         devices: list[Device],
         faults: Faults | None = None,
+        plane: WorkerPlane | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.clock = clock
         self.devices = {d.name: d for d in devices}
-        self.lanes = {d.name: Lanes(config.lanes) for d in devices}
-
-        #: Classical lanes and QPUs get separate worker processes (one QPU worker per backend).
-        self.lane_workers = WorkerPool(size=len(devices) * config.lanes, nice=LANE_NICENESS)
-        self.qpu_workers = WorkerPool(size=len(devices))
+        self.plane: WorkerPlane = plane or ProcessPlane(backends=len(devices), lanes=config.lanes)
         self.timing = TimingParams()
-        self.sessions = SessionBook(store, clock, config, self._spawn)
-        ownership = _Ownership(store, self.sessions)
-        self.qpus = {d.name: QPU(d.name, ownership) for d in devices}
         self.faults = faults or Faults()
-        self._live: dict[str, _Live] = {}
-        self._live_per_instance: Counter[str] = Counter()
-        #: (instance, Idempotency-Key) → job id, so a retried submission is not a second job.
-        self._idempotency = {
-            (r.instance, r.idempotency_key): r.id for r in store.jobs() if r.idempotency_key
+        self.supervisor = Supervisor(on_fatal=self._fatal)
+        self.sessions = SessionBook(store, clock, config, self.supervisor)
+        self.fair = FairShare(clock.now, config.fair_share_half_life_s)
+        self.backends = {
+            d.name: _Backend(d, config.lanes, self.fair, self.sessions) for d in devices
         }
-        self._background: set[asyncio.Task[Any]] = set()
-        self._timekeeper: asyncio.Task[None] | None = None
+        self.qpus = {name: b.qpu for name, b in self.backends.items()}
+        self._queued: dict[str, tuple[_Backend, Waiting]] = {}
+        self._live: dict[str, _Live] = {}
+        self._unfinished_per_instance: Counter[str] = Counter()
+        #: (instance, Idempotency-Key) → (job id, wall time), oldest first; pruned as it ages.
+        self._idempotency: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
+        self._estimates: dict[str, asyncio.Task[float | None]] = {}
         self._accepting = True
+        self._closing = False
         self._progress = asyncio.Event()
+        self.fatal: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+        store.on_job_change = self._on_job_change
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Scheduler:
-        pending: dict[str, int] = {}
-        for rec in self.store.jobs():
-            if rec.terminal:
-                continue
-            if rec.backend not in self.devices:
-                await self._finish(
-                    rec,
-                    JobState.FAILED,
-                    ErrorCode.BACKEND_NOT_FOUND,
-                    f"backend {rec.backend} is no longer served by the emulator",
-                )
-                continue
-            if rec.session_id:
-                pending[rec.session_id] = pending.get(rec.session_id, 0) + 1
-            rec.state, rec.running = JobState.QUEUED, None
-            rec.logs += "re-queued after an emulator restart\n"
-            await self.store.save_job(rec)
-            self._start(rec, None)
-        self.sessions.restore(pending)
-        self._timekeeper = asyncio.create_task(self._keep_time(), name="timekeeper")
+        try:
+            await self._recover()
+            self.sessions.restore()
+            self.supervisor.service(
+                lambda: self.sessions.keep_time(self._on_max_ttl, self._dispatch),
+                name="timekeeper",
+            )
+        except BaseException:
+            await self.aclose()
+            raise
+        self._dispatch()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    async def _recover(self) -> None:
+        """Re-queue what the store holds unfinished (the emulator stopped with it in flight).
+        The writes go out together, so the store commits them in a few transactions."""
+        writes: list[Coroutine[Any, Any, object]] = []
+        now = utcnow().isoformat()
+        for rec in self.store.jobs():
+            if rec.terminal:
+                continue
+            self._unfinished_per_instance[rec.instance] += 1
+            if rec.backend not in self.backends:
+                writes.append(
+                    self._end(
+                        rec,
+                        JobState.FAILED,
+                        ErrorCode.BACKEND_NOT_FOUND,
+                        f"backend {rec.backend} is no longer served by the emulator",
+                    )
+                )
+                continue
+            note = rec.logs + f"{now} re-queued after an emulator restart\n"
+            if rec.state == JobState.RUNNING:
+                writes.append(
+                    self.store.transition(rec.id, JobState.QUEUED, running=None, logs=note)
+                )
+            else:
+                writes.append(self.store.update_job(rec.id, logs=note))
+            if rec.idempotency_key:
+                self._idempotency[(rec.instance, rec.idempotency_key)] = (rec.id, time.time())
+            self._enqueue(rec, None)
+        await asyncio.gather(*writes)
+
     async def warm(self) -> None:
         """Start the worker processes and load the served devices into them."""
-        sources = tuple(sorted({d.source for d in self.devices.values()}))
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.lane_workers.warm(worker.warm, sources, count=self.config.lanes))
-            tg.create_task(self.qpu_workers.warm(worker.warm, sources, count=len(self.devices)))
+        await self.plane.warm(tuple(sorted({d.source for d in self.devices.values()})))
 
     async def drain(self) -> None:
-        """Stop accepting jobs and wait for every job in flight to finish."""
+        """Stop accepting jobs and wait for every job in flight (queued ones included)."""
         self._accepting = False
-        while self._live:
-            await asyncio.gather(
-                *(j.task for j in list(self._live.values()) if j.task), return_exceptions=True
-            )
+        await self.until(lambda: not self._live and not self._queued)
 
     async def aclose(self) -> None:
         """Cancel everything; unfinished jobs stay as stored and are re-queued on restart."""
         self._accepting = False
-        tasks = [j.task for j in self._live.values() if j.task]
-        if self._timekeeper:
-            tasks.append(self._timekeeper)
+        self._closing = True
+        tasks: list[asyncio.Task[Any]] = [j.task for j in self._live.values() if j.task]
+        tasks += self._estimates.values()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
-        await self.lane_workers.aclose()
-        await self.qpu_workers.aclose()
+        await self.supervisor.aclose()
+        await self.plane.aclose()
+
+    def _fatal(self, exc: BaseException) -> None:
+        if not self.fatal.done():
+            self.fatal.set_result(exc)
 
     async def until(self, predicate: Callable[[], bool]) -> None:
         """Wait until ``predicate()`` holds, re-checking whenever a job moves (no polling);
@@ -205,12 +281,7 @@ class Scheduler:
     def _moved(self) -> None:
         self._progress.set()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    # -- submission and cancellation ---------------------------------------------------------
+    # -- submission --------------------------------------------------------------------------
 
     async def submit(
         self,
@@ -227,17 +298,17 @@ class Scheduler:
         runtime: str = "",
         idempotency_key: str | None = None,
     ) -> JobRecord:
-        """Create, persist and start a job. Raises :class:`Refused` when refused.
-
-        With an ``idempotency_key`` already used by this instance, the earlier job is returned
-        and nothing new is created.
-        """
-        if idempotency_key and (known := self._idempotency.get((instance, idempotency_key))):
-            if (earlier := self.store.job(known)) is not None:
+        """Create and persist a job (``Queued``), then queue it for a lane; durable when this
+        returns. Raises :class:`Refused` when refused, :class:`StorageError` when it could not
+        be saved. With an ``idempotency_key`` this instance already used, the earlier job is
+        returned and nothing new is created."""
+        if idempotency_key:
+            known = self._idempotency.get((instance, idempotency_key))
+            if known is not None and (earlier := self.store.job(known[0])) is not None:
                 return earlier
         if not self._accepting:
             raise Refused(503, ErrorCode.BACKEND_NOT_AVAILABLE, "The emulator is shutting down.")
-        pending = self._live_per_instance[instance]
+        pending = self._unfinished_per_instance[instance]
         if pending >= self.config.max_pending_jobs_per_instance:
             raise Refused(
                 429,
@@ -245,7 +316,6 @@ class Scheduler:
                 f"The instance has {pending} pending jobs, the limit is "
                 f"{self.config.max_pending_jobs_per_instance}. Wait for some to finish.",
             )
-        session = self.sessions.admit(session_id, instance, backend) if session_id else None
         rec = JobRecord(
             id="d" + secrets.token_hex(10),
             seq=self.store.next_seq(),
@@ -261,176 +331,297 @@ class Scheduler:
             runtime=runtime,
             idempotency_key=idempotency_key,
         )
+        if session_id is None:
+            await self.store.add_job(rec, params_json)
+        else:
+            with self.sessions.admitting(session_id, instance, backend) as session:
+                await self.store.add_job(rec, params_json)
+                self.sessions.job_added(session)
+        self._unfinished_per_instance[instance] += 1
         if idempotency_key:
-            self._idempotency[(instance, idempotency_key)] = rec.id
-        await self.store.add_job(rec, params_json)
-        if session is not None:
-            self.sessions.job_added(session)
-        self._start(rec, params_json)
+            self._remember(instance, idempotency_key, rec.id)
+        self._enqueue(rec, params_json)
+        self._dispatch()
         return rec
 
-    def _start(self, rec: JobRecord, params_json: str | None) -> None:
-        live = _Live(rec, params_json)
-        self._live[rec.id] = live
-        self._live_per_instance[rec.instance] += 1
-        live.task = asyncio.create_task(self._pipeline(live), name=f"job-{rec.id}")
+    def _remember(self, instance: str, key: str, job_id: str) -> None:
+        now = time.time()
+        self._idempotency[(instance, key)] = (job_id, now)
+        while self._idempotency:
+            oldest = next(iter(self._idempotency.values()))
+            if now - oldest[1] < IDEMPOTENCY_WINDOW_S:
+                break
+            self._idempotency.popitem(last=False)
 
-    async def cancel(self, rec: JobRecord, *, reason: str = "cancelled by the user") -> bool:
-        """Cancel a job that is not final. False when it already is."""
+    def _enqueue(self, rec: JobRecord, params_json: str | None) -> None:
+        backend = self.backends[rec.backend]
+        waiting = Waiting(rec.id, rec.seq, rec.instance, rec.session_id, params_json)
+        backend.admission.push(waiting)
+        self._queued[rec.id] = (backend, waiting)
+
+    # -- cancellation ------------------------------------------------------------------------
+
+    async def cancel(
+        self,
+        rec: JobRecord,
+        *,
+        reason: str = "cancelled by the user",
+        state: str = JobState.CANCELLED,
+        code: int | None = None,
+    ) -> bool:
+        """Stop a job that is not final and record it ``state`` (Cancelled, or Failed for a
+        session's max TTL). False when it already was final. A job past the QPU is billed the
+        QPU time it used. Raises :class:`StorageError` if the change could not be saved (then
+        the job goes on as if never asked)."""
         if rec.terminal:
             return False
-        live = self._live.get(rec.id)
-        await self._finish(rec, JobState.CANCELLED, None, reason)
-        if live and live.task:
-            live.task.cancel()
-        return True
+        # Stop it first, synchronously: from here its pipeline makes no more changes.
+        queued = self._queued.pop(rec.id, None)
+        if queued is not None:
+            queued[0].admission.remove(queued[1])
+        live = self._live.pop(rec.id, None)
+        charged = 0.0
+        if live is not None:
+            charged = live.charged or 0.0
+            if live.task is not None:
+                live.task.cancel()  # (a task cancelled before it started runs no `finally`)
+            self._release_lane(live)
+        try:
+            ended = await self._end(rec, state, code, reason, charged=charged, live=live)
+        except StorageError:
+            if queued is not None or live is not None:
+                self._enqueue(rec, queued[1].params_json if queued else None)  # run it again
+                self._dispatch()
+            raise
+        return ended
+
+    def _not_past_qpu(self, session_id: str) -> list[JobRecord]:
+        """The session's unfinished jobs that have not reached the QPU."""
+        jobs = [
+            self.store.job(job_id)
+            for job_id, (_, w) in self._queued.items()
+            if w.session_id == session_id
+        ]
+        jobs += [
+            live.rec
+            for live in self._live.values()
+            if live.rec.session_id == session_id and not live.reached_qpu
+        ]
+        return [j for j in jobs if j is not None]
 
     async def cancel_session(self, session: SessionRecord) -> None:
-        """``DELETE /sessions/{id}/close``: cancel jobs that have not reached the QPU; close."""
-        for live in list(self._live.values()):
-            if live.rec.session_id == session.id and not self._on_qpu(live):
-                await self.cancel(live.rec, reason="the session was cancelled")
-        self.sessions.close(session, "cancelled by the user")
+        """``DELETE /sessions/{id}/close``: refuse new jobs at once, cancel the session's jobs
+        that have not reached the QPU (the one on it, and any past it, finish), close."""
+        await self.sessions.begin_cancel(session)
+        for rec in self._not_past_qpu(session.id):
+            await self.cancel(rec, reason="the session was cancelled")
+        await self.sessions.finish_cancel(session)
         self._dispatch()
 
-    def close_session(self, session: SessionRecord) -> None:
+    async def close_session(self, session: SessionRecord) -> None:
         """``PATCH accepting_jobs=false``."""
-        self.sessions.stop_accepting(session)
+        await self.sessions.stop_accepting(session)
         self._dispatch()
+
+    async def _on_max_ttl(self, session: SessionRecord) -> None:
+        for rec in self._not_past_qpu(session.id):
+            await self.cancel(
+                rec,
+                state=JobState.FAILED,
+                code=ErrorCode.SESSION_NOT_ACCEPTING,
+                reason="The session's maximum time to live was reached before this job ran.",
+            )
 
     # -- the pipeline ------------------------------------------------------------------------
 
-    async def _pipeline(self, live: _Live) -> None:
+    def _dispatch(self) -> None:
+        """Give free lanes to queued jobs and each idle QPU its next job."""
+        self._moved()
+        if self._closing:
+            return
+        for backend in self.backends.values():
+            while not backend.paused and backend.busy < backend.width:
+                owner = backend.qpu.owner
+                if owner is not None and not self.sessions.holds(owner):
+                    owner = None
+                waiting = backend.admission.take(
+                    owner, exclusive=owner is not None and self.sessions.exclusive(owner)
+                )
+                if waiting is None:
+                    break
+                self._queued.pop(waiting.job_id, None)
+                rec = self.store.job(waiting.job_id)
+                if rec is None or rec.terminal:
+                    continue
+                backend.take_lane()
+                live = _Live(rec, backend, waiting.params_json)
+                self._live[rec.id] = live
+                live.task = asyncio.create_task(self._run(live), name=f"job-{rec.id}")
+            backend.qpu.dispatch()
+
+    def _release_lane(self, live: _Live) -> None:
+        if live.lane_held:
+            live.lane_held = False
+            live.backend.busy -= 1
+            live.backend.note_lane_time(time.monotonic() - live.started)
+
+    async def _run(self, live: _Live) -> None:
         rec = live.rec
-        device = self.devices[rec.backend]
-        lanes = self.lanes[rec.backend]
         try:
-            params = live.params_json
-            if params is None:
-                params = await self.store.params(rec.id) or "{}"
-            async with lanes.slot(priority=PRE):
-                rec.state, rec.running = JobState.RUNNING, utcnow().isoformat()
-                rec.stages["pre_start"] = rec.running
-                self._moved()
-                await self.store.save_job(rec)
-                prepared = await self.lane_workers.run(
-                    worker.preprocess,
-                    rec.program_id,
-                    params,
-                    device.source,
-                    self.timing,
-                    self.config.max_executions_per_job,
-                    self.faults.plan.worker_delay_ms / 1000,
-                    self.config.simulation,
+            try:
+                result = await self._stages(live)
+                outcome: tuple[str, int | None, str | None, float] = (
+                    JobState.COMPLETED,
+                    None,
+                    None,
+                    live.charged or 0.0,
                 )
-                rec.stages["pre_end"] = utcnow().isoformat()
-            live.params_json = None  # the prepared job replaces it
-            if self.faults.fail_job():
-                await self._finish(
-                    rec,
+            except _Failed as failed:
+                result = None
+                outcome = (failed.state, failed.code, failed.reason, failed.charged)
+            except (asyncio.CancelledError, _Requeue, JobFinal):
+                raise
+            except Exception as exc:  # a bug: fail the job, keep the emulator up
+                log.exception("job %s failed unexpectedly", rec.id)
+                result = None
+                outcome = (
                     JobState.FAILED,
-                    ErrorCode.EMULATOR_FAULT,
-                    "Injected fault: the job failed on purpose (admin fault plan).",
+                    ErrorCode.INTERNAL,
+                    f"Internal error in the emulator: {type(exc).__name__}: {exc}",
+                    live.charged or 0.0,
                 )
-                return
-            rec.quantum_seconds = prepared.quantum_seconds
-            limit = min(
-                rec.cost or self.config.job_max_execution_s, self.config.job_max_execution_s
-            )
-            async with self._qpu_turn(live):
-                span_start = utcnow()
-                rec.stages["qpu_start"] = span_start.isoformat()
-                if prepared.quantum_seconds > limit:
-                    await asyncio.sleep(self.clock.hold_s(limit, 0.0))
-                    rec.stages["qpu_end"] = utcnow().isoformat()
-                    await self._finish(
-                        rec,
-                        JobState.CANCELLED,
-                        ErrorCode.RAN_TOO_LONG,
-                        f"Ran too long: the job needs {prepared.quantum_seconds:.3f} s of QPU "
-                        f"time, more than its maximum execution time of {limit:g} s.",
-                        charged=limit,
-                    )
-                    return
-                t0 = time.monotonic()
-                sampled = await self.qpu_workers.run(worker.sample, prepared)
-                aer_s = time.monotonic() - t0
-                hold = self.clock.hold_s(prepared.quantum_seconds, aer_s)
-                if hold > 0:
-                    await asyncio.sleep(hold)
-                span_stop = utcnow()
-                rec.stages["qpu_end"] = span_stop.isoformat()
-                rec.emulator_lag_s = (
-                    max(0.0, aer_s - self.clock.hold_s(prepared.quantum_seconds, 0.0))
-                    if self.clock.name not in ("instant", "manual")
-                    else 0.0
+            self._release_lane(live)
+            state, code, reason, charged = outcome
+            while True:  # a full disk: keep the outcome and record it once space returns
+                try:
+                    await self._end(rec, state, code, reason, charged=charged, result=result)
+                    break
+                except StorageError:
+                    await self.store.wait_writable()
+        except JobFinal:
+            pass  # cancelled meanwhile: the cancel recorded it
+        except _Requeue:
+            self._release_lane(live)
+            self._live.pop(rec.id, None)
+            self.supervisor.spawn(self._requeue_when_writable(rec), name=f"requeue-{rec.id}")
+        finally:
+            self._release_lane(live)
+            self._live.pop(rec.id, None)
+            self._dispatch()
+
+    async def _stages(self, live: _Live) -> str:
+        """Pre-process, QPU, post-process; returns the encoded result. Raises :class:`_Failed`
+        for a job that ends unsuccessfully."""
+        rec, device = live.rec, live.backend.device
+        params = live.params_json
+        if params is None:
+            params = await self.store.params(rec.id) or "{}"
+        live.params_json = None
+        live.stages["pre_start"] = utcnow().isoformat()
+        if rec.state == JobState.QUEUED:
+            try:
+                await self.store.transition(
+                    rec.id, JobState.RUNNING, running=live.stages["pre_start"]
                 )
-            # Let the next job's task take the QPU before this one does its own synchronous
-            # work (pickling the post-processing call): the QPU is the bottleneck, a lane is not.
-            await asyncio.sleep(0)
-            async with lanes.slot(priority=POST):
-                rec.stages["post_start"] = utcnow().isoformat()
-                result = await self.lane_workers.run(
-                    worker.postprocess, prepared, sampled, span_start, span_stop
-                )
-                rec.stages["post_end"] = utcnow().isoformat()
-            await self._finish(
-                rec, JobState.COMPLETED, None, None, charged=prepared.quantum_seconds, result=result
+            except StorageError:
+                raise _Requeue from None
+        try:
+            prepared = await self.plane.lane(
+                worker.preprocess,
+                rec.program_id,
+                params,
+                device.source,
+                self.timing,
+                self.config.max_executions_per_job,
+                self.faults.plan.worker_delay_ms / 1000,
+                self.config.simulation,
             )
         except classical.JobInputError as exc:
-            await self._finish(rec, JobState.FAILED, exc.code, exc.message)
+            raise _Failed(JobState.FAILED, exc.code, exc.message) from None
         except WorkerDied:
-            await self._finish(
-                rec,
+            raise _died() from None
+        live.stages["pre_end"] = utcnow().isoformat()
+        live.estimate = prepared.quantum_seconds
+        if self.faults.fail_job():
+            raise _Failed(
                 JobState.FAILED,
                 ErrorCode.EMULATOR_FAULT,
-                "The emulator's worker process running this job died; the worker was replaced. "
-                "Submit the job again.",
+                "Injected fault: the job failed on purpose (admin fault plan).",
             )
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a bug: fail the job, keep the emulator up
-            log.exception("job %s failed unexpectedly", rec.id)
-            await self._finish(
-                rec,
-                JobState.FAILED,
-                ErrorCode.INTERNAL,
-                f"Internal error in the emulator: {type(exc).__name__}: {exc}",
+        sampled, span_start, span_stop = await self._on_qpu(live, prepared)
+        await asyncio.sleep(0)  # let the next job take the QPU before we pickle our call
+        live.stages["post_start"] = utcnow().isoformat()
+        try:
+            result: str = await self.plane.lane(
+                worker.postprocess, prepared, sampled, span_start, span_stop
             )
-        finally:
-            if self._live.pop(rec.id, None) is not None:
-                self._live_per_instance[rec.instance] -= 1
+        except WorkerDied:
+            raise _died(charged=live.charged or 0.0) from None
+        live.stages["post_end"] = utcnow().isoformat()
+        return result
 
-    async def _finish(
-        self,
-        rec: JobRecord,
-        state: JobState,
-        code: int | None,
-        reason: str | None,
-        *,
-        charged: float = 0.0,
-        result: str | None = None,
-    ) -> None:
-        if rec.terminal:
-            return
-        rec.state, rec.reason_code, rec.reason = state, code, reason
-        rec.finished = utcnow().isoformat()
-        rec.usage_seconds = charged
-        if reason:
-            rec.logs += f"{rec.finished} {state}: {reason}\n"
-        if rec.session_id and (session := self.store.session(rec.session_id)):
-            self.sessions.job_ended(session, charged, rec.quantum_seconds or 0.0)
-        elif charged:
-            self._spawn(self.store.add_usage(rec.instance, charged))
-        await self.store.save_job(rec, result_json=result)
-        self._dispatch()
-
-    # -- the QPU -----------------------------------------------------------------------------
+    async def _on_qpu(self, live: _Live, prepared: Any) -> tuple[Any, Any, Any]:
+        """The job's QPU turn: Aer within the wall budget, then the clock's hold."""
+        rec = live.rec
+        limit = min(rec.cost or self.config.job_max_execution_s, self.config.job_max_execution_s)
+        async with self._qpu_turn(live):
+            span_start = utcnow()
+            live.stages["qpu_start"] = span_start.isoformat()
+            if prepared.quantum_seconds > limit:
+                await asyncio.sleep(self.clock.hold_s(limit, 0.0))
+                live.stages["qpu_end"] = utcnow().isoformat()
+                raise _Failed(
+                    JobState.CANCELLED,
+                    ErrorCode.RAN_TOO_LONG,
+                    f"Ran too long: the job needs {prepared.quantum_seconds:.3f} s of QPU time, "
+                    f"more than its maximum execution time of {limit:g} s.",
+                    charged=limit,
+                )
+            budget = self.config.sim_budget_s
+            realtime = self.clock.name == "realtime"
+            if realtime:
+                budget = min(budget, limit)
+            t0 = time.monotonic()
+            try:
+                async with asyncio.timeout(budget):
+                    sampled = await self.plane.qpu(rec.backend, worker.sample, prepared)
+            except TimeoutError:
+                live.stages["qpu_end"] = utcnow().isoformat()
+                if realtime and budget == limit:
+                    raise _Failed(
+                        JobState.CANCELLED,
+                        ErrorCode.RAN_TOO_LONG,
+                        f"Ran too long: the simulation ran past the job's maximum execution "
+                        f"time of {limit:g} s; it was stopped.",
+                        charged=limit,
+                    ) from None
+                raise _Failed(
+                    JobState.FAILED,
+                    ErrorCode.EXECUTION_FAILED,
+                    f"The simulation took longer than the emulator's budget of {budget:g} s of "
+                    "wall time per job (--sim-budget) and was stopped. Use fewer shots, fewer "
+                    "qubits or a cheaper noise level.",
+                ) from None
+            except classical.JobInputError as exc:
+                raise _Failed(JobState.FAILED, exc.code, exc.message) from None
+            except WorkerDied:
+                raise _died() from None
+            aer_s = time.monotonic() - t0
+            hold = self.clock.hold_s(prepared.quantum_seconds, aer_s)
+            if hold > 0:
+                await asyncio.sleep(hold)
+            span_stop = utcnow()
+            live.stages["qpu_end"] = span_stop.isoformat()
+            live.charged = prepared.quantum_seconds
+            self.fair.charge(rec.instance, prepared.quantum_seconds)
+            if self.clock.name not in ("instant", "manual"):
+                live.lag_s = max(0.0, aer_s - self.clock.hold_s(prepared.quantum_seconds, 0.0))
+        return sampled, span_start, span_stop
 
     @asynccontextmanager
     async def _qpu_turn(self, live: _Live) -> AsyncIterator[None]:
         """Hold the QPU of the job's backend; waits for the turn the QPU's rules give it."""
-        qpu = self.qpus[live.rec.backend]
+        qpu = live.backend.qpu
         turn = live.turn = qpu.request(live.rec.seq, live.rec.id, live.rec.session_id)
         self._dispatch()
         try:
@@ -440,64 +631,143 @@ class Scheduler:
             live.turn = None
             self._dispatch()
             raise
+        live.reached_qpu = True
         try:
             yield
         finally:
             qpu.release(turn)
-            live.turn = None
             self._dispatch()
 
-    def _on_qpu(self, live: _Live) -> bool:
-        return live.turn is not None and self.qpus[live.rec.backend].current is live.turn
+    async def _end(
+        self,
+        rec: JobRecord,
+        state: str,
+        code: int | None,
+        reason: str | None,
+        *,
+        charged: float = 0.0,
+        result: str | None = None,
+        live: _Live | None = None,
+    ) -> bool:
+        """Record a job's final state (and its result and bill, in one transaction). False
+        when it was final already. Jobs in job mode and in batches bill their own QPU time; a
+        dedicated session is billed by its windows instead."""
+        live = live or self._live.get(rec.id)
+        session = self.store.session(rec.session_id) if rec.session_id else None
+        bill = charged if session is None or session.mode == SessionMode.BATCH else 0.0
+        finished = utcnow().isoformat()
+        changes: dict[str, Any] = {
+            "reason": reason,
+            "reason_code": code,
+            "finished": finished,
+            "usage_seconds": charged,
+        }
+        if reason:
+            changes["logs"] = rec.logs + f"{finished} {state}: {reason}\n"
+        if live is not None:
+            changes["stages"] = dict(live.stages)
+            changes["emulator_lag_s"] = live.lag_s
+            if live.estimate is not None:
+                changes["quantum_seconds"] = live.estimate
+        try:
+            await self.store.transition(rec.id, state, result_json=result, bill=bill, **changes)
+        except JobFinal:
+            return False
+        return True
+
+    def _on_job_change(self, rec: JobRecord, old_state: str | None) -> None:
+        """Called by the store as a job's change is committed, before anyone is woken."""
+        if old_state is not None and rec.terminal:
+            self._unfinished_per_instance[rec.instance] -= 1
+            if self._unfinished_per_instance[rec.instance] <= 0:
+                del self._unfinished_per_instance[rec.instance]
+            self._estimates.pop(rec.id, None)
+            if rec.session_id and (session := self.store.session(rec.session_id)):
+                self.sessions.job_ended(session, rec.usage_seconds or 0.0)
+            self._dispatch()
+        else:
+            self._moved()
+
+    async def _requeue_when_writable(self, rec: JobRecord) -> None:
+        await self.store.wait_writable()
+        self._enqueue(rec, None)
+        self._dispatch()
+
+    # -- the QPU, paused -----------------------------------------------------------------
 
     def pause(self, backend: str, *, lanes: bool = True, qpu: bool = True) -> None:
         """Stop granting lanes and/or the QPU of ``backend`` (running work goes on)."""
         if lanes:
-            self.lanes[backend].pause()
+            self.backends[backend].paused = True
         if qpu:
-            self.qpus[backend].paused = True
+            self.backends[backend].qpu.paused = True
 
     def resume(self, backend: str) -> None:
-        self.lanes[backend].resume()
-        self.qpus[backend].paused = False
+        self.backends[backend].paused = False
+        self.backends[backend].qpu.paused = False
         self._dispatch()
 
-    def _dispatch(self) -> None:
-        """Give each idle QPU its next job (see :mod:`emulator.qpu`)."""
-        self._moved()
-        for qpu in self.qpus.values():
-            qpu.dispatch()
+    # -- what a job's views need ---------------------------------------------------------
 
-    async def _keep_time(self) -> None:
-        """Apply session deadlines (interactive TTL, max TTL, idle close) as model time passes."""
-        changed = self.sessions.changed
-        while True:
-            changed.clear()
-            for session in self.sessions.expire():
-                for live in list(self._live.values()):
-                    if live.rec.session_id == session.id and not self._on_qpu(live):
-                        await self._finish(
-                            live.rec,
-                            JobState.FAILED,
-                            ErrorCode.SESSION_NOT_ACCEPTING,
-                            "The session's maximum time to live was reached before this job ran.",
-                        )
-                        if live.task:
-                            live.task.cancel()
-            self._dispatch()
-            await self.clock.wait_for(changed, self.sessions.next_deadline())
+    def live_stages(self, job_id: str) -> dict[str, str] | None:
+        live = self._live.get(job_id)
+        return dict(live.stages) if live is not None else None
+
+    def queue_info(self, job_id: str) -> tuple[int, str] | None:
+        """``(position_in_queue, estimated start ISO)`` of a queued job, else None."""
+        queued = self._queued.get(job_id)
+        if queued is None:
+            return None
+        backend, waiting = queued
+        position = backend.admission.position(waiting)
+        # The lanes are ``width`` servers of one job each: the job starts after
+        # ceil(position / width) rounds of the recent lane time per job.
+        rounds = math.ceil(position / backend.width)
+        start = utcnow() + timedelta(seconds=rounds * backend.lane_s)
+        return position, start.isoformat()
+
+    async def estimate(self, rec: JobRecord) -> float | None:
+        """The job's modelled QPU seconds, computed once on a lane worker if it has not run
+        yet (``estimated_running_time_seconds``, the official ``usage_estimation``)."""
+        if rec.quantum_seconds is not None:
+            return rec.quantum_seconds
+        live = self._live.get(rec.id)
+        if live is not None and live.estimate is not None:
+            return live.estimate
+        task = self._estimates.get(rec.id)
+        if task is None:
+            task = asyncio.ensure_future(self._estimate(rec))
+            self._estimates[rec.id] = task
+        return await asyncio.shield(task)
+
+    async def _estimate(self, rec: JobRecord) -> float | None:
+        params = await self.store.params(rec.id)
+        if params is None:
+            return None
+        try:
+            return await self.plane.lane(
+                worker.estimate,
+                rec.program_id,
+                params,
+                self.backends[rec.backend].device.source,
+                self.timing,
+                self.config.max_executions_per_job,
+            )
+        except WorkerDied:
+            return None
 
     # -- statistics --------------------------------------------------------------------------
 
     def statistics(self) -> Statistics:
         """A snapshot per backend; O(backends), cheap enough for every status request."""
         out = []
-        for name, qpu in self.qpus.items():
-            count = self.store.count
+        count = self.store.count
+        for name, b in self.backends.items():
+            qpu = b.qpu
             out.append(
                 BackendStatistics(
                     backend=name,
-                    lanes=self.lanes[name].statistics(),
+                    lanes=LaneStatistics(b.width, b.busy, len(b.admission), b.peak),
                     qpu_busy=qpu.current is not None,
                     qpu_job=qpu.current.job_id if qpu.current else None,
                     qpu_owner=qpu.owner,
@@ -508,6 +778,22 @@ class Scheduler:
                     completed=count(name, JobState.COMPLETED),
                     failed=count(name, JobState.FAILED),
                     cancelled=count(name, JobState.CANCELLED),
+                    paused=b.paused,
                 )
             )
-        return Statistics(tuple(out))
+        return Statistics(
+            tuple(out),
+            workers=self.plane.statistics(),
+            supervised_tasks=len(self.supervisor),
+            supervised_crashes=self.supervisor.crashes,
+        )
+
+
+def _died(charged: float = 0.0) -> _Failed:
+    return _Failed(
+        JobState.FAILED,
+        ErrorCode.EMULATOR_FAULT,
+        "The emulator's worker process running this job died; the worker was replaced. "
+        "Submit the job again.",
+        charged,
+    )

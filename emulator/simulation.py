@@ -52,8 +52,9 @@ __all__ = [
     "run",
 ]
 
-#: Predicted wall-clock seconds of simulation a job may take (``--sim-budget``).
-DEFAULT_BUDGET_S = 60.0
+#: Wall-clock seconds of simulation a job may take (``--sim-budget``): refused when predicted
+#: over it, stopped by the scheduler when it runs over it anyway.
+DEFAULT_BUDGET_S = 600.0
 #: Memory Aer may use for one circuit (``--sim-memory``); a state vector of 28 qubits is 4 GiB.
 DEFAULT_MAX_MEMORY_MB = 4096
 

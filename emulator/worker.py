@@ -1,22 +1,15 @@
-"""The functions the scheduler runs in worker processes, and the worker's main loop.
+"""The functions the scheduler runs on the worker plane, and ``python -m emulator.worker``.
 
-Workers are started as ``python -m emulator.worker`` by :class:`emulator.lanes.WorkerPool`: a
-fresh interpreter that never re-runs the parent's main module (anyio's ``to_process`` does, with
-``__main__`` removed, which breaks any script or notebook that imports qiskit at top level,
-because ``dill`` imports ``__main__``).
-
-Protocol on the pipes: the parent writes ``<length>\\n<pickle of (func, args)>``; the worker
-answers ``ACK\\n`` as soon as it has read the call (so the parent can tell "died before the call"
-from "died during it"), then ``OK <length>\\n<pickle of result>`` or
-``EXC <length>\\n<pickle of exception>``.
+Workers are started as ``python -m emulator.worker`` by :class:`emulator.workers.WorkerPool`
+(the pipe protocol, both ends, lives in :mod:`emulator.workers`).
 """
 
 from __future__ import annotations
 
-import pickle
+import math
 import sys
 import time
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -25,7 +18,7 @@ if TYPE_CHECKING:
     from .simulation import SimulationSettings
     from .timing import TimingParams
 
-__all__ = ["postprocess", "preprocess", "sample", "serve", "warm"]
+__all__ = ["estimate", "postprocess", "preprocess", "sample", "warm"]
 
 #: Aer's default ``statevector_parallel_threshold``.
 _PARALLEL_QUBITS = 14
@@ -69,6 +62,30 @@ def preprocess(
     )
 
 
+def estimate(
+    program_id: str, params: str, source: str, timing: TimingParams, max_executions: int
+) -> float | None:
+    """The job's modelled QPU seconds, for ``estimated_running_time_seconds`` before it ran
+    (None when its input is bad: that is reported when the job runs). The simulation budget
+    does not apply here: the modelled QPU time does not depend on it."""
+    from .classical import JobInputError
+    from .classical import preprocess as _preprocess
+    from .simulation import SimulationSettings
+
+    try:
+        prepared = _preprocess(
+            program_id,
+            params,
+            source,
+            timing=timing,
+            max_executions=max_executions,
+            settings=SimulationSettings(budget_s=math.inf),
+        )
+    except JobInputError:
+        return None
+    return prepared.quantum_seconds
+
+
 def sample(prepared: PreparedJob) -> Sampled:
     from .classical import sample as _sample
 
@@ -85,41 +102,11 @@ def postprocess(prepared: PreparedJob, sampled: Sampled, start: datetime, stop: 
     return _postprocess(prepared, sampled, start, stop)
 
 
-def _reply(out: BinaryIO, tag: bytes, obj: Any) -> None:
-    try:
-        payload = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:  # an unpicklable result or exception: say so, stay alive
-        tag, payload = b"EXC", pickle.dumps(RuntimeError(f"unpicklable {tag.decode()}: {exc!r}"))
-    out.write(b"%s %d\n" % (tag, len(payload)))
-    out.write(payload)
-    out.flush()
-
-
-def serve() -> None:
-    """Answer calls from the parent until stdin closes."""
-    inp, out = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # stray prints must not corrupt the protocol
-    out.write(b"READY\n")
-    out.flush()
-    while True:
-        header = inp.readline()
-        if not header:
-            return
-        request = inp.read(int(header))
-        out.write(b"ACK\n")
-        out.flush()
-        try:
-            func, args = pickle.loads(request)
-            result = func(*args)
-        except Exception as exc:
-            _reply(out, b"EXC", exc)
-        else:
-            _reply(out, b"OK", result)
-
-
 if __name__ == "__main__":
     import os
 
     if len(sys.argv) > 2 and sys.argv[1] == "--nice":
         os.nice(int(sys.argv[2]))
+    from .workers import serve
+
     serve()

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from qiskit import QuantumCircuit
+import json
+from typing import Any
 
-__all__ = ["bell", "ghz"]
+from qiskit import QuantumCircuit
+from qiskit.primitives.containers.sampler_pub import SamplerPub
+from qiskit.transpiler import generate_preset_pass_manager
+from qiskit_ibm_runtime.json import RuntimeEncoder
+
+from emulator.backends import device_target
+
+__all__ = ["bell", "ghz", "params_json", "sampler_params", "to_isa"]
 
 
 def bell(measure: bool = True) -> QuantumCircuit:
@@ -26,3 +34,22 @@ def ghz(n: int, measure: bool = True) -> QuantumCircuit:
     if measure:
         qc.measure_all()
     return qc
+
+
+def to_isa(circuit: QuantumCircuit, source: str = "fez") -> QuantumCircuit:
+    """``circuit`` transpiled for the device snapshot ``source`` (e.g. ``fez``, ``manila``)."""
+    pm = generate_preset_pass_manager(
+        optimization_level=1, target=device_target(source), seed_transpiler=11
+    )
+    return pm.run(circuit)
+
+
+def params_json(pubs: list[Any], options: dict[str, Any] | None = None, **extra: Any) -> str:
+    """What the official client sends as ``params`` (spec 4.1)."""
+    body = {"pubs": pubs, "options": options or {}, "version": 2, "support_qiskit": True}
+    body.update(extra)
+    return json.dumps(body, cls=RuntimeEncoder)
+
+
+def sampler_params(pubs: list[tuple[Any, ...]], options: dict[str, Any] | None = None) -> str:
+    return params_json([SamplerPub.coerce(p) for p in pubs], options)

@@ -4,6 +4,8 @@
   (IAM, capabilities, the wait extension, job GET/results/cancel) for deterministic unit tests of
   the transport, auth and waiting machinery. Job completion is driven by the test
   (:meth:`FakeRuntime.finish`), never by time.
+* :class:`MemoryTransport`: an ``AsyncTransport`` that answers a few routes from memory (no
+  sockets at all), for ``AsyncRuntimeService(transport=...)``.
 * :func:`service_for`: an ``AsyncRuntimeService`` pointed at an ``EmulatorThread``.
 * :class:`LoopLagProbe`: measures how late a 5 ms sleep wakes up (event-loop stalls).
 * :func:`endpoint`: a recorded request reduced to ``(METHOD, /path/template)``.
@@ -12,17 +14,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import threading
 import time
+import urllib.parse
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import jwt
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from qiskit.primitives.containers import PrimitiveResult
 
 from aioruntime import AsyncRuntimeService
 from aioruntime import protocol as p
+from aioruntime._transport import Request, Response
 
 if TYPE_CHECKING:
     from emulator.testing import EmulatorThread
@@ -315,3 +322,136 @@ class FakeRuntime:
 
     async def _usage(self, request: web.Request) -> web.Response:
         return web.json_response({"usage_consumed_seconds": 1, "usage_limit_seconds": 10})
+
+
+# -- the in-memory transport -----------------------------------------------------------------------
+
+
+def _iam_token(serial: int, ttl: int = 3600) -> str:
+    iat = int(time.time())
+    return jwt.encode(
+        {"iat": iat, "exp": iat + ttl, "n": serial}, "memory-secret-" + "x" * 32, algorithm="HS256"
+    )
+
+
+class MemoryTransport:
+    """An ``AsyncTransport`` answering from dictionaries: no sockets, no server, no loop work.
+
+    Routes: the IAM token, ``/backends`` (with configuration, properties and status, from the
+    emulator's device snapshots), ``/instances/usage``, ``POST /jobs`` (the job is Completed at
+    once, with an empty ``PrimitiveResult``), ``GET /jobs``, ``/jobs/{id}`` and its results;
+    everything else (e.g. the capabilities probe) answers 404, as IBM does. ``queues`` maps
+    each served backend to its ``queue_length``. ``before_send`` may raise (e.g. a
+    ``ConnectError``) to play an unreachable server; ``sent`` records every request.
+    """
+
+    def __init__(self, queues: dict[str, int] | None = None) -> None:
+        from emulator.backends import device_for_name
+
+        self.queues = dict(queues or {"ibm_manila": 0})
+        self.devices = {name: device_for_name(name, "ibm_manila") for name in self.queues}
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.results: dict[str, str] = {}
+        self.sent: list[Request] = []
+        self.before_send: Callable[[Request], None] | None = None
+        self.answers: dict[tuple[str, str], list[tuple[int, dict[str, str]]]] = {}
+        #: False: ``/backends`` entries carry no status and queue length (ask the status route).
+        self.list_queues = True
+        self.closed = False
+
+    def routes(self) -> list[tuple[str, str]]:
+        """``(METHOD, path)`` of every request sent, ids replaced by ``{id}``."""
+        return [
+            endpoint({"method": r.method, "path": urllib.parse.urlsplit(r.url).path})
+            for r in self.sent
+        ]
+
+    def add_job(self, job_id: str, backend: str, *, estimate: float | None = 1.5) -> None:
+        body: dict[str, Any] = {
+            "id": job_id,
+            "backend": backend,
+            "state": {"status": "Completed"},
+            "status": "Completed",
+            "program": {"id": "sampler"},
+            "created": "2026-01-01T00:00:00+00:00",
+            "tags": [],
+        }
+        if estimate is not None:
+            body["estimated_running_time_seconds"] = estimate
+        self.jobs[job_id] = body
+        self.results[job_id] = p.dumps(PrimitiveResult([], metadata={"version": 2}))
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+    async def send(self, request: Request) -> Response:
+        self.sent.append(request)
+        if self.before_send is not None:
+            self.before_send(request)
+        await asyncio.sleep(0)  # a real transport yields to the loop too
+        path = urllib.parse.urlsplit(request.url).path
+        queued = self.answers.get((request.method, path))
+        if queued:
+            status, headers = queued.pop(0)
+            return Response(request.method, request.url, status, headers, b"")
+        status, body = self._answer(request.method, path, dict(request.params or {}), request)
+        text = body if isinstance(body, str) else json.dumps(body)
+        return Response(request.method, request.url, status, {}, text.encode())
+
+    def _answer(
+        self, method: str, path: str, query: dict[str, str], request: Request
+    ) -> tuple[int, Any]:
+        if (method, path) == ("POST", p.IAM_TOKEN):
+            return 200, {"access_token": _iam_token(len(self.sent)), "expires_in": 3600}
+        if not path.startswith("/api/v1"):
+            return 404, p.error_body(1291, "not found", 404)
+        route = path.removeprefix("/api/v1")
+        parts = route.strip("/").split("/")
+        if (method, route) == ("GET", p.BACKENDS):
+            return 200, {"devices": [self._summary(name) for name in self.queues]}
+        if method == "GET" and parts[0] == "backends" and len(parts) == 3:
+            device = self.devices.get(parts[1])
+            if device is None:
+                return 404, p.error_body(1007, "no such backend", 404)
+            if parts[2] == "configuration":
+                return 200, device.configuration
+            if parts[2] == "properties":
+                return 200, device.properties
+            if parts[2] == "status":
+                return 200, {
+                    "state": True,
+                    "status": "active",
+                    "length_queue": self.queues[parts[1]],
+                    "backend_version": "1.0.0",
+                }
+        if (method, route) == ("GET", p.INSTANCES_USAGE):
+            return 200, {"usage_consumed_seconds": 1, "usage_limit_seconds": 10}
+        if (method, route) == ("POST", p.JOBS):
+            payload = json.loads(str(request.body))
+            job_id = f"job-{len(self.jobs) + 1}"
+            self.add_job(job_id, payload["backend"])
+            return 200, {"id": job_id, "backend": payload["backend"]}
+        if (method, route) == ("GET", p.JOBS):
+            return 200, self._list(query)
+        if parts[0] == "jobs" and len(parts) >= 2:
+            if parts[1] not in self.jobs:
+                return 404, p.error_body(1291, "Job not found.", 404)
+            if method == "GET" and len(parts) == 2:
+                return 200, self.jobs[parts[1]]
+            if method == "GET" and parts[2:] == ["results"]:
+                return 200, self.results[parts[1]]
+        return 404, p.error_body(1291, "not found", 404)
+
+    def _summary(self, name: str) -> dict[str, Any]:
+        summary: dict[str, Any] = {"name": name, "qubits": self.devices[name].num_qubits}
+        if self.list_queues:
+            summary.update(status={"name": "online"}, queue_length=self.queues[name])
+        return summary
+
+    def _list(self, query: dict[str, str]) -> dict[str, Any]:
+        jobs = [j for j in reversed(self.jobs.values())]
+        if "backend" in query:
+            jobs = [j for j in jobs if j["backend"] == query["backend"]]
+        offset = int(query.get("offset", "0"))
+        limit = int(query.get("limit", "20"))
+        return {"jobs": jobs[offset : offset + limit], "count": len(jobs)}

@@ -3,18 +3,27 @@
 ``emulator`` is shared by a whole test module (worker processes take seconds to start);
 ``make_emulator`` builds a fresh one with its own config (for a manual clock, a small lane count,
 keys and instances) and stops it after the test.
+
+For the aioruntime client tests: ``service`` (an open ``AsyncRuntimeService`` on the module's
+``emulator``, on the module's event loop: modules using it mark their tests
+``pytest.mark.asyncio(loop_scope="module")``) and ``manila`` (its ``ibm_manila`` backend). A
+module that needs another emulator (a manual clock, fewer backends) overrides ``emulator``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+import pytest_asyncio
 
 from emulator.config import ClockSpec, Config
 from emulator.testing import EmulatorThread
+
+if TYPE_CHECKING:
+    from aioruntime import AsyncBackend, AsyncRuntimeService
 
 
 def emulator_config(**overrides: Any) -> Config:
@@ -50,3 +59,17 @@ def make_emulator() -> Iterator[Callable[..., EmulatorThread]]:
 def official(emulator: EmulatorThread) -> Any:
     """The unmodified official QiskitRuntimeService, pointed at the module's emulator."""
     return emulator.official_service()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def service(emulator: EmulatorThread) -> AsyncIterator[AsyncRuntimeService]:
+    """An open aioruntime service on the module's emulator."""
+    from client_helpers import service_for
+
+    async with service_for(emulator) as svc:
+        yield svc
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def manila(service: AsyncRuntimeService) -> AsyncBackend:
+    return await service.backend("ibm_manila")

@@ -19,7 +19,7 @@ from typing import Any
 import anyio.to_process
 import numpy as np
 import pytest
-from circuits import bell
+from circuits import bell, params_json, sampler_params, to_isa
 from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
 from qiskit.circuit import Parameter
 from qiskit.primitives import PrimitiveResult, PubResult, SamplerPubResult
@@ -29,7 +29,6 @@ from qiskit.quantum_info import SparseObservable, SparsePauliOp
 from qiskit.transpiler import generate_preset_pass_manager
 from qiskit_aer.noise import NoiseModel, ReadoutError
 from qiskit_ibm_runtime.execution_span import DoubleSliceSpan, ExecutionSpans
-from qiskit_ibm_runtime.json import RuntimeEncoder
 
 from aioruntime.protocol import ErrorCode, loads
 from emulator.backends import device_target
@@ -50,24 +49,6 @@ T1 = T0 + timedelta(seconds=3)
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def to_isa(circuit: QuantumCircuit, source: str = "fez") -> QuantumCircuit:
-    pm = generate_preset_pass_manager(
-        optimization_level=1, target=device_target(source), seed_transpiler=11
-    )
-    return pm.run(circuit)
-
-
-def params_json(pubs: list[Any], options: dict[str, Any] | None = None, **extra: Any) -> str:
-    """What the official client sends as ``params`` (spec 4.1)."""
-    body = {"pubs": pubs, "options": options or {}, "version": 2, "support_qiskit": True}
-    body.update(extra)
-    return json.dumps(body, cls=RuntimeEncoder)
-
-
-def sampler_params(pubs: list[tuple[Any, ...]], options: dict[str, Any] | None = None) -> str:
-    return params_json([SamplerPub.coerce(p) for p in pubs], options)
 
 
 def estimator_params(

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio.to_thread
 import numpy as np
 import pytest
-import pytest_asyncio
 from circuits import bell
 from client_helpers import endpoint, service_for
 from qiskit import QuantumCircuit
@@ -41,17 +39,6 @@ from emulator.testing import EmulatorThread
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 SEED = 42
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def service(emulator: EmulatorThread) -> AsyncIterator[AsyncRuntimeService]:
-    async with service_for(emulator) as svc:
-        yield svc
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def manila(service: AsyncRuntimeService) -> AsyncBackend:
-    return await service.backend("ibm_manila")
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +72,15 @@ async def test_backends_carry_a_target_for_transpilation(service: AsyncRuntimeSe
         await service.backend("ibm_nowhere")
     assert info.value.backend_name == "ibm_nowhere"
     assert [b.name for b in await service.backends(min_num_qubits=100)] != []
+
+
+async def test_least_busy_like_the_official_client(
+    service: AsyncRuntimeService, official: Any
+) -> None:
+    ours = await service.least_busy()
+    assert ours.name == (await official_call(official.least_busy)).name
+    assert ours is await service.backend(ours.name)
+    assert (await service.least_busy(min_num_qubits=140)).name == "ibm_fez"  # 156 qubits
 
 
 async def test_service_from_the_official_environment_variables(emulator: EmulatorThread) -> None:
@@ -194,7 +190,9 @@ async def test_options_reach_the_server_like_the_official_ones(
 # -- jobs ------------------------------------------------------------------------------------------
 
 
-async def test_job_handle_api(service: AsyncRuntimeService, manila: AsyncBackend, pm: Any) -> None:
+async def test_job_handle_api(
+    service: AsyncRuntimeService, manila: AsyncBackend, pm: Any, official: Any
+) -> None:
     job = await AsyncSamplerV2(mode=manila).run([pm.run(bell())], shots=50)
     assert job.last_status == "INITIALIZING" and not job.done()
     assert job.job_id() in repr(job) and "INITIALIZING" in repr(job)
@@ -209,6 +207,10 @@ async def test_job_handle_api(service: AsyncRuntimeService, manila: AsyncBackend
     assert await job.usage() > 0
     assert isinstance(await job.logs(), str)
     assert await job.error_message() is None
+    estimate = await job.usage_estimation()
+    assert estimate["quantum_seconds"] > 0
+    theirs = await official_call(lambda: official.job(job.job_id()).usage_estimation)
+    assert estimate == theirs
     again = await service.job(job.job_id())
     assert again.last_status == "DONE" and again.backend() is manila
     assert again.creation_date is not None
@@ -219,6 +221,23 @@ async def test_job_handle_api(service: AsyncRuntimeService, manila: AsyncBackend
     assert await job.update_tags(["renamed"]) == ["renamed"]
     with pytest.raises(JobNotFoundError):
         await service.job("d-no-such-job")
+
+
+async def test_retrieved_and_listed_jobs_know_their_backend(
+    emulator: EmulatorThread, manila: AsyncBackend, pm: Any, official: Any
+) -> None:
+    job = await AsyncSamplerV2(mode=manila).run([pm.run(bell())], shots=10)
+    await job
+    async with service_for(emulator) as fresh:  # nothing loaded or cached yet
+        again = await fresh.job(job.job_id())
+        backend = again.backend()
+        assert backend is not None and backend.name == "ibm_manila" == again.backend_name
+        assert backend is await fresh.backend("ibm_manila") and backend.service is fresh
+        listed = await fresh.jobs(backend_name="ibm_manila", limit=3)
+        assert job.job_id() in {j.job_id() for j in listed}
+        assert {j.backend() for j in listed} == {backend}
+    theirs = await official_call(lambda: official.job(job.job_id()).backend().name)
+    assert theirs == "ibm_manila"
 
 
 async def test_jobs_filters(service: AsyncRuntimeService, manila: AsyncBackend, pm: Any) -> None:
@@ -244,8 +263,10 @@ async def test_jobs_filters(service: AsyncRuntimeService, manila: AsyncBackend, 
     assert await ids(pending=True) == []
     assert await ids(created_after=datetime.now(UTC) + timedelta(hours=1)) == []
     assert await ids(created_before=datetime.now(UTC) + timedelta(hours=1), limit=1) == [created[3]]
-    with pytest.raises(InputValueError):
-        [j async for j in service.jobs(job_tags="not-a-list")]  # type: ignore[arg-type]
+    listed = await service.jobs(job_tags=[tag], backend_name="ibm_manila")  # as the official
+    assert isinstance(listed, list) and [j.job_id() for j in listed] == created[::-1]
+    with pytest.raises(InputValueError):  # at the call, before anything is sent
+        service.jobs(job_tags="not-a-list")  # type: ignore[arg-type]
 
 
 # -- sessions and batches --------------------------------------------------------------------------

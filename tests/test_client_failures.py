@@ -10,15 +10,14 @@ stays RUNNING (classically pre-processed, waiting for the QPU) for as long as th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import anyio.to_thread
 import pytest
-import pytest_asyncio
 from circuits import bell
 from client_helpers import endpoint, service_for
+from conftest import emulator_config
 from qiskit import QuantumCircuit
 from qiskit.transpiler import generate_preset_pass_manager
 
@@ -37,35 +36,16 @@ from aioruntime import (
     NotAuthorizedError,
 )
 from aioruntime import protocol as p
-from emulator.config import ClockSpec, Config
 from emulator.testing import EmulatorThread
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 @pytest.fixture(scope="module")
-def emu() -> Iterator[EmulatorThread]:
-    config = Config(
-        port=0,
-        data_dir=Path(":memory:"),
-        record_requests=True,
-        clock=ClockSpec.parse("manual"),
-        backends="ibm_manila",
-        lanes=2,
-    )
-    with EmulatorThread(config) as emulator:
-        yield emulator
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def service(emu: EmulatorThread) -> AsyncIterator[AsyncRuntimeService]:
-    async with service_for(emu) as svc:
-        yield svc
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def manila(service: AsyncRuntimeService) -> AsyncBackend:
-    return await service.backend("ibm_manila")
+def emulator() -> Iterator[EmulatorThread]:
+    """This module's emulator: a manual clock, only ibm_manila, two lanes."""
+    with EmulatorThread(emulator_config(clock="manual", backends="ibm_manila", lanes=2)) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +95,9 @@ async def test_ran_too_long_is_the_max_timeout_error(
 
 
 async def test_client_side_validation_sends_nothing(
-    manila: AsyncBackend, emu: EmulatorThread
+    manila: AsyncBackend, emulator: EmulatorThread
 ) -> None:
-    before = len(emu.requests)
+    before = len(emulator.requests)
     with pytest.raises(InputValueError, match="target"):
         await AsyncSamplerV2(mode=manila).run([bell()])  # not ISA: refused before sending
     with pytest.raises(InputValueError):
@@ -126,7 +106,7 @@ async def test_client_side_validation_sends_nothing(
         )
     with pytest.raises(InputValueError):
         AsyncSamplerV2(mode=manila, options={"no_such_option": 1})
-    assert len(emu.requests) == before
+    assert len(emulator.requests) == before
 
 
 async def test_unknown_job_is_not_found(service: AsyncRuntimeService) -> None:
@@ -137,16 +117,16 @@ async def test_unknown_job_is_not_found(service: AsyncRuntimeService) -> None:
         await service.delete_job("d00000000000000000000")
 
 
-async def test_bad_token_is_not_authorized(emu: EmulatorThread) -> None:
-    async with service_for(emu, token="not-a-key") as svc:
+async def test_bad_token_is_not_authorized(emulator: EmulatorThread) -> None:
+    async with service_for(emulator, token="not-a-key") as svc:
         with pytest.raises(NotAuthorizedError) as info:
             await svc.backends()
         assert "IAM refused the API key" in str(info.value)
 
 
-async def test_foreign_instance_is_not_authorized(emu: EmulatorThread) -> None:
+async def test_foreign_instance_is_not_authorized(emulator: EmulatorThread) -> None:
     foreign = "crn:v1:bluemix:public:quantum-computing:us-east:a/someone-else::"
-    async with service_for(emu, instance=foreign) as svc:
+    async with service_for(emulator, instance=foreign) as svc:
         with pytest.raises(NotAuthorizedError) as info:
             await svc.usage()
         assert info.value.status == 401 and info.value.code == p.ErrorCode.NOT_AUTHORIZED
@@ -157,9 +137,12 @@ async def test_foreign_instance_is_not_authorized(emu: EmulatorThread) -> None:
 
 @pytest.fixture(scope="module")
 def held(
-    emu: EmulatorThread, service: AsyncRuntimeService, manila: AsyncBackend, isa: QuantumCircuit
+    emulator: EmulatorThread,
+    service: AsyncRuntimeService,
+    manila: AsyncBackend,
+    isa: QuantumCircuit,
 ) -> tuple[EmulatorThread, AsyncRuntimeService, AsyncBackend, QuantumCircuit]:
-    return emu, service, manila, isa
+    return emulator, service, manila, isa
 
 
 async def _hold_the_qpu(session: AsyncSession, isa: QuantumCircuit) -> None:
@@ -169,7 +152,7 @@ async def _hold_the_qpu(session: AsyncSession, isa: QuantumCircuit) -> None:
 
 
 async def test_timeout_raises_and_the_job_keeps_running(held: Any) -> None:
-    emu, _, backend, isa = held
+    emulator, _, backend, isa = held
     job_mode = AsyncSamplerV2(mode=backend)  # built outside the block: job mode
     async with AsyncSession(backend) as session:
         await _hold_the_qpu(session, isa)
@@ -178,19 +161,20 @@ async def test_timeout_raises_and_the_job_keeps_running(held: Any) -> None:
             await job.result(timeout=0.3)
         assert info.value.job_id == job.job_id() and info.value.timeout == 0.3
         assert isinstance(info.value, TimeoutError)
-        assert await job.status() == "RUNNING"
+        # the session owns the QPU: a job-mode job gets no lane and stays Queued (timing §4)
+        assert await job.status() == "QUEUED"
         with pytest.raises(JobTimeoutError):
             await job.wait(timeout=0.1)
         # the job was not cancelled: once the session's interactive TTL runs out, it runs
-        await anyio.to_thread.run_sync(emu.advance, 61)
+        await anyio.to_thread.run_sync(emulator.advance, 61)
         result = await job.result(timeout=120)
         assert result[0].data.meas.num_shots == 10 and await job.status() == "DONE"
 
 
 async def test_cancelling_the_awaiter_leaves_the_job_then_cancel_stops_it(held: Any) -> None:
-    emu, svc, backend, isa = held
+    emulator, svc, backend, isa = held
     cancelled_before = (
-        (await anyio.to_thread.run_sync(emu.statistics)).backend("ibm_manila").cancelled
+        (await anyio.to_thread.run_sync(emulator.statistics)).backend("ibm_manila").cancelled
     )
     job_mode = AsyncSamplerV2(mode=backend)  # built outside the block: job mode
     async with AsyncSession(backend) as session:
@@ -202,8 +186,8 @@ async def test_cancelling_the_awaiter_leaves_the_job_then_cancel_stops_it(held: 
         awaiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await awaiter
-        assert await job.status() == "RUNNING"
-        assert (await svc.job(job.job_id())).last_status == "RUNNING"
+        assert await job.status() == "QUEUED"
+        assert (await svc.job(job.job_id())).last_status == "QUEUED"
         # many awaiters, one waiter; job.cancel() wakes them all with JobCancelledError
         awaiters = [asyncio.create_task(job.result()) for _ in range(20)]
         while svc.statistics().waits.slots_busy == 0:  # noqa: ASYNC110
@@ -213,12 +197,12 @@ async def test_cancelling_the_awaiter_leaves_the_job_then_cancel_stops_it(held: 
         outcomes = await asyncio.gather(*awaiters, return_exceptions=True)
         assert all(isinstance(o, JobCancelledError) for o in outcomes)
         assert (await svc.job(job.job_id())).last_status == "CANCELLED"
-        stats = await anyio.to_thread.run_sync(emu.statistics)
+        stats = await anyio.to_thread.run_sync(emulator.statistics)
         assert stats.backend("ibm_manila").cancelled == cancelled_before + 1
 
 
 async def test_cancelled_session_block_still_closes(held: Any) -> None:
-    emu, _, backend, isa = held
+    emulator, _, backend, isa = held
     entered = asyncio.Event()
     session_ref: list[AsyncSession] = []
 
@@ -234,11 +218,11 @@ async def test_cancelled_session_block_still_closes(held: Any) -> None:
 
     task = asyncio.create_task(work())
     await entered.wait()
-    start = len(emu.requests)
+    start = len(emulator.requests)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     (session,) = session_ref
     assert session.state is ModeState.CLOSED
-    assert ("PATCH", "/api/v1/sessions/{id}") in [endpoint(r) for r in emu.requests[start:]]
+    assert ("PATCH", "/api/v1/sessions/{id}") in [endpoint(r) for r in emulator.requests[start:]]
     assert await session.status() in {"Closed", "In progress, not accepting new jobs"}

@@ -12,15 +12,13 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 import pytest
-import pytest_asyncio
 from circuits import ghz
-from client_helpers import LoopLagProbe, service_for
+from client_helpers import LoopLagProbe
 from qiskit.transpiler import generate_preset_pass_manager
 
 from aioruntime import AsyncBatch, AsyncRuntimeService, AsyncSamplerV2
@@ -38,12 +36,6 @@ def load_example() -> Any:
     sys.modules.setdefault("concurrent_vqe", module)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def service(emulator: EmulatorThread) -> AsyncIterator[AsyncRuntimeService]:
-    async with service_for(emulator) as svc:
-        yield svc
 
 
 async def test_hundred_sampler_runs_in_one_batch(

@@ -3,11 +3,16 @@ retries, and the waiting machinery against an in-loop fake server (no sleeps, no
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import inspect
+import re
+import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from client_helpers import API_KEY, INSTANCE, FakeRuntime
 from qiskit.primitives.containers import PrimitiveResult
@@ -18,6 +23,7 @@ from aioruntime import (
     ApiError,
     AsyncRuntimeJob,
     AsyncRuntimeService,
+    ConnectError,
     InputValueError,
     InvalidStateError,
     JobCancelledError,
@@ -54,6 +60,40 @@ def test_public_names_are_exported_and_sorted() -> None:
     for name in aioruntime.__all__:
         assert getattr(aioruntime, name) is not None, name
     assert set(errors_module.__all__) - {"api_error_class"} <= set(aioruntime.__all__)
+
+
+def _runtime_imports(tree: ast.Module) -> set[str]:
+    """Modules a module imports when it runs (``if TYPE_CHECKING:`` blocks left out)."""
+    found: set[str] = set()
+
+    def visit(nodes: list[ast.stmt]) -> None:
+        for node in nodes:
+            if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+                visit(node.orelse)
+                continue
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                found.add(node.module or "")
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.stmt):
+                    visit([child])
+
+    visit(tree.body)
+    return found
+
+
+def test_handles_reach_the_service_only_through_its_context() -> None:
+    """No module touches AsyncRuntimeService's private members, and only ``__init__`` imports
+    ``service`` at run time: backends, jobs, sessions and primitives hold a ClientContext."""
+    package = Path(aioruntime.__file__).parent
+    for path in sorted(package.glob("*.py")):
+        text = path.read_text()
+        assert not re.search(r"service\)?\._[a-z]", text), f"{path.name} reaches into service"
+        if path.name != "__init__.py":
+            assert "service" not in _runtime_imports(ast.parse(text)), path.name
+    assert "_context" not in {
+        name for path in package.glob("_*.py") if path.name != "_context.py"
+        for name in _runtime_imports(ast.parse(path.read_text()))
+    }  # fmt: skip
 
 
 def test_exception_tree_families_do_not_mix() -> None:
@@ -235,7 +275,7 @@ async def test_bad_api_key_is_not_authorized(fake: FakeRuntime) -> None:
 async def test_revoked_token_is_renewed_once_then_refused(fake: FakeRuntime) -> None:
     async with fake.service() as service:
         await service.usage()
-        first = service._http.tokens._token
+        first = service.context.api.tokens._token
         assert first is not None
         fake.revoked.add(first.value)
         await service.usage()  # 401 → one new token → success
@@ -263,6 +303,8 @@ async def test_lifecycle_misuse_is_explained(fake: FakeRuntime) -> None:
     assert service.state.value == "unopened"
     with pytest.raises(ServiceClosedError, match="not open yet"):
         await service.backends()
+    assert await service.open() is service  # `service = await AsyncRuntimeService(...).open()`
+    assert await service.open() is service  # idempotent while open
     async with service:
         assert service.state.value == "open"
     assert service.state is ServiceState.CLOSED
@@ -272,21 +314,28 @@ async def test_lifecycle_misuse_is_explained(fake: FakeRuntime) -> None:
         await service.open()
 
 
-async def test_unreachable_server_is_a_transport_error() -> None:
-    service = AsyncRuntimeService(
-        url="http://127.0.0.1:9/api/v1", token="k", instance=INSTANCE,
-        iam_url="http://127.0.0.1:9", retries=1, backoff_s=0.001,
-    )  # fmt: skip
+async def test_unreachable_server_fails_at_once_with_the_url_and_the_cause() -> None:
+    with socket.socket() as probe:  # a port nobody listens on: bound, then released
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    service = AsyncRuntimeService(url=base + "/api/v1", token="k", instance=INSTANCE, iam_url=base)
     async with service:
-        with pytest.raises(TransportError):
+        with pytest.raises(ConnectError) as info:
             await service.usage()
+        stats = service.statistics().transport
+    assert (stats.requests_sent, stats.retries) == (1, 0)  # one attempt, no silent retries
+    assert isinstance(info.value, TransportError) and info.value.url == base + p.IAM_TOKEN
+    assert base + p.IAM_TOKEN in str(info.value) and "never answered" in str(info.value)
+    assert isinstance(info.value.__cause__, aiohttp.ClientConnectorError)
+    assert str(info.value.__cause__) in str(info.value)
 
 
 # -- waiting ---------------------------------------------------------------------------------------
 
 
 def _job(service: AsyncRuntimeService, job_id: str) -> AsyncRuntimeJob:
-    return AsyncRuntimeJob(service=service, job_id=job_id, program_id="sampler")
+    return AsyncRuntimeJob(context=service.context, job_id=job_id, program_id="sampler")
 
 
 async def _until(predicate: Any) -> None:

@@ -178,7 +178,7 @@ def test_killing_a_worker_mid_job_fails_only_that_job(emulator: EmulatorThread) 
         timeout=10,
     ).raise_for_status()
     job_id = api.submit()
-    emulator.until(lambda s: s.lanes["ibm_manila"].statistics().busy == 1)
+    emulator.until(lambda s: s.statistics().backend("ibm_manila").lanes.busy == 1)
     requests.delete(emulator.base_url + "/admin/faults", headers=admin, timeout=10)
     workers = [c for c in psutil.Process().children() if _is_worker(c)]
     assert workers

@@ -47,10 +47,6 @@ class Rig:
     def resume(self) -> None:
         self.emu.call(lambda: self.emu.scheduler.resume(BACKEND))
 
-    def ready_on_qpu(self, count: int) -> None:
-        """Wait until ``count`` jobs have finished pre-processing and wait for the QPU."""
-        self.emu.until(lambda s: s.qpus[BACKEND].ready == count)
-
 
 @pytest.fixture
 def rig(make_emulator: Any) -> Rig:
@@ -114,12 +110,13 @@ def test_active_session_owns_the_qpu_until_its_ttl_runs_out(rig: Rig) -> None:
     first = rig.run(session)
     first.result()
     outsider = rig.run(other_backend)
-    rig.ready_on_qpu(1)  # pre-processed, waiting: the session owns the QPU
-    assert outsider.status() == "RUNNING"  # IBM: Running from the start of classical work
+    # The session owns the QPU: an outsider gets no lane, it stays Queued (timing §4, revised).
+    rig.emu.until(lambda s: s.statistics().backend(BACKEND).lanes.waiting == 1)
+    assert outsider.status() == "QUEUED"
     rig.emu.advance(30)  # inside the 60 s interactive TTL: a new session job jumps the queue
     second = rig.run(session)
     second.result()
-    assert rig.emu.statistics().backend(BACKEND).qpu_ready == 1
+    assert outsider.status() == "QUEUED"
     rig.emu.advance(60)  # 60 s after the second job ended: the session goes inactive
     outsider.result()
     assert (

@@ -1,4 +1,4 @@
-"""Unit tests of the emulator's small parts: config, clock, lanes, auth, store."""
+"""Unit tests of the emulator's small parts: config, clock, auth."""
 
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ from aioruntime import protocol as p
 from emulator.auth import AuthError, authenticate, issue_token
 from emulator.clock import ManualClock, ScaledClock, make_clock
 from emulator.config import ApiKey, ClockSpec, Config, from_args
-from emulator.lanes import POST, PRE, Lanes
 from emulator.noise import NoiseLevel
-from emulator.store import JobRecord, SessionRecord, Store
 
 OTHER = "crn:v1:bluemix:public:quantum-computing:us-east:a/other::"
 
@@ -153,46 +151,6 @@ def test_scaled_and_instant_holds() -> None:
     assert make_clock(ClockSpec.parse("manual")).name == "manual"
 
 
-async def test_lanes_bound_width_and_serve_post_first() -> None:
-    lanes = Lanes(2)
-    order: list[str] = []
-    release = asyncio.Event()
-
-    async def work(name: str, priority: int) -> None:
-        async with lanes.slot(priority=priority):
-            order.append(name)
-            await release.wait()
-
-    holders = [asyncio.create_task(work(f"h{i}", PRE)) for i in range(2)]
-    await asyncio.sleep(0)
-    waiters = [asyncio.create_task(work("pre", PRE)), asyncio.create_task(work("post", POST))]
-    await asyncio.sleep(0)
-    stats = lanes.statistics()
-    assert (stats.busy, stats.waiting, stats.peak_busy) == (2, 2, 2)
-    release.set()
-    await asyncio.gather(*holders, *waiters)
-    assert order.index("post") < order.index("pre")
-    assert lanes.statistics().busy == 0
-
-
-async def test_lanes_cancelled_waiter_leaves_and_pause_gates() -> None:
-    lanes = Lanes(1)
-    lanes.pause()
-    waiter = asyncio.create_task(lanes._acquire(PRE))
-    await asyncio.sleep(0)
-    assert lanes.statistics().waiting == 1
-    waiter.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiter
-    assert lanes.statistics().waiting == 0
-    got = asyncio.create_task(lanes._acquire(PRE))
-    await asyncio.sleep(0)
-    assert not got.done()
-    lanes.resume()
-    await got
-    assert lanes.statistics().busy == 1
-
-
 def test_tokens_expire_and_are_bound() -> None:
     config = Config(
         api_keys=(ApiKey("k"), ApiKey("bound", (OTHER,))),
@@ -230,34 +188,6 @@ def test_tokens_expire_and_are_bound() -> None:
             authenticate(config, bad)
     with pytest.raises(AuthError):
         issue_token(config, "unknown")
-
-
-async def test_store_survives_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "s.sqlite3"
-    async with Store(path) as store:
-        rec = JobRecord(
-            id="j1",
-            seq=store.next_seq(),
-            instance="i",
-            backend="b",
-            program_id="sampler",
-            created="2026-01-01T00:00:00+00:00",
-            tags=["t"],
-        )
-        await store.add_job(rec, '{"pubs": []}')
-        rec.state = p.JobState.COMPLETED
-        await store.save_job(rec, result_json="RESULT")
-        await store.save_session(SessionRecord(id="s1", instance="i", backend="b"))
-        await store.add_usage("i", 2.5)
-    async with Store(path) as store:
-        again = store.job("j1")
-        assert again is not None and again.state == "Completed" and again.tags == ["t"]
-        assert await store.result("j1") == "RESULT"
-        assert await store.params("j1") == '{"pubs": []}'
-        assert store.session("s1") is not None
-        assert store.usage("i") == 2.5
-        assert store.next_seq() == 2
-        assert (await store.wait_final("j1")) is again
 
 
 def test_cli_generates_a_development_key_kept_in_the_data_dir(tmp_path: Path) -> None:

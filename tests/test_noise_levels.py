@@ -39,9 +39,9 @@ def noise_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
 
 @pytest.fixture(scope="module")
 def emu(noise_cache: Path) -> Iterator[EmulatorThread]:
-    """``--noise pauli --sim-budget 5`` on ibm_fez alone, one lane."""
+    """``--noise pauli --sim-budget 20`` on ibm_fez alone, one lane."""
     config = emulator_config(
-        backends="ibm_fez", lanes=1, noise="pauli", sim_budget_s=5.0, noise_cache_dir=noise_cache
+        backends="ibm_fez", lanes=1, noise="pauli", sim_budget_s=20.0, noise_cache_dir=noise_cache
     )
     with EmulatorThread(config) as emulator:
         yield emulator
@@ -147,7 +147,7 @@ def test_pauli_keeps_the_error_rates_of_full(backend: Any) -> None:
 
 
 def test_a_job_over_budget_fails_before_the_qpu(emu: EmulatorThread, backend: Any) -> None:
-    """20 qubits x 1000 shots at ``full``: about 10 minutes of trajectories, over the 5 s
+    """20 qubits x 1000 shots at ``full``: about 10 minutes of trajectories, over the 20 s
     budget; refused by pre-processing with the cheaper choices named."""
     start = time.monotonic()
     job = sampler(backend, "full").run([isa(backend, ghz(20))], shots=1000)
@@ -155,7 +155,7 @@ def test_a_job_over_budget_fails_before_the_qpu(emu: EmulatorThread, backend: An
         job.result()
     assert time.monotonic() - start < 60  # not the ~10 minutes the simulation would take
     message = str(info.value)
-    assert "1001" in message and "budget of 5 s" in message
+    assert "1001" in message and "budget of 20 s" in message
     assert "'pauli' noise level" in message and "fewer shots" in message
     record = emu.call(lambda: emu.store.job(job.job_id()))
     assert record is not None and "qpu_start" not in record.stages  # never held the QPU

@@ -114,7 +114,14 @@ def test_aer_method_follows_width_and_memory() -> None:
 
 def test_a_job_over_budget_names_what_fits() -> None:
     with pytest.raises(JobInputError) as info:
-        plan([pub(ghz(20), shots=1000)], level=NoiseLevel.FULL, settings=SETTINGS)
+        plan([pub(ghz(20), shots=4000)], level=NoiseLevel.FULL, settings=SETTINGS)
+    assert "budget of 10 min per job" in info.value.message  # the default: 600 s
+    with pytest.raises(JobInputError) as info:
+        plan(
+            [pub(ghz(20), shots=1000)],
+            level=NoiseLevel.FULL,
+            settings=SimulationSettings(budget_s=60),
+        )
     error = info.value
     assert error.code == ErrorCode.JOB_TOO_LARGE == 1001
     assert "more than the emulator's budget of 60 s per job" in error.message

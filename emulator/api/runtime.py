@@ -87,7 +87,7 @@ def _field(
 async def list_backends(request: web.Request) -> web.Response:
     stats = request.config_dict[SCHEDULER].statistics()
     devices = [
-        views.device_summary(d, stats.backend(d.name).queued)
+        views.device_summary(d, stats.backend(d.name).pending)
         for d in request.config_dict[DEVICES].values()
     ]
     return _json({"devices": devices})
@@ -103,13 +103,15 @@ async def backend_properties(request: web.Request) -> web.Response:
 
 async def backend_status(request: web.Request) -> web.Response:
     device = _device(request)
-    queued = request.config_dict[SCHEDULER].statistics().backend(device.name).queued
+    # The official client reads ``length_queue`` as ``pending_jobs``: the backend's unfinished
+    # jobs (queued and running), which is what ``least_busy()`` compares.
+    pending = request.config_dict[SCHEDULER].statistics().backend(device.name).pending
     return _json(
         {
             "state": True,
             "status": "active",
             "message": "available",
-            "length_queue": queued,
+            "length_queue": pending,
             "backend_version": device.configuration.get("backend_version", "0.0.0"),
         }
     )
@@ -182,9 +184,13 @@ async def submit_job(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     rec = _job(request)
     params = None
-    if not _bool_query(request, "exclude_params"):
+    # A private job never gives its inputs back (as on IBM).
+    if not _bool_query(request, "exclude_params") and not rec.private:
         params = await request.config_dict[STORE].params(rec.id)
-    return web.Response(text=views.job_json_text(rec, params), content_type="application/json")
+    estimate = await request.config_dict[SCHEDULER].estimate(rec)
+    return web.Response(
+        text=views.job_json_text(rec, params, estimate=estimate), content_type="application/json"
+    )
 
 
 async def job_results(request: web.Request) -> web.Response:
@@ -202,7 +208,13 @@ async def job_results(request: web.Request) -> web.Response:
 
 
 async def job_metrics(request: web.Request) -> web.Response:
-    return _json(views.metrics_body(_job(request)))
+    rec = _job(request)
+    scheduler = request.config_dict[SCHEDULER]
+    return _json(
+        views.metrics_body(
+            rec, stages=scheduler.live_stages(rec.id), queue=scheduler.queue_info(rec.id)
+        )
+    )
 
 
 async def job_logs(request: web.Request) -> web.Response:
@@ -228,8 +240,7 @@ async def replace_tags(request: web.Request) -> web.Response:
     tags = _field(await _body_object(request), "tags", list, required=True)
     if not all(isinstance(t, str) for t in tags):
         raise Refused(400, ErrorCode.VALIDATION, "Field 'tags' must be a list of strings.")
-    rec.tags = list(tags)
-    await request.config_dict[STORE].save_job(rec)
+    await request.config_dict[STORE].update_job(rec.id, tags=list(tags))
     return web.Response(status=204)
 
 
@@ -344,7 +355,7 @@ async def update_session(request: web.Request) -> web.Response:
     if accepting and not rec.accepting_jobs:
         raise Refused(409, ErrorCode.SESSION_NOT_ACCEPTING, "A closed session cannot be reopened.")
     if not accepting:
-        scheduler.close_session(rec)
+        await scheduler.close_session(rec)
     return web.Response(status=204)
 
 

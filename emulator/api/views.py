@@ -16,7 +16,7 @@ from ..store import JobRecord, SessionRecord
 __all__ = ["device_summary", "job_body", "job_json_text", "metrics_body", "session_body"]
 
 
-def job_body(rec: JobRecord) -> dict[str, Any]:
+def job_body(rec: JobRecord, *, estimate: float | None = None) -> dict[str, Any]:
     state: dict[str, Any] = {"status": rec.state}
     if rec.reason:
         state["reason"] = rec.reason
@@ -38,22 +38,31 @@ def job_body(rec: JobRecord) -> dict[str, Any]:
         body["session_id"] = rec.session_id
     if rec.cost is not None:
         body["cost"] = rec.cost
-    if rec.quantum_seconds is not None:
-        body["estimated_running_time_seconds"] = rec.quantum_seconds
+    if (estimated := rec.quantum_seconds if estimate is None else estimate) is not None:
+        body["estimated_running_time_seconds"] = estimated
     if rec.usage_seconds is not None:
         body["usage"] = {"seconds": rec.usage_seconds, "quantum_seconds": rec.usage_seconds}
     return body
 
 
-def job_json_text(rec: JobRecord, params_json: str | None = None) -> str:
+def job_json_text(
+    rec: JobRecord, params_json: str | None = None, *, estimate: float | None = None
+) -> str:
     """The job as JSON text; ``params_json`` (stored as sent) is spliced in, not re-encoded."""
-    text = json.dumps(job_body(rec))
+    text = json.dumps(job_body(rec, estimate=estimate))
     if params_json is None:
         return text
     return text[:-1] + ', "params": ' + params_json + "}"
 
 
-def metrics_body(rec: JobRecord) -> dict[str, Any]:
+def metrics_body(
+    rec: JobRecord,
+    *,
+    stages: dict[str, str] | None = None,
+    queue: tuple[int, str] | None = None,
+) -> dict[str, Any]:
+    """IBM's metrics body; ``stages`` of a running job, ``queue`` = (position, estimated
+    start) of a queued one, from the scheduler."""
     final = JobState(rec.state).is_terminal
     charged = rec.usage_seconds if rec.usage_seconds is not None else 0.0
     return {
@@ -66,14 +75,14 @@ def metrics_body(rec: JobRecord) -> dict[str, Any]:
             "status": "final" if final else "pending",
         },
         "qiskit_version": f"qiskit-{qiskit.__version__}",
-        "estimated_start_time": None,
+        "estimated_start_time": queue[1] if queue else None,
         "estimated_completion_time": None,
-        "position_in_queue": None,
-        "position_in_provider": None,
+        "position_in_queue": queue[0] if queue else None,
+        "position_in_provider": queue[0] if queue else None,
         # Not in IBM's body: where the emulator's time went (benchmarks draw timelines from it).
         "emulator": {
             "modelled_quantum_seconds": rec.quantum_seconds,
-            "stages": rec.stages,
+            "stages": stages if stages is not None else rec.stages,
             "emulator_lag_s": rec.emulator_lag_s,
         },
     }

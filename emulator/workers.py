@@ -1,38 +1,47 @@
-"""The classical lanes and the worker processes behind them.
+"""The worker plane: where the emulator's CPU work runs, behind one small interface.
 
-A backend has ``width`` lanes (5 by default, as on IBM's stack): at most that many of its jobs
-are in classical processing at once. Post-processing is served before pre-processing when both
-wait, so a job that has left the QPU is never stuck behind a queue of new arrivals.
+Decoding, validation, binding, Aer and encoding never run on the event loop. The scheduler hands
+them to a :class:`WorkerPlane`: ``lane(func, *args)`` runs classical work (pre- and
+post-processing) on any lane worker, ``qpu(backend, func, *args)`` runs a backend's sampling on
+its QPU worker. Two properties every plane keeps: cancelling the awaiting task stops the
+computation (the worker is killed and replaced), and a worker that dies fails only the call it
+was running (:class:`WorkerDied`).
 
-All CPU work (decoding, validation, binding, Aer, encoding) runs in worker processes through
-:class:`WorkerPool`: a crashed worker fails only the call running in it, its process is replaced
-on the next call, and cancelling the awaiting task kills the worker so a cancelled job stops
-computing at once.
+:class:`ProcessPlane` (the default) runs local worker processes through :class:`WorkerPool`:
+``python -m emulator.worker`` children, each a fresh interpreter that never re-runs the parent's
+main module (anyio's ``to_process`` does, with ``__main__`` removed, which breaks scripts and
+notebooks that import qiskit at top level). Lane workers run at a lower CPU priority than the QPU
+workers, so on a small machine the one serialized QPU is not starved by five lanes of classical
+work (on IBM's stack they do not share CPUs either).
+
+Both ends of the pipe protocol live here. The parent writes ``<length>\\n<pickle of (func,
+args)>``; the worker (:func:`serve`) answers ``ACK\\n`` as soon as it has read the call (so the
+parent can tell "died before the call" from "died during it"), then ``OK <length>\\n<pickle of
+result>`` or ``EXC <length>\\n<pickle of exception>``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import heapq
-import itertools
 import logging
 import pickle
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 import anyio
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-__all__ = ["LaneStatistics", "Lanes", "WorkerDied", "WorkerPool"]
+__all__ = ["LANE_NICENESS", "ProcessPlane", "WorkerDied", "WorkerPlane", "WorkerPool", "serve"]
 
 T = TypeVar("T")
 
-log = logging.getLogger("emulator.lanes")
+log = logging.getLogger("emulator.workers")
+
+#: CPU niceness of the lane workers relative to the QPU workers.
+LANE_NICENESS = 5
 
 _SPARE_ATTEMPTS = 4
 #: What handing a call to an already dead worker looks like.
@@ -44,90 +53,6 @@ _DEAD_BEFORE_CALL = (
     anyio.DelimiterNotFound,
     OSError,
 )
-
-#: Priorities: lower is served first.
-POST = 0
-PRE = 1
-
-
-@dataclass(frozen=True, slots=True)
-class LaneStatistics:
-    width: int
-    busy: int
-    waiting: int
-    peak_busy: int
-
-
-class Lanes:
-    """``width`` slots; ``async with lanes.slot(priority=PRE): ...`` holds one.
-
-    Waiters are served by priority, then in arrival order. A waiter cancelled before it got a
-    slot leaves the queue; one cancelled after it was granted gives the slot back.
-    """
-
-    def __init__(self, width: int) -> None:
-        if width < 1:
-            raise ValueError("a backend needs at least one lane")
-        self.width = width
-        self._busy = 0
-        self._peak = 0
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
-        #: Waiters neither granted nor gone (cancelled ones stay in the heap until popped).
-        self._waiting = 0
-        self._seq = itertools.count()
-        self._paused = False
-
-    def pause(self) -> None:
-        """Grant no new slot until :meth:`resume` (a gate for tests and fault injection)."""
-        self._paused = True
-
-    def resume(self) -> None:
-        self._paused = False
-        self._grant()
-
-    @asynccontextmanager
-    async def slot(self, *, priority: int = PRE) -> AsyncIterator[None]:
-        await self._acquire(priority)
-        try:
-            yield
-        finally:
-            self._release()
-
-    async def _acquire(self, priority: int) -> None:
-        if not self._paused and self._busy < self.width and not self._waiting:
-            self._take()
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (priority, next(self._seq), fut))
-        self._waiting += 1
-        try:
-            await fut
-        except BaseException:
-            if fut.done() and not fut.cancelled():
-                self._release()  # granted as we were cancelled: hand it on
-            else:
-                fut.cancel()  # left before its turn: dropped from the heap when popped
-                self._waiting -= 1
-            raise
-
-    def _take(self) -> None:
-        self._busy += 1
-        self._peak = max(self._peak, self._busy)
-
-    def _release(self) -> None:
-        self._busy -= 1
-        self._grant()
-
-    def _grant(self) -> None:
-        while self._waiters and self._busy < self.width and not self._paused:
-            _, _, fut = heapq.heappop(self._waiters)
-            if not fut.done():
-                self._waiting -= 1
-                self._take()
-                fut.set_result(None)
-
-    def statistics(self) -> LaneStatistics:
-        return LaneStatistics(self.width, self._busy, self._waiting, self._peak)
 
 
 class WorkerDied(Exception):
@@ -250,3 +175,107 @@ class WorkerPool:
         workers, self._idle = list(self._all), []
         for worker in workers:
             await self._discard(worker)
+
+
+# ---------------------------------------------------------------------------------------------
+# The plane
+# ---------------------------------------------------------------------------------------------
+
+
+class WorkerPlane(Protocol):
+    """Where CPU work runs. Implementations: :class:`ProcessPlane`, ``emulator.rayplane``."""
+
+    kind: str
+
+    async def warm(self, sources: tuple[str, ...]) -> None:
+        """Start the workers and load the served devices into them."""
+
+    async def lane(self, func: Callable[..., T], *args: Any) -> T:
+        """``func(*args)`` on a lane worker (classical work)."""
+
+    async def qpu(self, backend: str, func: Callable[..., T], *args: Any) -> T:
+        """``func(*args)`` on ``backend``'s QPU worker (one call at a time per backend)."""
+
+    def statistics(self) -> dict[str, Any]:
+        """``{"kind": ..., "alive": n, ...}`` for ``GET /admin/statistics``."""
+
+    async def aclose(self) -> None:
+        """Stop every worker."""
+
+
+class ProcessPlane:
+    """Local worker processes: ``lanes`` lane workers per backend, one QPU worker per backend."""
+
+    kind = "process"
+
+    def __init__(self, *, backends: int, lanes: int) -> None:
+        self._lanes = lanes
+        self._backends = backends
+        self.lane_pool = WorkerPool(size=backends * lanes, nice=LANE_NICENESS)
+        self.qpu_pool = WorkerPool(size=backends)
+
+    async def warm(self, sources: tuple[str, ...]) -> None:
+        from . import worker
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: self.lane_pool.warm(worker.warm, sources, count=self._lanes))
+            tg.start_soon(lambda: self.qpu_pool.warm(worker.warm, sources, count=self._backends))
+
+    async def lane(self, func: Callable[..., T], *args: Any) -> T:
+        return await self.lane_pool.run(func, *args)
+
+    async def qpu(self, backend: str, func: Callable[..., T], *args: Any) -> T:
+        # Every QPU worker has every served device loaded; the scheduler runs one call at a
+        # time per backend, so ``backends`` workers are one per backend.
+        return await self.qpu_pool.run(func, *args)
+
+    def statistics(self) -> dict[str, Any]:
+        lane, qpu = self.lane_pool.pids, self.qpu_pool.pids
+        return {
+            "kind": self.kind,
+            "alive": len(lane) + len(qpu),
+            "lane_workers": len(lane),
+            "qpu_workers": len(qpu),
+            "where": "local processes",
+        }
+
+    async def aclose(self) -> None:
+        await self.lane_pool.aclose()
+        await self.qpu_pool.aclose()
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker's end of the pipes
+# ---------------------------------------------------------------------------------------------
+
+
+def _reply(out: BinaryIO, tag: bytes, obj: Any) -> None:
+    try:
+        payload = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # an unpicklable result or exception: say so, stay alive
+        tag, payload = b"EXC", pickle.dumps(RuntimeError(f"unpicklable {tag.decode()}: {exc!r}"))
+    out.write(b"%s %d\n" % (tag, len(payload)))
+    out.write(payload)
+    out.flush()
+
+
+def serve() -> None:
+    """Answer calls from the parent until stdin closes (runs in the worker process)."""
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # stray prints must not corrupt the protocol
+    out.write(b"READY\n")
+    out.flush()
+    while True:
+        header = inp.readline()
+        if not header:
+            return
+        request = inp.read(int(header))
+        out.write(b"ACK\n")
+        out.flush()
+        try:
+            func, args = pickle.loads(request)
+            result = func(*args)
+        except Exception as exc:
+            _reply(out, b"EXC", exc)
+        else:
+            _reply(out, b"OK", result)

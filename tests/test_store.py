@@ -1,0 +1,122 @@
+"""The store's promises: durable before visible, one ordered writer, one state transition."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from aioruntime.protocol import JobState
+from emulator.store import JobFinal, JobRecord, SessionRecord, StorageError, Store
+
+
+def job(job_id: str, seq: int = 1, instance: str = "i") -> JobRecord:
+    return JobRecord(
+        id=job_id,
+        seq=seq,
+        instance=instance,
+        backend="b",
+        program_id="sampler",
+        created="2026-01-01T00:00:00+00:00",
+        tags=["t"],
+    )
+
+
+async def test_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    async with Store(path) as store:
+        await store.add_job(job("j1", store.next_seq()), '{"pubs": []}')
+        await store.transition("j1", JobState.RUNNING)
+        await store.transition("j1", JobState.COMPLETED, result_json="RESULT", bill=2.5)
+        await store.save_session(SessionRecord(id="s1", instance="i", backend="b"))
+    async with Store(path) as store:
+        again = store.job("j1")
+        assert again is not None and again.state == "Completed" and again.tags == ["t"]
+        assert await store.result("j1") == "RESULT"
+        assert await store.params("j1") == '{"pubs": []}'
+        assert store.session("s1") is not None
+        assert store.usage("i") == 2.5
+        assert store.next_seq() == 2
+        assert (await store.wait_final("j1")) is again
+        assert store.count("b", "Completed") == 1
+
+
+async def test_a_final_state_is_never_left() -> None:
+    async with Store(":memory:") as store:
+        await store.add_job(job("j"), "{}")
+        await store.transition("j", JobState.CANCELLED, reason="by the user")
+        for state in (JobState.RUNNING, JobState.COMPLETED, JobState.QUEUED):
+            with pytest.raises(JobFinal, match="already Cancelled"):
+                await store.transition("j", state)
+        with pytest.raises(ValueError, match="Queued -> Completed"):
+            await store.add_job(job("k", 2), "{}") or await store.transition(
+                "k", JobState.COMPLETED
+            )
+        with pytest.raises(ValueError, match="only through transition"):
+            await store.update_job("k", state=JobState.RUNNING)
+        assert store.job("j").state == "Cancelled"  # type: ignore[union-attr]
+
+
+async def test_concurrent_changes_of_one_job_run_one_at_a_time() -> None:
+    """A cancel and a completion racing: exactly one wins, the other is refused."""
+    async with Store(":memory:") as store:
+        await store.add_job(job("j"), "{}")
+        await store.transition("j", JobState.RUNNING)
+        outcomes = await asyncio.gather(
+            store.transition("j", JobState.COMPLETED, result_json="R", bill=1.0),
+            store.transition("j", JobState.CANCELLED, bill=1.0),
+            return_exceptions=True,
+        )
+        assert outcomes[0] is store.job("j") and isinstance(outcomes[1], JobFinal)
+        assert store.job("j").state == "Completed"  # type: ignore[union-attr]
+        assert store.usage("i") == 1.0  # billed once
+
+
+async def test_bills_are_atomic_updates() -> None:
+    """Ten concurrent bills of one instance all count (no read-modify-write across awaits)."""
+    async with Store(":memory:") as store:
+        for n in range(10):
+            await store.add_job(job(f"j{n}", n + 1), "{}")
+        await asyncio.gather(
+            *(store.transition(f"j{n}", JobState.CANCELLED, bill=1.0) for n in range(10))
+        )
+        await store.save_session(SessionRecord(id="s", instance="i", backend="b"), bill=0.5)
+        assert store.usage("i") == 10.5
+        assert await store._read("SELECT seconds FROM usage WHERE instance = ?", ("i",)) == 10.5
+
+
+async def test_a_cancelled_caller_does_not_interrupt_the_change() -> None:
+    async with Store(":memory:") as store:
+        await store.add_job(job("j"), "{}")
+        caller = asyncio.ensure_future(store.transition("j", JobState.RUNNING))
+        await asyncio.sleep(0)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        await store.update_job("j", tags=["after"])  # queued behind the change: it is done
+        assert store.job("j").state == "Running"  # type: ignore[union-attr]
+
+
+async def test_a_full_disk_changes_nothing_and_recovers(tmp_path: Path) -> None:
+    async with Store(tmp_path / "s.sqlite3") as store:
+        await store.add_job(job("j"), "{}")
+        await store.transition("j", JobState.RUNNING)
+        pages = await store._read("PRAGMA page_count", ())
+        await store.set_max_pages(pages)
+        big = "x" * 200_000
+        with pytest.raises(StorageError) as refused:
+            await store.transition("j", JobState.COMPLETED, result_json=big, bill=3.0)
+        assert refused.value.status == 507 and "nothing was changed" in refused.value.message
+        rec = store.job("j")
+        assert rec is not None and rec.state == "Running" and not rec.terminal
+        assert store.usage("i") == 0.0 and not store.writable
+        with pytest.raises(StorageError):
+            await store.add_job(job("k", 2), big)
+        assert store.job("k") is None
+        await store.set_max_pages(1_000_000)  # space returns
+        async with asyncio.timeout(30):
+            await store.wait_writable()
+        await store.transition("j", JobState.COMPLETED, result_json=big, bill=3.0)
+        assert store.job("j").state == "Completed" and store.usage("i") == 3.0  # type: ignore[union-attr]
+        assert await store.result("j") == big
