@@ -72,7 +72,14 @@ async def serve(config: Config) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        fatal = app[SCHEDULER].fatal
+        fatal.add_done_callback(lambda _: stop.set())
         await stop.wait()
+        if fatal.done():
+            # A supervised service kept crashing (see emulator.supervise): stop rather than
+            # serve with TTLs no longer enforced. Unfinished jobs are re-queued at the next start.
+            log.critical("stopping: %r", fatal.result())
+            raise SystemExit(70)
         # Drain: refuse new jobs, let those in flight finish within the bound. Whatever is
         # still unfinished stays in the store and is re-queued at the next start.
         log.info("draining (up to %g s)", config.drain_timeout_s)

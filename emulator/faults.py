@@ -38,6 +38,9 @@ class FaultPlan:
     #: A stall inside the worker process at the start of each job's pre-processing,
     #: milliseconds (a slow classical stage; also a window to kill a worker mid-job).
     worker_delay_ms: float = 0.0
+    #: Every store write fails as on a full disk (SQLITE_FULL): new work gets 507, nothing
+    #: changes, and it all recovers when this is cleared.
+    disk_full: bool = False
     #: Only requests whose path contains one of these substrings are affected (empty: all).
     paths: tuple[str, ...] = field(default_factory=tuple)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -52,10 +53,11 @@ class QPU:
     def __init__(self, name: str, policy: OwnerPolicy) -> None:
         self.name = name
         self._policy = policy
-        self._all: list[tuple[int, Turn]] = []
-        self._by_session: dict[str, list[tuple[int, Turn]]] = {}
+        self._all: list[tuple[int, int, Turn]] = []
+        self._by_session: dict[str, list[tuple[int, int, Turn]]] = {}
         self._session_waiting: Counter[str] = Counter()
         self._waiting = 0
+        self._tiebreak = itertools.count()
         self.current: Turn | None = None
         self.owner: str | None = None
         self.paused = False
@@ -70,9 +72,10 @@ class QPU:
 
     def request(self, seq: int, job_id: str, session_id: str | None) -> Turn:
         turn = Turn(seq, job_id, session_id)
-        heapq.heappush(self._all, (seq, turn))
+        tiebreak = next(self._tiebreak)  # never compare two Turns (a job re-run: same seq)
+        heapq.heappush(self._all, (seq, tiebreak, turn))
         if session_id is not None:
-            heapq.heappush(self._by_session.setdefault(session_id, []), (seq, turn))
+            heapq.heappush(self._by_session.setdefault(session_id, []), (seq, tiebreak, turn))
             self._session_waiting[session_id] += 1
         self._waiting += 1
         return turn
@@ -129,10 +132,10 @@ class QPU:
         return _pop_waiting(self._all)
 
 
-def _pop_waiting(heap: list[tuple[int, Turn]]) -> Turn | None:
+def _pop_waiting(heap: list[tuple[int, int, Turn]]) -> Turn | None:
     """Pop the oldest turn still waiting, dropping entries that no longer are."""
     while heap:
-        turn = heapq.heappop(heap)[1]
+        turn = heapq.heappop(heap)[2]
         if turn.waiting:
             return turn
     return None

@@ -389,8 +389,12 @@ class Scheduler:
         try:
             ended = await self._end(rec, state, code, reason, charged=charged, live=live)
         except StorageError:
+            # Not recorded: the job goes on as if never asked. A stopped pipeline starts again
+            # from the queue, once the old one has unwound (never two at once).
+            if live is not None and live.task is not None:
+                await asyncio.gather(live.task, return_exceptions=True)
             if queued is not None or live is not None:
-                self._enqueue(rec, queued[1].params_json if queued else None)  # run it again
+                self._enqueue(rec, queued[1].params_json if queued else None)
                 self._dispatch()
             raise
         return ended
@@ -464,6 +468,7 @@ class Scheduler:
             live.lane_held = False
             live.backend.busy -= 1
             live.backend.note_lane_time(time.monotonic() - live.started)
+            self._moved()
 
     async def _run(self, live: _Live) -> None:
         rec = live.rec

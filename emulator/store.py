@@ -210,6 +210,8 @@ class _Writer:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        #: A full disk on purpose (the admin fault plan): every write fails as SQLite's does.
+        self.full = False
         self._queue: queue.SimpleQueue[tuple[_Item, asyncio.Future[Any]] | None] = (
             queue.SimpleQueue()
         )
@@ -254,7 +256,7 @@ class _Writer:
     def _run_batch(self, batch: list[tuple[_Item, asyncio.Future[Any]]]) -> None:
         settled: set[int] = set()
         writes = [(item, fut) for item, fut in batch if item.write]
-        if len(writes) > 1:
+        if len(writes) > 1 and not self.full:
             try:
                 self.conn.execute("BEGIN IMMEDIATE")
                 results = [item.fn() for item, _ in writes]
@@ -279,6 +281,8 @@ class _Writer:
     def _one(self, item: _Item) -> Any:
         if not item.write:
             return item.fn()
+        if self.full:
+            raise sqlite3.OperationalError("database or disk is full")
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             result = item.fn()
@@ -394,10 +398,12 @@ class Store:
         try:
             await self._w().write(ops)
         except sqlite3.Error as exc:
-            log.error("store write failed: %s", exc)
             if self._writable.is_set():
+                log.error("store write failed, refusing new work until it succeeds: %s", exc)
                 self._writable.clear()
                 self._probe = asyncio.create_task(self._probe_until_writable(), name="store-probe")
+            else:
+                log.debug("store write failed: %s", exc)
             raise StorageError(exc) from None
 
     @property
@@ -437,6 +443,15 @@ class Store:
             return await asyncio.get_running_loop().run_in_executor(self._reader, fetch, conn)
         writer = self._w()
         return await writer.call(lambda: fetch(writer.conn))
+
+    @property
+    def simulated_full(self) -> bool:
+        return self._w().full
+
+    @simulated_full.setter
+    def simulated_full(self, full: bool) -> None:
+        """Make every write fail as on a full disk (``disk_full`` in the admin fault plan)."""
+        self._w().full = full
 
     def set_max_pages(self, pages: int) -> Any:
         """Cap the database size (tests simulate a full disk with it); returns an awaitable."""

@@ -19,7 +19,7 @@ from aioruntime import protocol as p
 
 from ..errors import Refused
 from ..faults import FaultPlan
-from .keys import CONFIG, DEVICES, FAULTS, SCHEDULER
+from .keys import CONFIG, DEVICES, FAULTS, SCHEDULER, STORE
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -44,11 +44,13 @@ async def put_faults(request: web.Request) -> web.Response:
     except (ValueError, TypeError) as exc:
         raise Refused(400, p.ErrorCode.VALIDATION, f"Bad fault plan: {exc}") from None
     request.config_dict[FAULTS].set(plan)
+    request.config_dict[STORE].simulated_full = plan.disk_full
     return web.json_response(plan.to_json())
 
 
 async def clear_faults(request: web.Request) -> web.Response:
     request.config_dict[FAULTS].set(FaultPlan())
+    request.config_dict[STORE].simulated_full = False
     return web.Response(status=204)
 
 
