@@ -7,6 +7,7 @@ nothing else in the emulator reads ``os.environ``.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from collections.abc import Callable, Sequence
@@ -93,6 +94,9 @@ class Config:
     #: stopped on the QPU worker, which is replaced, and fails (under ``realtime``, also capped
     #: by the job's ``max_execution_time``, with IBM's 1305).
     sim_budget_s: float = DEFAULT_BUDGET_S
+    #: Tests only: False lets a job predicted over ``sim_budget_s`` reach the QPU, where the
+    #: scheduler stops it at the budget (to test that stop).
+    sim_refuse_predicted: bool = True
     #: Memory Aer may use for one circuit, MB (``--sim-memory``).
     sim_memory_mb: int = DEFAULT_MAX_MEMORY_MB
     #: Where twirled device noise tables are kept across starts; None = not kept. The command
@@ -154,7 +158,7 @@ class Config:
         """What the workers need to plan and run simulations (it pickles)."""
         return SimulationSettings(
             noise=self.noise,
-            budget_s=self.sim_budget_s,
+            budget_s=self.sim_budget_s if self.sim_refuse_predicted else math.inf,
             max_memory_mb=self.sim_memory_mb,
             cache_dir=self.noise_cache_dir,
         )
