@@ -178,6 +178,9 @@ def client_job_status(state: str, reason_code: int | None) -> str:
 
 class ErrorCode(enum.IntEnum):
     INTERNAL = 1000
+    #: IBM: "qObject is larger than the maximum size. Run a small job." The emulator uses it
+    #: for a job whose simulation is predicted over its budget (--sim-budget).
+    JOB_TOO_LARGE = 1001
     VALIDATION = 1002
     TRANSPILATION = 1003  # used for "circuit is not ISA for this backend"
     BACKEND_NOT_AVAILABLE = 1004

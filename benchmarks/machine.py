@@ -14,7 +14,16 @@ import psutil
 __all__ = ["cores", "describe", "load", "source"]
 
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-PACKAGES = ("qiskit", "qiskit-aer", "qiskit-ibm-runtime", "aiohttp", "anyio", "numpy", "scipy")
+PACKAGES = (
+    "qiskit",
+    "qiskit-aer",
+    "qiskit-ibm-runtime",
+    "stim",
+    "aiohttp",
+    "anyio",
+    "numpy",
+    "scipy",
+)
 
 
 def _cpu_model() -> str:

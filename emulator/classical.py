@@ -15,30 +15,25 @@ params, options, PUBs, the ISA check) live in :mod:`emulator.validation`, which 
 
 Idle qubits are never simulated: ISA circuits are device-wide (156 qubits on ``ibm_fez``), so
 :func:`preprocess` compacts the executed circuits onto the qubits they use, and :func:`sample`
-restricts the noise model to those same qubits.
+restricts the noise model to those same qubits. How they are simulated (noise level, Stim or
+Aer, the predicted cost and the budget) is :mod:`emulator.simulation`'s business: pre-processing
+plans it, the QPU runs the plan.
 """
 
 from __future__ import annotations
 
 import math
-import time
-import warnings
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aioruntime.protocol import PROGRAMS, ErrorCode, dumps
 
-from . import estimation
-from .backends import (
-    device_limits,
-    device_noise_model_for,
-    device_target,
-    restrict_noise_model,
-    served_name,
-    split_source,
-)
+from . import estimation, simulation
+from .backends import device_limits, served_name, split_source
 from .compaction import compact, live_qubits
+from .simulation import SimulationPlan, SimulationSettings
+from .targets import device_target, restrict_noise_model
 from .timing import TimingParams, circuit_duration_s, quantum_seconds, subjob_count
 from .validation import (
     DEFAULT_PRECISION,
@@ -115,6 +110,9 @@ class PreparedJob:
     fills the result with mock data (:mod:`emulator.dry_run`)."""
     notes: tuple[str, ...] = ()
     """Warnings for the job's log (options accepted but not applied, and why)."""
+    simulation: SimulationPlan | None = None
+    """Noise level and method per ``sampler_pubs`` entry (``None``: decided when sampling,
+    with the default settings and no budget)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +122,7 @@ class Sampled:
     data: list[Any]
     """Per ``sampler_pubs`` entry: the ``DataBin`` of ``BitArray``s Aer returned."""
     aer_seconds: float
-    """Wall time Aer took."""
+    """Wall time the simulators (Aer, Stim) took."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,6 +138,7 @@ def preprocess(
     timing: TimingParams = TimingParams(),  # noqa: B008 - frozen, safe as a default
     max_shots: int | None = None,
     max_executions: int | None = None,
+    settings: SimulationSettings = SimulationSettings(),  # noqa: B008 - frozen
 ) -> PreparedJob:
     """Decode, validate and plan one job for the device ``device_source``.
 
@@ -154,11 +153,13 @@ def preprocess(
         timing: constants of the QPU time model.
         max_shots: shots per PUB allowed, at most (default: the configuration's ``max_shots``).
         max_executions: total executions allowed, at most (``None``: no limit).
+        settings: the emulator's noise level (for jobs that choose none) and simulation budget.
 
     Raises:
         JobInputError: ``VALIDATION`` for anything malformed or out of range (undecodable
             payload, unknown program, bad shots / precision / ``rep_delay``, circuit wider than the
-            device, too many executions), ``TRANSPILATION`` for a circuit that is not ISA.
+            device, too many executions, an unknown noise level), ``TRANSPILATION`` for a circuit
+            that is not ISA, ``JOB_TOO_LARGE`` for a simulation predicted over the budget.
     """
     if program_id not in PROGRAMS:
         raise JobInputError(
@@ -181,8 +182,17 @@ def preprocess(
         from .dry_run import mock_seed
 
         metadata = {**prepared.metadata, "mock_seed": mock_seed(params_json)}
-        prepared = replace(prepared, dry_run=True, metadata=metadata)
-    return prepared
+        return replace(prepared, dry_run=True, metadata=metadata)
+    # Every program's executed circuits are simulated the same way: the noise level the job
+    # asks for (or the emulator's), Stim or Aer per circuit, refused here if over the budget.
+    sim_plan = simulation.plan(
+        prepared.sampler_pubs,
+        level=simulation.requested_level(params) or settings.noise,
+        settings=settings,
+        user_noise_model=prepared.metadata.get("noise_models") is not None,
+    )
+    simulation.prepare(source, prepared.metadata["pub_qubits"], sim_plan)
+    return replace(prepared, simulation=sim_plan)
 
 
 def _prepare_primitive(
@@ -271,7 +281,7 @@ def _prepare_primitive(
             "rep_delay_s": opts["rep_delay_s"],
             "subjobs": subjobs,
             "noise_models": noise_models,
-            "ignored_options": opts["ignored"],
+            "ignored_options": simulation.without_own_options(opts["ignored"], params),
             "ignored_mitigation": opts["mitigation"],
         },
         notes=(mitigation_note(program_id, opts["mitigation"]),) if opts["mitigation"] else (),
@@ -289,48 +299,34 @@ def _make_sampler_pub(circuit: QuantumCircuit, values: BindingsArray, shots: int
 # ---------------------------------------------------------------------------------------------
 
 
-def sample(prepared: PreparedJob, *, noise: bool, max_threads: int = 0) -> Sampled:
-    """Sample ``prepared.sampler_pubs`` with Aer's ``SamplerV2``.
+def sample(prepared: PreparedJob, *, max_threads: int = 0) -> Sampled:
+    """Sample ``prepared.sampler_pubs`` by ``prepared.simulation`` (:func:`simulation.run`).
 
-    With ``noise`` the device noise model (restricted to each circuit's qubits) is applied; a user's
-    ``simulator.noise_model`` is applied whatever ``noise`` says. ``max_threads`` caps Aer's
-    threads (0: Aer's default, all cores).
+    A user's ``simulator.noise_model`` is applied whatever the level. ``max_threads`` caps
+    Aer's threads (0: Aer's default, all cores).
 
     Raises:
         JobInputError: ``EXECUTION_FAILED`` when Aer cannot simulate the job (e.g. too many
             entangled qubits for the memory).
     """
-    from qiskit_aer.aererror import AerError
-    from qiskit_aer.primitives import SamplerV2
-
     if not prepared.sampler_pubs:
         return Sampled(data=[], aer_seconds=0.0)
-    # One Aer run per distinct qubit set, each with the noise model of exactly those qubits.
-    batches: dict[tuple[int, ...], list[int]] = {}
-    for k, live in enumerate(prepared.metadata["pub_qubits"]):
-        batches.setdefault(tuple(live), []).append(k)
-    user_models = prepared.metadata.get("noise_models")
-    data: list[Any] = [None] * len(prepared.sampler_pubs)
-    start = time.perf_counter()
-    for live, indices in batches.items():
-        backend_options: dict[str, Any] = {"max_parallel_threads": max_threads}
-        if user_models is not None:
-            backend_options["noise_model"] = user_models[live]
-        elif noise and live:
-            backend_options["noise_model"] = device_noise_model_for(prepared.device_source, live)
-        sampler = SamplerV2(seed=prepared.seed, options={"backend_options": backend_options})
-        try:
-            with warnings.catch_warnings():
-                # e.g. "no output classical registers": IBM returns an empty DataBin, so do we.
-                warnings.simplefilter("ignore")
-                result = sampler.run([prepared.sampler_pubs[k] for k in indices]).result()
-        except AerError as exc:
-            raise JobInputError(
-                ErrorCode.EXECUTION_FAILED, f"The simulation failed: {exc}"
-            ) from None
-        for k, pub_result in zip(indices, result, strict=True):
-            data[k] = pub_result.data
-    return Sampled(data=data, aer_seconds=time.perf_counter() - start)
+    plan = prepared.simulation or simulation.plan(
+        prepared.sampler_pubs,
+        level=simulation.NoiseLevel.NONE,
+        settings=SimulationSettings(budget_s=float("inf")),
+        user_noise_model=prepared.metadata.get("noise_models") is not None,
+    )
+    data, seconds = simulation.run(
+        prepared.sampler_pubs,
+        prepared.metadata["pub_qubits"],
+        prepared.device_source,
+        plan,
+        seed=prepared.seed,
+        user_models=prepared.metadata.get("noise_models"),
+        max_threads=max_threads,
+    )
+    return Sampled(data=data, aer_seconds=seconds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,6 +364,8 @@ def postprocess(
 
         sampled = mock_sampled(prepared)
     extra: dict[str, Any] = {}
+    if prepared.simulation is not None:
+        extra["simulation"] = prepared.simulation.metadata(sampled.aer_seconds)
     if asked := prepared.metadata.get("ignored_mitigation"):
         extra["emulator"] = {
             "ignored_options": list(asked),

@@ -60,8 +60,8 @@ async def serve(config: Config) -> None:
         devices: dict[str, Device] = app[DEVICES]
         print(
             f"  backends: {', '.join(n for n, d in devices.items() if not d.mock)} (dry runs on "
-            f"their mock_ twins); clock {config.clock}; "
-            f"{config.lanes} lanes per backend; noise {'on' if config.noise else 'off'}"
+            f"their mock_ twins); clock {config.clock}; {config.lanes} lanes per backend; "
+            f"noise {config.noise}, simulation budget {config.sim_budget_s:g} s per job"
         )
         print(connection_snippet(config, base_url), flush=True)
         print(

@@ -7,6 +7,8 @@ nothing else in the emulator reads ``os.environ``.
 
 from __future__ import annotations
 
+import math
+import os
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +18,10 @@ from typing import Any
 import click
 
 from aioruntime.protocol import DEFAULT_INSTANCE
+
+from .noise import NoiseLevel
+from .noise_cache import default_cache_dir
+from .simulation import DEFAULT_BUDGET_S, DEFAULT_MAX_MEMORY_MB, SimulationSettings
 
 __all__ = ["ApiKey", "ClockSpec", "Config", "command", "from_args"]
 
@@ -81,7 +87,21 @@ class Config:
     backends: str = ""  # "" = emulator.backends.DEFAULT_BACKENDS
     lanes: int = 5
     clock: ClockSpec = field(default_factory=ClockSpec)
-    noise: bool = False
+    #: The noise level of jobs that do not choose one (``True``/``False`` mean full/none).
+    noise: NoiseLevel = NoiseLevel.NONE
+    #: Wall seconds of simulation one job may take (``--sim-budget``). Pre-processing refuses a
+    #: job predicted over it (IBM 1001) before it takes the QPU; one that runs past it anyway is
+    #: stopped on the QPU worker, which is replaced, and fails (under ``realtime``, also capped
+    #: by the job's ``max_execution_time``, with IBM's 1305).
+    sim_budget_s: float = DEFAULT_BUDGET_S
+    #: Tests only: False lets a job predicted over ``sim_budget_s`` reach the QPU, where the
+    #: scheduler stops it at the budget (to test that stop).
+    sim_refuse_predicted: bool = True
+    #: Memory Aer may use for one circuit, MB (``--sim-memory``).
+    sim_memory_mb: int = DEFAULT_MAX_MEMORY_MB
+    #: Where twirled device noise tables are kept across starts; None = not kept. The command
+    #: line defaults to the user cache directory (``$XDG_CACHE_HOME/aioruntime-emulator``).
+    noise_cache_dir: Path | None = None
     #: None = a temporary directory (removed at exit); ":memory:" = ephemeral, nothing on disk.
     data_dir: Path | None = None
     api_keys: tuple[ApiKey, ...] = (ApiKey(DEFAULT_API_KEY),)
@@ -99,10 +119,6 @@ class Config:
     session_idle_close_s: float = 30 * 60.0
     #: IBM's service cap on one job's QPU time.
     job_max_execution_s: float = 3 * 3600.0
-    #: Wall seconds one job's simulation may take on the QPU worker; past it the worker is
-    #: stopped and replaced and the job fails (under ``realtime``, also the job's
-    #: ``max_execution_time``, with IBM's 1305).
-    sim_budget_s: float = 600.0
     #: Fair share between instances: their recent QPU use decays with this half-life (model s).
     fair_share_half_life_s: float = 3600.0
     #: Tests only: cap the SQLite database at this many pages (a full disk on demand).
@@ -119,6 +135,11 @@ class Config:
     record_requests: bool = False
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "noise", _noise_level(self.noise))
+        if not self.sim_budget_s > 0:
+            raise ValueError("--sim-budget must be positive")
+        if self.sim_memory_mb < 1:
+            raise ValueError("--sim-memory must be at least 1 MB")
         if self.lanes < 1:
             raise ValueError("--lanes must be at least 1")
         if not self.api_keys:
@@ -131,6 +152,16 @@ class Config:
             for crn in key.instances:
                 if crn not in self.instances:
                     raise ValueError(f"--api-key binds to {crn!r}, which is not an --instance")
+
+    @property
+    def simulation(self) -> SimulationSettings:
+        """What the workers need to plan and run simulations (it pickles)."""
+        return SimulationSettings(
+            noise=self.noise,
+            budget_s=self.sim_budget_s if self.sim_refuse_predicted else math.inf,
+            max_memory_mb=self.sim_memory_mb,
+            cache_dir=self.noise_cache_dir,
+        )
 
     def instances_for_key(self, key: str) -> tuple[str, ...] | None:
         """The instances a key may use, or None when the key is not accepted."""
@@ -150,6 +181,40 @@ class _ClockType(click.ParamType):  # type: ignore[type-arg]
             return value
         try:
             return ClockSpec.parse(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+#: Spellings of the old boolean ``--noise`` (and its environment variable) still accepted.
+_NOISE_ALIASES = {
+    "on": "full",
+    "true": "full",
+    "1": "full",
+    "off": "none",
+    "false": "none",
+    "0": "none",
+}
+
+
+def _noise_level(value: object) -> NoiseLevel:
+    if isinstance(value, bool):
+        return NoiseLevel.FULL if value else NoiseLevel.NONE
+    text = str(value).strip().lower()
+    try:
+        return NoiseLevel(_NOISE_ALIASES.get(text, text))
+    except ValueError:
+        choices = ", ".join(level.value for level in NoiseLevel)
+        raise ValueError(f"--noise must be one of {choices}, got {value!r}") from None
+
+
+class _NoiseType(click.ParamType):  # type: ignore[type-arg]
+    name = "full|pauli|none"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> NoiseLevel:
+        try:
+            return _noise_level(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
@@ -193,10 +258,42 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="instant, scaled:K or realtime",
         ),
         click.option(
-            "--noise/--no-noise",
-            default=False,
-            show_default=False,
-            help="simulate with the device noise model (default: off, ideal results)",
+            "--noise",
+            type=_NoiseType(),
+            is_flag=False,
+            flag_value="full",
+            default="none",
+            show_default=True,
+            help="noise level of jobs that do not choose one: full (the device's Aer noise "
+            "model; --noise alone), pauli (its Pauli twirl: Clifford circuits of any width in "
+            "milliseconds) or none",
+        ),
+        click.option(
+            "--no-noise",
+            is_flag=True,
+            allow_from_autoenv=False,
+            help="ideal simulation (the same as --noise none)",
+        ),
+        click.option(
+            "--sim-budget",
+            type=click.FloatRange(min=0, min_open=True),
+            default=DEFAULT_BUDGET_S,
+            show_default=True,
+            help="wall seconds of simulation per job: a job predicted over it fails at once, "
+            "naming what would fit; one running past it is stopped",
+        ),
+        click.option(
+            "--sim-memory",
+            type=click.IntRange(min=1),
+            default=DEFAULT_MAX_MEMORY_MB,
+            show_default=True,
+            help="MB of memory Aer may use for one circuit",
+        ),
+        click.option(
+            "--noise-cache",
+            default=None,
+            help="directory keeping devices' twirled noise tables across starts, or 'none' "
+            "(default: $XDG_CACHE_HOME/aioruntime-emulator, else ~/.cache/aioruntime-emulator)",
         ),
         click.option(
             "--data-dir",
@@ -233,13 +330,6 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="seconds to let jobs in flight finish on SIGTERM",
         ),
         click.option(
-            "--sim-budget",
-            "sim_budget_s",
-            type=click.FloatRange(min=0, min_open=True),
-            default=600.0,
-            help="wall seconds one job's simulation may hold the QPU worker",
-        ),
-        click.option(
             "--token-secret",
             default=None,
             hidden=True,
@@ -260,8 +350,19 @@ def _config_from_options(
     token_secret: str | None,
     admin_key: str | None,
     drain_timeout: float,
+    no_noise: bool,
+    noise_cache: str | None,
+    sim_budget: float,
+    sim_memory: int,
     **values: Any,
 ) -> Config:
+    values.update(sim_budget_s=sim_budget, sim_memory_mb=sim_memory)
+    if no_noise:
+        values["noise"] = NoiseLevel.NONE
+    if noise_cache is None:
+        values["noise_cache_dir"] = default_cache_dir(dict(os.environ))
+    elif noise_cache.strip().lower() not in ("", "none"):
+        values["noise_cache_dir"] = Path(noise_cache)
     if ephemeral:
         data_dir = Path(":memory:")
     persistent = data_dir is not None and str(data_dir) != ":memory:"

@@ -544,6 +544,7 @@ class Scheduler:
                 self.timing,
                 self.config.max_executions_per_job,
                 self.faults.plan.worker_delay_ms / 1000,
+                self.config.simulation,
             )
         except classical.JobInputError as exc:
             raise _Failed(JobState.FAILED, exc.code, exc.message) from None
@@ -601,9 +602,7 @@ class Scheduler:
             t0 = time.monotonic()
             try:
                 async with asyncio.timeout(budget):
-                    sampled = await self.plane.qpu(
-                        rec.backend, worker.sample, prepared, self.config.noise
-                    )
+                    sampled = await self.plane.qpu(rec.backend, worker.sample, prepared)
             except TimeoutError:
                 live.stages["qpu_end"] = utcnow().isoformat()
                 if realtime and budget == limit:

@@ -40,6 +40,7 @@ from emulator.classical import (
     preprocess,
     sample,
 )
+from emulator.simulation import NoiseLevel, SimulationSettings
 from emulator.timing import TimingParams, circuit_duration_s
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -56,11 +57,17 @@ def estimator_params(
     return params_json([EstimatorPub.coerce(p) for p in pubs], options, **extra)
 
 
+#: The emulator's settings with the device's full noise model as the default level.
+FULL = SimulationSettings(noise=NoiseLevel.FULL)
+
+
 def run(
     program: str, params: str, *, source: str = "fez", noise: bool = False, **kwargs: Any
 ) -> tuple[PreparedJob, PrimitiveResult]:
+    if noise:
+        kwargs["settings"] = FULL
     prepared = preprocess(program, params, source, **kwargs)
-    sampled = sample(prepared, noise=noise)
+    sampled = sample(prepared)
     result = loads(postprocess(prepared, sampled, T0, T1))
     assert isinstance(result, PrimitiveResult)
     return prepared, result
@@ -203,12 +210,13 @@ def test_noisy_bell_on_fez_is_fast(isa_bell: QuantumCircuit) -> None:
         "sampler",
         sampler_params([(isa_bell, None, 4000)], {"simulator": {"seed_simulator": 5}}),
         "fez",
+        settings=FULL,
     )
     start = time.perf_counter()
-    sampled = sample(prepared, noise=True)  # builds the 2-qubit noise model on first use
+    sampled = sample(prepared)  # builds the 2-qubit noise model on first use
     first = time.perf_counter() - start
     start = time.perf_counter()
-    again = sample(prepared, noise=True)
+    again = sample(prepared)
     second = time.perf_counter() - start
     assert first < 3.0 and second < 0.5, (first, second)
     assert again.aer_seconds < 0.5
@@ -234,11 +242,16 @@ def test_compacted_noisy_run_matches_the_whole_device_model() -> None:
         "sampler",
         sampler_params([(circuit, None, 3000)], {"simulator": {"seed_simulator": 17}}),
         "manila",
+        settings=FULL,
     )
     assert prepared.sampler_pubs[0].circuit.num_qubits == 3
-    ours = sample(prepared, noise=True).data[0].c.get_counts()
+    assert prepared.simulation is not None
+    assert prepared.simulation.methods == ("density_matrix",)  # 3000 shots > 2^3 amplitudes
+    ours = sample(prepared).data[0].c.get_counts()
+    options = {"method": "density_matrix"}
     whole = SamplerV2(
-        seed=17, options={"backend_options": {"noise_model": device_noise_model("manila")}}
+        seed=17,
+        options={"backend_options": {"noise_model": device_noise_model("manila"), **options}},
     )
     theirs = whole.run([(circuit, None, 3000)]).result()[0].data.c.get_counts()
     assert ours == theirs
@@ -260,10 +273,12 @@ def test_circuits_on_distant_qubits_are_simulated_apart() -> None:
         optimization_level=1, target=device_target("fez"), initial_layout=list(range(156))
     )
     a, b = pm.run(ghz(0)), pm.run(ghz(100))
-    prepared = preprocess("sampler", sampler_params([(a, None, 200), (b, None, 200)]), "fez")
+    prepared = preprocess(
+        "sampler", sampler_params([(a, None, 200), (b, None, 200)]), "fez", settings=FULL
+    )
     assert prepared.metadata["pub_qubits"] == [tuple(range(6)), tuple(range(100, 106))]
     assert [p.circuit.num_qubits for p in prepared.sampler_pubs] == [7, 7]  # + one ground qubit
-    sampled = sample(prepared, noise=True)
+    sampled = sample(prepared)
     assert sampled.aer_seconds < 5
     _, result = run("sampler", sampler_params([(b, None, 200)]))
     counts = result[0].data.meas.get_counts()
@@ -611,7 +626,7 @@ def test_stage_outputs_pickle(isa_bell: QuantumCircuit, isa_bell_state: QuantumC
         ("estimator", estimator_params([(isa_bell_state, observable("XX", isa_bell_state))])),
     ):
         prepared = preprocess(program, params, "fez")
-        sampled = sample(prepared, noise=False)
+        sampled = sample(prepared)
         for obj in (prepared, sampled):
             assert type(pickle.loads(pickle.dumps(obj))) is type(obj)
         again = pickle.loads(pickle.dumps(prepared))
@@ -627,7 +642,7 @@ async def test_stages_run_in_worker_processes(isa_bell: QuantumCircuit) -> None:
         "fez",
     )
     assert isinstance(prepared, PreparedJob)
-    sampled = await anyio.to_process.run_sync(functools.partial(sample, noise=False), prepared)
+    sampled = await anyio.to_process.run_sync(sample, prepared)
     assert isinstance(sampled, Sampled)
     text = await anyio.to_process.run_sync(postprocess, prepared, sampled, T0, T1)
     counts = loads(text)[0].data.meas.get_counts()

@@ -14,6 +14,7 @@ from aioruntime import protocol as p
 from emulator.auth import AuthError, authenticate, issue_token
 from emulator.clock import ManualClock, ScaledClock, make_clock
 from emulator.config import ApiKey, ClockSpec, Config, from_args
+from emulator.noise import NoiseLevel
 
 OTHER = "crn:v1:bluemix:public:quantum-computing:us-east:a/other::"
 
@@ -40,7 +41,8 @@ def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             "ibm_fez",
         ]
     )
-    assert (config.port, config.lanes, config.noise, config.backends) == (0, 3, True, "ibm_fez")
+    assert (config.port, config.lanes, config.backends) == (0, 3, "ibm_fez")
+    assert config.noise is NoiseLevel.FULL  # --noise alone: the device's full noise model
     assert config.clock == ClockSpec(mode="scaled", scale=0.01)
     assert config.instances_for_key("k1") == (p.DEFAULT_INSTANCE, OTHER)
     assert config.instances_for_key("k2") == (OTHER,)
@@ -52,14 +54,38 @@ def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIORUNTIME_EMULATOR_API_KEY", f"a,b@{OTHER}")
     monkeypatch.setenv("AIORUNTIME_EMULATOR_INSTANCE", f"{p.DEFAULT_INSTANCE},{OTHER}")
     env = from_args([])
-    assert env.port == 9999 and str(env.clock) == "realtime" and env.noise
+    assert env.port == 9999 and str(env.clock) == "realtime" and env.noise is NoiseLevel.FULL
     assert env.instances_for_key("b") == (OTHER,)
     assert from_args(["--port", "1"]).port == 1  # a flag wins over the environment
+
+
+def test_noise_and_simulation_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert from_args([]).noise is NoiseLevel.NONE
+    assert from_args(["--noise", "pauli", "--port", "0"]).noise is NoiseLevel.PAULI
+    assert from_args(["--noise", "--port", "0"]).noise is NoiseLevel.FULL
+    assert from_args(["--no-noise"]).noise is NoiseLevel.NONE
+    assert from_args(["--noise", "none"]).noise is NoiseLevel.NONE
+    config = from_args(["--sim-budget", "2.5", "--sim-memory", "512", "--noise-cache", "none"])
+    assert (config.sim_budget_s, config.sim_memory_mb, config.noise_cache_dir) == (2.5, 512, None)
+    assert config.simulation.budget_s == 2.5 and config.simulation.max_memory_mb == 512
+    assert from_args(["--noise-cache", str(tmp_path)]).noise_cache_dir == tmp_path
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert from_args([]).noise_cache_dir == tmp_path / "aioruntime-emulator"
+    monkeypatch.setenv("AIORUNTIME_EMULATOR_NOISE", "pauli")
+    monkeypatch.setenv("AIORUNTIME_EMULATOR_SIM_BUDGET", "7")
+    env = from_args([])
+    assert env.noise is NoiseLevel.PAULI and env.simulation.noise is NoiseLevel.PAULI
+    assert env.sim_budget_s == 7.0
+    assert from_args(["--no-noise"]).noise is NoiseLevel.NONE  # the flag wins
+    assert Config(noise=True).noise is NoiseLevel.FULL  # the old boolean, in code
+    assert Config().noise_cache_dir is None  # in code: nothing written unless asked
 
 
 @pytest.mark.parametrize(
     ("argv", "named"),
     [
+        (["--noise", "loud"], "--noise"),
+        (["--sim-budget", "0"], "--sim-budget"),
         (["--clock", "fast"], "--clock"),
         (["--lanes", "0"], "--lanes"),
         (["--port", "x"], "--port"),

@@ -42,7 +42,7 @@ def params_json(program: QuantumProgram, version: str = "v2.0") -> str:
 
 
 def run(prepared: classical.PreparedJob, stop: datetime = T0 + timedelta(seconds=3)) -> object:
-    sampled = classical.sample(prepared, noise=False, max_threads=1)
+    sampled = classical.sample(prepared, max_threads=1)
     return ExecutorResultDecoder.decode(classical.postprocess(prepared, sampled, T0, stop))
 
 

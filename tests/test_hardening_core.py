@@ -119,7 +119,11 @@ def _runaway() -> QuantumCircuit:
 
 
 def test_a_stopped_qpu_worker_is_replaced_and_only_its_job_fails(make_emulator: Any) -> None:
-    emu: EmulatorThread = make_emulator(backends="ibm_fez", sim_budget_s=8.0)
+    # Pre-processing would refuse this job at once (predicted far over 8 s); let it reach the
+    # QPU, where the budget stops it.
+    emu: EmulatorThread = make_emulator(
+        backends="ibm_fez", sim_budget_s=8.0, sim_refuse_predicted=False
+    )
     api = Api(emu.base_url, emu.api_key)
     body = {
         "program_id": "sampler",
