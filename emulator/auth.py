@@ -69,7 +69,7 @@ def authenticate(config: Config, authorization: str | None) -> Principal:
                 issuer=_ISSUER,
                 options={"require": ["exp", "iat", "sub"]},
             )
-        except jwt.PyJWTError as exc:
+        except (jwt.PyJWTError, UnicodeError) as exc:  # UnicodeError: undecodable header bytes
             raise AuthError(f"invalid token: {exc}") from None
         # The key may have been removed from the configuration since the token was issued.
         allowed = set(config.instances)

@@ -17,7 +17,7 @@ import click
 
 from aioruntime.protocol import DEFAULT_INSTANCE
 
-__all__ = ["ApiKey", "ClockSpec", "Config", "command", "from_args"]
+__all__ = ["ApiKey", "ClockSpec", "Config", "command", "from_args", "same_secret"]
 
 #: The key a ``Config()`` built in code accepts by default (tests, ``EmulatorThread``). The
 #: command line instead generates a development key when none is given, and prints it.
@@ -127,9 +127,21 @@ class Config:
     def instances_for_key(self, key: str) -> tuple[str, ...] | None:
         """The instances a key may use, or None when the key is not accepted."""
         for api_key in self.api_keys:
-            if secrets.compare_digest(api_key.key, key):
+            if same_secret(key, api_key.key):
                 return api_key.instances or self.instances
         return None
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """Constant-time comparison of two secrets, whatever characters they hold.
+
+    ``secrets.compare_digest`` refuses ``str`` with non-ASCII characters (TypeError), and a key
+    or header can hold any: aiohttp decodes raw header bytes with ``surrogateescape``. Both are
+    compared as UTF-8 bytes (``surrogatepass`` encodes any lone surrogate, so it never fails).
+    """
+    return secrets.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
 
 
 class _ClockType(click.ParamType):  # type: ignore[type-arg]

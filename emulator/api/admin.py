@@ -10,13 +10,13 @@
 from __future__ import annotations
 
 import dataclasses
-import secrets
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from aioruntime import protocol as p
 
+from ..config import same_secret
 from ..errors import Refused
 from ..faults import FaultPlan
 from .keys import CONFIG, DEVICES, FAULTS, SCHEDULER
@@ -27,7 +27,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     expected = f"Bearer {request.config_dict[CONFIG].admin_key}"
-    if not secrets.compare_digest(request.headers.get("Authorization", ""), expected):
+    if not same_secret(request.headers.get("Authorization", ""), expected):
         raise Refused(401, p.ErrorCode.INVALID_CREDENTIALS, "Invalid admin key.")
     return await handler(request)
 

@@ -1,0 +1,47 @@
+"""What a hostile tenant or an unlucky operator sends: every answer is a 4xx with IBM's error
+body (or a job that fails with a validation reason), never a 500 or an "internal error"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+
+from aioruntime import protocol as p
+from emulator.testing import EmulatorThread
+
+
+def token_headers(emu: EmulatorThread) -> dict[str, str]:
+    token = requests.post(
+        emu.base_url + p.IAM_TOKEN,
+        data={"grant_type": p.IAM_GRANT_TYPE, "apikey": emu.api_key},
+        timeout=10,
+    ).json()["access_token"]
+    return {"Authorization": f"Bearer {token}", p.HEADER_SERVICE_CRN: emu.instance}
+
+
+def assert_ibm_error(resp: requests.Response, status: int, words: str = "") -> None:
+    assert resp.status_code == status, resp.text
+    error: dict[str, Any] = resp.json()["errors"][0]
+    assert error["code"] and words.lower() in error["message"].lower()
+
+
+def test_non_ascii_credentials_are_refused_not_500(emulator: EmulatorThread) -> None:
+    iam = requests.post(
+        emulator.base_url + p.IAM_TOKEN,
+        data={"grant_type": p.IAM_GRANT_TYPE, "apikey": "clé-ключ-🔑"},
+        timeout=10,
+    )
+    assert iam.status_code == 400 and iam.json()["errorCode"] == "BXNIM0415E"
+    # requests sends header values as latin-1 bytes; aiohttp hands them on surrogate-escaped
+    for authorization in ("apikey clé", "Bearer clé", "Bearer é.é.é"):
+        resp = requests.get(
+            emulator.runtime_url + p.BACKENDS,
+            headers={"Authorization": authorization, p.HEADER_SERVICE_CRN: emulator.instance},
+            timeout=10,
+        )
+        assert_ibm_error(resp, 401)
+    admin = requests.get(
+        emulator.base_url + "/admin/faults", headers={"Authorization": "Bearer clé"}, timeout=10
+    )
+    assert_ibm_error(admin, 401, "admin key")
