@@ -31,6 +31,7 @@ __all__ = [
     "dumps",
     "error_body",
     "loads",
+    "nesting_exceeds",
     "parse_bool",
     "path",
     "session_status_string",
@@ -232,6 +233,19 @@ def loads(text: str | bytes) -> Any:
 
     with _DECODE_LOCK:
         return json.loads(text, cls=RuntimeDecoder)
+
+
+def nesting_exceeds(value: Any, limit: int) -> bool:
+    """Whether JSON-like ``value`` nests lists and dicts more than ``limit`` deep (a top-level
+    ``[]`` is depth 1). Iterative, so it cannot itself hit the recursion limit."""
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
 
 
 def parse_bool(value: str | None, default: bool = False) -> bool:

@@ -91,7 +91,7 @@ async def record_middleware(request: web.Request, handler: Handler) -> web.Strea
                 body_keys = sorted(body)
                 if isinstance(body.get("params"), dict):
                     body_keys += sorted(f"params.{k}" for k in body["params"])
-        except ValueError:
+        except (ValueError, RecursionError):
             body_keys = None
     request.app[REQUEST_LOG].append(
         {

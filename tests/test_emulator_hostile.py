@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import requests
 
 from aioruntime import protocol as p
@@ -45,3 +46,23 @@ def test_non_ascii_credentials_are_refused_not_500(emulator: EmulatorThread) -> 
         emulator.base_url + "/admin/faults", headers={"Authorization": "Bearer clé"}, timeout=10
     )
     assert_ibm_error(admin, 401, "admin key")
+
+
+@pytest.mark.parametrize("path", [p.JOBS, p.SESSIONS])
+@pytest.mark.parametrize("depth", [65, 5_000])
+def test_deeply_nested_bodies_are_400(emulator: EmulatorThread, path: str, depth: int) -> None:
+    headers = {**token_headers(emulator), "Content-Type": "application/json"}
+    for body in ("[" * depth + "]" * depth, '{"a":' * depth + "1" + "}" * depth):
+        resp = requests.post(emulator.runtime_url + path, data=body, headers=headers, timeout=30)
+        assert_ibm_error(resp, 400, "nests objects and arrays more than 64 deep")
+    # as deep as the official client ever goes is fine (params → pubs → PUB → array → dict)
+    nested: Any = {"ZZ": 1.0}
+    for _ in range(5):
+        nested = [nested]
+    resp = requests.post(
+        emulator.runtime_url + path,
+        json={"program_id": "sampler", "backend": "nope", "params": {"pubs": nested}},
+        headers=headers,
+        timeout=30,
+    )
+    assert resp.status_code == 400 and "nests" not in resp.text

@@ -19,6 +19,7 @@ from aioruntime import protocol as p
 from ..config import same_secret
 from ..errors import Refused
 from ..faults import FaultPlan
+from . import requests
 from .keys import CONFIG, DEVICES, FAULTS, SCHEDULER
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -38,9 +39,9 @@ async def get_faults(request: web.Request) -> web.Response:
 
 
 async def put_faults(request: web.Request) -> web.Response:
+    body = await requests.body_object(request)
     try:
-        body = await request.json()
-        plan = FaultPlan.from_json(body if isinstance(body, dict) else {})
+        plan = FaultPlan.from_json(body)
     except (ValueError, TypeError) as exc:
         raise Refused(400, p.ErrorCode.VALIDATION, f"Bad fault plan: {exc}") from None
     request.config_dict[FAULTS].set(plan)

@@ -10,12 +10,13 @@ stated once and documented (README, "Restarts, tenants and faults").
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -41,6 +42,16 @@ __all__ = [
 ]
 
 
+T = TypeVar("T")
+
+#: How deep a request body may nest objects and arrays. The official client's deepest is about
+#: five (params → pubs → a PUB → an observables array → a dict); deeper is refused (400) before
+#: anything recursive (the JSON scanner, the codec in the workers) can reach the recursion limit.
+MAX_JSON_DEPTH = 64
+#: A body at least this large is parsed (and re-encoded) in a thread, not on the event loop.
+_THREADED_BYTES = 1 << 20
+
+
 def _refuse(message: str, code: int = ErrorCode.VALIDATION, status: int = 400) -> Refused:
     return Refused(status, code, message)
 
@@ -48,13 +59,33 @@ def _refuse(message: str, code: int = ErrorCode.VALIDATION, status: int = 400) -
 # -- bodies and fields -----------------------------------------------------------------------
 
 
+async def _cpu(size: int, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, in a thread when ``size`` (bytes handled) is large: JSON work on a body of
+    tens of MB would otherwise stall every other request for seconds."""
+    if size >= _THREADED_BYTES:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
+
+
+def _parse(raw: bytes) -> Any:
+    try:
+        body = json.loads(raw) if raw else None
+    except RecursionError:
+        body = None
+        too_deep = True
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _refuse(f"The request body is not valid JSON: {exc}") from None
+    else:
+        too_deep = p.nesting_exceeds(body, MAX_JSON_DEPTH)
+    if too_deep:
+        raise _refuse(f"The request body nests objects and arrays more than {MAX_JSON_DEPTH} deep.")
+    return body
+
+
 async def body_object(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object."""
     raw = await request.read()
-    try:
-        body = json.loads(raw) if raw else None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _refuse(f"The request body is not valid JSON: {exc}") from None
+    body = await _cpu(len(raw), _parse, raw)
     if not isinstance(body, dict):
         raise _refuse("The request body must be a JSON object.")
     return body
@@ -176,7 +207,7 @@ async def job_submission(request: web.Request, backends: Collection[str]) -> Job
     return JobSubmission(
         program_id=program_id,
         backend=backend,
-        params_json=json.dumps(params),
+        params_json=await _cpu(request.content_length or 0, json.dumps, params),
         session_id=field(body, "session_id", str),
         tags=tags,
         cost=float(cost) if cost is not None else None,
