@@ -66,3 +66,30 @@ def test_deeply_nested_bodies_are_400(emulator: EmulatorThread, path: str, depth
         timeout=30,
     )
     assert resp.status_code == 400 and "nests" not in resp.text
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        {"error_rate": 1, "error_statuses": []},
+        {"error_statuses": "503"},
+        {"error_statuses": [True]},
+        {"seed": [1]},
+        {"seed": "x"},
+        {"latency_ms": "fast"},
+        {"worker_delay_ms": -1},
+        {"paths": [1]},
+        {"error_rate": None},
+    ],
+)
+def test_bad_fault_plans_are_400_and_change_nothing(
+    emulator: EmulatorThread, plan: dict[str, Any]
+) -> None:
+    admin = {"Authorization": f"Bearer {emulator.config.admin_key}"}
+    url = emulator.base_url + "/admin/faults"
+    assert_ibm_error(requests.put(url, json=plan, headers=admin, timeout=10), 400, "fault plan")
+    assert requests.get(url, headers=admin, timeout=10).json()["error_rate"] == 0
+    resp = requests.get(
+        emulator.runtime_url + p.BACKENDS, headers=token_headers(emulator), timeout=10
+    )
+    assert resp.status_code == 200
