@@ -104,15 +104,9 @@ def _parse_options(
     params: dict[str, Any], program_id: str, limits: DeviceLimits, shots_cap: int
 ) -> dict[str, Any]:
     """The options the emulator honours, validated; see ``PreparedJob.metadata``."""
-    options = params.get("options") or {}
-    if not isinstance(options, dict):
-        raise JobInputError(ErrorCode.VALIDATION, "params.options must be an object.")
-    simulator = options.get("simulator") or {}
-    execution = options.get("execution") or {}
-    if not isinstance(simulator, dict) or not isinstance(execution, dict):
-        raise JobInputError(
-            ErrorCode.VALIDATION, "options.simulator and options.execution must be objects."
-        )
+    options = _object(params.get("options"), "params.options")
+    simulator = _object(options.get("simulator"), "options.simulator")
+    execution = _object(options.get("execution"), "options.execution")
 
     default_shots = options.get("default_shots")
     if default_shots is not None:
@@ -122,10 +116,14 @@ def _parse_options(
         default_precision = _check_precision("options.default_precision", default_precision)
 
     seed = simulator.get("seed_simulator")
-    if seed is not None and (not isinstance(seed, Integral) or isinstance(seed, bool)):
+    if seed is not None and (
+        not isinstance(seed, Integral)
+        or isinstance(seed, bool)
+        or not -(2**63) <= int(seed) < 2**63  # what Aer takes (a 64-bit integer)
+    ):
         raise JobInputError(
             ErrorCode.VALIDATION,
-            f"options.simulator.seed_simulator must be an integer, not {seed!r}.",
+            f"options.simulator.seed_simulator must be a 64-bit integer, not {_short(seed)}.",
         )
 
     rep_delay = execution.get("rep_delay")
@@ -151,10 +149,10 @@ def _parse_options(
                 f"[{lo:g}, {hi:g}] s ({lo * 1e6:g}-{hi * 1e6:g} µs).",
             )
     meas_type = execution.get("meas_type")
-    if meas_type not in (None, "classified"):
+    if meas_type is not None and not (isinstance(meas_type, str) and meas_type == "classified"):
         raise JobInputError(
             ErrorCode.VALIDATION,
-            f"options.execution.meas_type {meas_type!r} is not supported by the emulator "
+            f"options.execution.meas_type {_short(meas_type)} is not supported by the emulator "
             "(only 'classified').",
         )
 
@@ -168,9 +166,12 @@ def _parse_options(
                 "options.simulator.noise_model is not a decodable Aer NoiseModel.",
             )
 
-    ignored = [k for k in _IGNORED_OPTIONS if options.get(k) not in (None, {}, [])]
-    ignored += [f"simulator.{k}" for k in ("coupling_map", "basis_gates") if simulator.get(k)]
-    if program_id == "estimator" and params.get("resilience_level") not in (None, 0):
+    ignored = [k for k in _IGNORED_OPTIONS if _given(options.get(k))]
+    ignored += [
+        f"simulator.{k}" for k in ("coupling_map", "basis_gates") if _given(simulator.get(k))
+    ]
+    level = params.get("resilience_level")
+    if program_id == "estimator" and _given(level) and not (_is_number(level) and level == 0):
         ignored.append("resilience_level")
     return {
         "default_shots": default_shots,
@@ -180,6 +181,32 @@ def _parse_options(
         "noise_model": noise_model,
         "ignored": ignored,
     }
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    """``value`` if it is a JSON object, ``{}`` if absent. (A decoded ``params`` can hold any
+    type here, ndarrays included, whose truth value raises: nothing is tested for truth.)"""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise JobInputError(
+            ErrorCode.VALIDATION, f"{where} must be an object, not {type(value).__name__}."
+        )
+    return value
+
+
+def _given(value: Any) -> bool:
+    """Whether an option was set: anything but None, ``{}`` and ``[]``."""
+    return value is not None and not (isinstance(value, (dict, list)) and not value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_shots(where: str, shots: Any, cap: int) -> int:
@@ -219,18 +246,37 @@ def _pub_items(i: int, raw: Any, sizes: tuple[int, int], form: str) -> list[Any]
     return list(raw) + [None] * (sizes[1] - len(raw))
 
 
-def _check_values(i: int, circuit: QuantumCircuit, values: Any) -> None:
-    """A clearer message than qiskit's for parameter values that do not fit the circuit."""
+def _finite_array(i: int, values: Any) -> Any:
+    """``values`` as a float ndarray of finite numbers (Aer cannot bind NaN or infinity)."""
     import numpy as np
 
-    if values is None or isinstance(values, dict):
-        return  # no values, or a BindingsArray-like mapping that qiskit checks itself
     try:
         array = np.asarray(values, dtype=float)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise JobInputError(
             ErrorCode.VALIDATION, f"pubs[{i}]: parameter_values must be an array of numbers."
         ) from None
+    if not np.isfinite(array).all():
+        raise JobInputError(
+            ErrorCode.VALIDATION,
+            f"pubs[{i}]: parameter_values must be finite numbers; found NaN or infinity.",
+        )
+    return array
+
+
+def _check_values(i: int, circuit: QuantumCircuit, values: Any) -> None:
+    """A clearer message than qiskit's for parameter values that do not fit the circuit."""
+    from qiskit.primitives.containers.bindings_array import BindingsArray
+
+    if values is None:
+        return
+    if isinstance(values, (dict, BindingsArray)):
+        # a mapping (qiskit checks its keys and shapes): only the numbers are checked here
+        mapping = values.data if isinstance(values, BindingsArray) else values
+        for value in mapping.values():
+            _finite_array(i, value)
+        return
+    array = _finite_array(i, values)
     num = circuit.num_parameters
     if num == 0 and array.size == 0:
         return
@@ -240,6 +286,23 @@ def _check_values(i: int, circuit: QuantumCircuit, values: Any) -> None:
             f"pubs[{i}]: the circuit has {num} parameters but parameter_values has shape "
             f"{array.shape}; expected shape (*pub_shape, {num}).",
         )
+
+
+def _shots_for_precision(i: int, precision: float, cap: int) -> int:
+    """IBM's shots for ``precision``, refused beyond ``cap``; safe for any positive float (a
+    precision of 1e308 overflows ``precision**2``, one of 1e-200 underflows it to zero)."""
+    if precision >= 1.0:
+        return 1
+    try:
+        shots = estimation.shots_for_precision(precision)
+    except (OverflowError, ZeroDivisionError):
+        shots = cap + 1
+    if shots > cap:
+        raise JobInputError(
+            ErrorCode.VALIDATION,
+            f"pubs[{i}]: precision {precision:g} needs more than the maximum of {cap} shots.",
+        )
+    return shots
 
 
 def _sampler_pub(i: int, raw: Any, default_shots: int | None, cap: int) -> SamplerPub:
@@ -266,20 +329,14 @@ def _estimator_pub(i: int, raw: Any, opts: dict[str, Any], cap: int) -> tuple[An
     _check_values(i, circuit, values)
     if precision is not None:
         precision = _check_precision(f"pubs[{i}]", precision)
-        shots = estimation.shots_for_precision(precision)
+        shots = _shots_for_precision(i, precision, cap)
     elif opts["default_shots"] is not None:
         # IBM: options.default_shots, when set, overrides default_precision.
         shots = opts["default_shots"]
         precision = 1.0 / math.sqrt(shots)
     else:
         precision = opts["default_precision"] or DEFAULT_PRECISION
-        shots = estimation.shots_for_precision(precision)
-    if shots > cap:
-        raise JobInputError(
-            ErrorCode.VALIDATION,
-            f"pubs[{i}]: precision {precision:g} needs {shots} shots, more than the maximum of "
-            f"{cap}.",
-        )
+        shots = _shots_for_precision(i, precision, cap)
     try:
         pub = EstimatorPub.coerce((circuit, observables, values, precision))
     except (ValueError, TypeError, KeyError) as exc:

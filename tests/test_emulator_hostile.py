@@ -93,3 +93,80 @@ def test_bad_fault_plans_are_400_and_change_nothing(
         emulator.runtime_url + p.BACKENDS, headers=token_headers(emulator), timeout=10
     )
     assert resp.status_code == 200
+
+
+def parametrized_isa() -> Any:
+    from qiskit import QuantumCircuit
+    from qiskit.circuit import Parameter
+    from qiskit.transpiler import generate_preset_pass_manager
+
+    from emulator.backends import device_target
+
+    qc = QuantumCircuit(2)
+    qc.rx(Parameter("t"), 0)
+    qc.cx(0, 1)
+    qc.measure_all()
+    return generate_preset_pass_manager(optimization_level=1, target=device_target("manila")).run(
+        qc
+    )
+
+
+def submit_and_wait(emu: EmulatorThread, params: dict[str, Any], program: str) -> dict[str, Any]:
+    headers = {**token_headers(emu), "Content-Type": "application/json"}
+    body = {"program_id": program, "backend": "ibm_manila", "params": {"version": 2, **params}}
+    resp = requests.post(emu.runtime_url + p.JOBS, data=p.dumps(body), headers=headers, timeout=30)
+    assert resp.status_code == 200, resp.text
+    job_id = resp.json()["id"]
+    emu.wait_final(job_id)
+    state: dict[str, Any] = requests.get(
+        f"{emu.runtime_url}/jobs/{job_id}", headers=headers, timeout=30
+    ).json()["state"]
+    return state
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("program", "params", "words"),
+    [
+        ("sampler", {"pubs": [["ISA", "NP:nan", 10]]}, "pubs[0]: parameter_values must be finite"),
+        ("sampler", {"pubs": [["ISA", [INF], 10]]}, "pubs[0]: parameter_values must be finite"),
+        ("sampler", {"pubs": [["ISA", {"t": [NAN]}, 10]]}, "pubs[0]: parameter_values"),
+        ("sampler", {"pubs": [["ISA", [0.1], 10]], "options": "NP:empty"}, "params.options"),
+        (
+            "sampler",
+            {"pubs": [["ISA", [0.1], 10]], "options": {"simulator": {"seed_simulator": 2**80}}},
+            "seed_simulator",
+        ),
+        ("estimator", {"pubs": [["ISA", {"ZZIII": 1.0}, [0.1], 1e-200]]}, "pubs[0]: precision"),
+        ("estimator", {"pubs": [["ISA", {"ZZIII": 1.0}, [0.1], 0.0]]}, "pubs[0]: precision"),
+    ],
+)
+def test_bad_job_input_fails_as_validation_naming_the_field(
+    emulator: EmulatorThread, program: str, params: dict[str, Any], words: str
+) -> None:
+    import numpy as np
+
+    placeholders = {"ISA": parametrized_isa(), "NP:nan": np.array([NAN]), "NP:empty": np.empty(0)}
+
+    def fill(node: Any) -> Any:
+        if isinstance(node, str) and node in placeholders:
+            return placeholders[node]
+        if isinstance(node, list):
+            return [fill(x) for x in node]
+        if isinstance(node, dict):
+            return {k: fill(v) for k, v in node.items()}
+        return node
+
+    state = submit_and_wait(emulator, fill(params), program)
+    assert state["status"] == "Failed"
+    assert state["reason_code"] == p.ErrorCode.VALIDATION, state
+    assert words.lower() in state["reason"].lower()
+
+
+def test_a_precision_too_coarse_to_matter_runs_one_shot(emulator: EmulatorThread) -> None:
+    # IBM's rule is max(1, ceil(1/precision²)) shots and its schema has no maximum precision
+    params = {"pubs": [["ISA", {"ZZIII": 1.0}, [0.1], 1e308]]}
+    params["pubs"][0][0] = parametrized_isa()
+    assert submit_and_wait(emulator, params, "estimator")["status"] == "Completed"
