@@ -13,7 +13,7 @@ import math
 from numbers import Integral, Real
 from typing import TYPE_CHECKING, Any
 
-from aioruntime.protocol import ErrorCode, loads
+from aioruntime.protocol import DecodeLimitError, DecodeLimits, ErrorCode, loads
 
 from . import estimation
 from .backends import DeviceLimits
@@ -23,11 +23,14 @@ if TYPE_CHECKING:
     from qiskit.primitives.containers.sampler_pub import SamplerPub
     from qiskit.transpiler import Target
 
-__all__ = ["DEFAULT_PRECISION", "DEFAULT_SHOTS", "JobInputError"]
+__all__ = ["DEFAULT_PRECISION", "DEFAULT_SHOTS", "JOB_DECODE_LIMITS", "JobInputError"]
 
 #: What IBM uses when neither the PUB nor the options give shots / precision (spec 4.1).
 DEFAULT_SHOTS = 4096
 DEFAULT_PRECISION = 0.015625
+#: What decoding one job's ``params`` may take: all its compressed values (arrays, QPY circuits)
+#: together inflate to at most 256 MiB, and it nests at most as deep as a request body may.
+JOB_DECODE_LIMITS = DecodeLimits(max_inflated_bytes=256 * 2**20, max_depth=64)
 #: Options the emulator accepts but does not act on (reported in ``PreparedJob.metadata``).
 _IGNORED_OPTIONS = (
     "dynamical_decoupling",
@@ -61,7 +64,11 @@ class JobInputError(Exception):
 def _decode(params_json: str | bytes) -> dict[str, Any]:
     """``params`` decoded with the official RuntimeDecoder, or a clear ``JobInputError``."""
     try:
-        params = loads(params_json)
+        params = loads(params_json, limits=JOB_DECODE_LIMITS)
+    except DecodeLimitError as exc:
+        raise JobInputError(
+            ErrorCode.VALIDATION, f"The job parameters are too large: {exc}."
+        ) from None
     except Exception as exc:  # any decoder failure is the input's fault
         try:
             raw = json.loads(params_json)

@@ -12,7 +12,7 @@ from aioruntime import protocol as p
 from emulator.testing import EmulatorThread
 
 
-def token_headers(emu: EmulatorThread) -> dict[str, str]:
+def token_headers(emu: Any) -> dict[str, str]:
     token = requests.post(
         emu.base_url + p.IAM_TOKEN,
         data={"grant_type": p.IAM_GRANT_TYPE, "apikey": emu.api_key},
@@ -170,3 +170,40 @@ def test_a_precision_too_coarse_to_matter_runs_one_shot(emulator: EmulatorThread
     params = {"pubs": [["ISA", {"ZZIII": 1.0}, [0.1], 1e308]]}
     params["pubs"][0][0] = parametrized_isa()
     assert submit_and_wait(emulator, params, "estimator")["status"] == "Completed"
+
+
+def zlib_bomb(mib: int) -> dict[str, str]:
+    """An ``ndarray`` value as RuntimeEncoder writes one, inflating to ``mib`` MiB of zeros
+    (a few hundred KB of JSON), built without ever holding the inflated bytes."""
+    import base64
+    import zlib
+
+    deflate, zeros = zlib.compressobj(9), bytes(1 << 20)
+    data = b"".join(deflate.compress(zeros) for _ in range(mib)) + deflate.flush()
+    return {"__type__": "ndarray", "__value__": base64.standard_b64encode(data).decode()}
+
+
+def test_decode_limits_bound_inflation_and_depth() -> None:
+    import json
+
+    import numpy as np
+
+    limits = p.DecodeLimits(max_inflated_bytes=2**20, max_depth=8)
+    text = json.dumps({"pubs": [["qc", zlib_bomb(2), 10]]})
+    with pytest.raises(p.DecodeLimitError, match=r"ndarray value at pubs\[0\]\[1\] inflates past"):
+        p.loads(text, limits=limits)
+    with pytest.raises(ValueError) as unlimited:  # inflated whole, then found not to be .npy
+        p.loads(text)
+    assert not isinstance(unlimited.value, p.DecodeLimitError)
+    fine = p.dumps({"values": np.arange(1000.0), "nested": [[[1]]]})
+    assert p.loads(fine, limits=limits)["values"].sum() == 499500.0
+    for deep in ("[" * 9 + "]" * 9, "[" * 5000 + "]" * 5000):
+        with pytest.raises(p.DecodeLimitError, match="nests more than 8 deep"):
+            p.loads(deep, limits=limits)
+
+
+def test_a_compressed_bomb_fails_the_job_before_it_inflates(emulator: EmulatorThread) -> None:
+    params = {"pubs": [[parametrized_isa(), zlib_bomb(300), 10]]}
+    state = submit_and_wait(emulator, params, "sampler")
+    assert state["status"] == "Failed" and state["reason_code"] == p.ErrorCode.VALIDATION
+    assert "pubs[0][1] inflates past the limit" in state["reason"]
