@@ -103,6 +103,9 @@ class Config:
     #: still unfinished stays in the store and is re-queued at the next start.
     drain_timeout_s: float = 30.0
     max_body_bytes: int = 64 * 1024 * 1024
+    #: What one stage of one job may add to a worker process's address space, MiB (0: no
+    #: limit). 4096 lets a 27-qubit dense statevector (2 GiB) through, not a 28-qubit one.
+    worker_memory_mb: int = 4096
     max_pending_jobs_per_instance: int = 10_000
     max_executions_per_job: int = 10_000_000
     #: Bound of one long-poll on the wait extension, seconds.
@@ -235,6 +238,13 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
             default=30.0,
             show_default=True,
             help="seconds to let jobs in flight finish on SIGTERM",
+        ),
+        click.option(
+            "--worker-memory-mb",
+            type=click.IntRange(min=0),
+            default=4096,
+            show_default=True,
+            help="MiB one job stage may add to a worker process's address space (0: no limit)",
         ),
         click.option(
             "--token-secret",

@@ -156,9 +156,10 @@ class WorkerPool:
     worker replaces it.
     """
 
-    def __init__(self, size: int, *, nice: int = 0) -> None:
+    def __init__(self, size: int, *, nice: int = 0, memory_mb: int = 0) -> None:
         self._limiter = anyio.CapacityLimiter(size)
         self._nice = nice
+        self._memory_mb = memory_mb
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
         self._closed = False
@@ -210,8 +211,12 @@ class WorkerPool:
             if worker.alive:
                 return worker
             await self._discard(worker)
+        # --memory-mb: what one job stage may add to the worker's address space
         process = await anyio.open_process(
-            [sys.executable, "-u", "-m", "emulator.worker", "--nice", str(self._nice)],
+            [
+                *(sys.executable, "-u", "-m", "emulator.worker", "--nice", str(self._nice)),
+                *("--memory-mb", str(self._memory_mb)),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )

@@ -120,8 +120,10 @@ class Scheduler:
         self.lanes = {d.name: Lanes(config.lanes) for d in devices}
 
         #: Classical lanes and QPUs get separate worker processes (one QPU worker per backend).
-        self.lane_workers = WorkerPool(size=len(devices) * config.lanes, nice=LANE_NICENESS)
-        self.qpu_workers = WorkerPool(size=len(devices))
+        self.lane_workers = WorkerPool(
+            size=len(devices) * config.lanes, nice=LANE_NICENESS, memory_mb=config.worker_memory_mb
+        )
+        self.qpu_workers = WorkerPool(size=len(devices), memory_mb=config.worker_memory_mb)
         self.timing = TimingParams()
         self.sessions = SessionBook(store, clock, config, self._spawn)
         ownership = _Ownership(store, self.sessions)

@@ -9,13 +9,21 @@ Protocol on the pipes: the parent writes ``<length>\\n<pickle of (func, args)>``
 answers ``ACK\\n`` as soon as it has read the call (so the parent can tell "died before the call"
 from "died during it"), then ``OK <length>\\n<pickle of result>`` or
 ``EXC <length>\\n<pickle of exception>``.
+
+Each stage of a job may grow the worker's address space by at most ``--memory-mb``
+(``RLIMIT_AS``, Linux): beyond that, allocations fail, and the job fails with a reason that
+names the limit instead of the host running out of memory.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import os
 import pickle
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
@@ -24,10 +32,13 @@ if TYPE_CHECKING:
     from .classical import PreparedJob, Sampled
     from .timing import TimingParams
 
-__all__ = ["postprocess", "preprocess", "sample", "serve", "warm"]
+__all__ = ["main", "postprocess", "preprocess", "sample", "serve", "warm"]
 
 #: Aer's default ``statevector_parallel_threshold``.
 _PARALLEL_QUBITS = 14
+
+#: Bytes one stage of a job may add to this process's address space; 0: no limit (--memory-mb).
+_memory_budget = 0
 
 
 def warm(sources: tuple[str, ...]) -> None:
@@ -51,27 +62,105 @@ def preprocess(
     max_executions: int,
     stall_s: float = 0.0,
 ) -> PreparedJob:
+    from aioruntime.protocol import ErrorCode
+
     from .classical import preprocess as _preprocess
 
     if stall_s:
         time.sleep(stall_s)  # an injected fault: a slow classical stage
-    return _preprocess(program_id, params, source, timing=timing, max_executions=max_executions)
+    with _memory_limited("Decoding and checking the job", ErrorCode.VALIDATION):
+        return _preprocess(program_id, params, source, timing=timing, max_executions=max_executions)
 
 
 def sample(prepared: PreparedJob, noise: bool) -> Sampled:
+    from aioruntime.protocol import ErrorCode
+
     from .classical import sample as _sample
 
     # Aer's OpenMP threads cost far more than they save on small circuits (a Bell pair: 11.8 ms
     # with every core, 0.8 ms with one); from Aer's own statevector-parallel threshold up,
     # let it use every core.
     widest = max((len(q) for q in prepared.metadata.get("pub_qubits", ())), default=0)
-    return _sample(prepared, noise=noise, max_threads=0 if widest >= _PARALLEL_QUBITS else 1)
+    with _memory_limited("Simulating the job", ErrorCode.EXECUTION_FAILED):
+        return _sample(prepared, noise=noise, max_threads=0 if widest >= _PARALLEL_QUBITS else 1)
 
 
 def postprocess(prepared: PreparedJob, sampled: Sampled, start: datetime, stop: datetime) -> str:
+    from aioruntime.protocol import ErrorCode
+
     from .classical import postprocess as _postprocess
 
-    return _postprocess(prepared, sampled, start, stop)
+    with _memory_limited("Building the job's result", ErrorCode.EXECUTION_FAILED):
+        return _postprocess(prepared, sampled, start, stop)
+
+
+# -- the memory guard ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _memory_limited(stage: str, code: int) -> Iterator[None]:
+    """Run one stage of a job within ``_memory_budget``; running out fails the job, naming the
+    limit (a Python MemoryError, or Aer's failed allocation), and leaves the worker usable."""
+    from .validation import JobInputError
+
+    limited = _memory_budget > 0 and _limit_growth(_memory_budget)
+    hint = (
+        f"a worker process may grow by at most {_memory_budget // 2**20} MiB for one job "
+        "(--worker-memory-mb)"
+        if limited
+        else "the emulator's host is out of memory"
+    )
+    try:
+        yield
+    except MemoryError:
+        raise JobInputError(code, f"{stage} needs more memory than allowed: {hint}.") from None
+    except JobInputError as exc:
+        if limited and "allocate memory" in exc.message:  # Aer: "Cannot allocate memory ..."
+            raise JobInputError(exc.code, f"{exc.message} ({hint}).") from None
+        raise
+    finally:
+        if limited:
+            _limit_growth(None)
+
+
+def _start_aer_threads() -> None:
+    """Import what jobs use, and run a small simulation on every core, before any budget applies.
+
+    The budget should measure a job, not imports, nor the threads a process starts once and then
+    reuses: Aer's executor thread and OpenMP team each take a stack and a malloc arena, some 150
+    MiB of address space. Started later, under a budget a job has nearly used up, such a thread
+    can fail to start and leave Aer waiting for it forever."""
+    from qiskit import QuantumCircuit
+    from qiskit_aer.primitives import SamplerV2
+
+    from . import classical, estimation  # noqa: F401
+
+    qc = QuantumCircuit(_PARALLEL_QUBITS)
+    for q in range(_PARALLEL_QUBITS):
+        qc.h(q)
+        qc.rz(0.1, q)  # not Clifford: a statevector, simulated in parallel from 14 qubits up
+    qc.measure_all()
+    options = {"backend_options": {"max_parallel_threads": 0}}
+    SamplerV2(options=options).run([qc], shots=1).result()
+
+
+def _limit_growth(extra: int | None) -> bool:
+    """Let this process's address space grow by at most ``extra`` bytes from now on (``None``:
+    lift the limit). False where that cannot be done (no ``/proc``, or no ``resource``)."""
+    try:
+        import resource
+
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if extra is None:
+            resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+            return True
+        with open("/proc/self/statm") as statm:
+            size = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        soft = size + extra if hard == resource.RLIM_INFINITY else min(size + extra, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    except (ImportError, OSError, ValueError):
+        return False
+    return True
 
 
 def _reply(out: BinaryIO, tag: bytes, obj: Any) -> None:
@@ -106,9 +195,24 @@ def serve() -> None:
             _reply(out, b"OK", result)
 
 
-if __name__ == "__main__":
-    import os
-
-    if len(sys.argv) > 2 and sys.argv[1] == "--nice":
-        os.nice(int(sys.argv[2]))
+def main(argv: Sequence[str]) -> None:
+    """``python -m emulator.worker [--nice N] [--memory-mb N]``."""
+    global _memory_budget
+    parser = argparse.ArgumentParser(prog="python -m emulator.worker")
+    parser.add_argument("--nice", type=int, default=0)
+    parser.add_argument("--memory-mb", type=int, default=0, help="budget of one job stage")
+    args = parser.parse_args(argv)
+    if args.nice:
+        os.nice(args.nice)
+    if args.memory_mb > 0:
+        _memory_budget = args.memory_mb * 2**20
+        _start_aer_threads()
     serve()
+
+
+if __name__ == "__main__":
+    # Run main() of the module ``emulator.worker``, the one the pickled calls refer to, not of
+    # this ``__main__`` copy, so that the settings it makes are the ones the calls see.
+    from emulator import worker
+
+    worker.main(sys.argv[1:])

@@ -207,3 +207,43 @@ def test_a_compressed_bomb_fails_the_job_before_it_inflates(emulator: EmulatorTh
     state = submit_and_wait(emulator, params, "sampler")
     assert state["status"] == "Failed" and state["reason_code"] == p.ErrorCode.VALIDATION
     assert "pubs[0][1] inflates past the limit" in state["reason"]
+
+
+def test_a_runaway_job_fails_naming_the_memory_limit(make_emulator: Any) -> None:
+    from qiskit import QuantumCircuit
+    from qiskit.transpiler import generate_preset_pass_manager
+
+    from emulator.backends import device_target
+
+    emu = make_emulator(backends="ibm_fez", worker_memory_mb=64)
+    dense = QuantumCircuit(23)  # a 2**23-amplitude statevector: 128 MiB, twice the budget
+    for q in range(23):
+        dense.h(q)
+        dense.rz(0.1 * (q + 1), q)  # not Clifford: Aer has to hold the statevector
+    dense.measure_all()  # (no two-qubit gate: no routing, so exactly 23 qubits are simulated)
+    pm = generate_preset_pass_manager(optimization_level=1, target=device_target("fez"))
+    body = {"program_id": "sampler", "backend": "ibm_fez", "version": 2}
+    headers = {**token_headers(emu), "Content-Type": "application/json"}
+
+    def run(circuit: Any) -> dict[str, Any]:
+        params = {"pubs": [[pm.run(circuit), None, 10]], "version": 2}
+        resp = requests.post(
+            emu.runtime_url + p.JOBS,
+            data=p.dumps({**body, "params": params}),
+            headers=headers,
+            timeout=60,
+        )
+        job_id = resp.json()["id"]
+        emu.wait_final(job_id)
+        state: dict[str, Any] = requests.get(
+            f"{emu.runtime_url}/jobs/{job_id}", headers=headers, timeout=30
+        ).json()["state"]
+        return state
+
+    state = run(dense)
+    assert state["status"] == "Failed", state
+    assert state["reason_code"] == p.ErrorCode.EXECUTION_FAILED
+    assert "64 MiB" in state["reason"] and "--worker-memory-mb" in state["reason"]
+    from circuits import bell
+
+    assert run(bell())["status"] == "Completed"  # and the emulator carries on
