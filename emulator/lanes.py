@@ -16,6 +16,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import os
 import pickle
 import subprocess
 import sys
@@ -211,11 +212,12 @@ class WorkerPool:
             if worker.alive:
                 return worker
             await self._discard(worker)
-        # --memory-mb: what one job stage may add to the worker's address space
+        # --parent: the worker dies with this process (see emulator.worker); --memory-mb: what
+        # one job stage may add to its address space.
         process = await anyio.open_process(
             [
                 *(sys.executable, "-u", "-m", "emulator.worker", "--nice", str(self._nice)),
-                *("--memory-mb", str(self._memory_mb)),
+                *("--parent", str(os.getpid()), "--memory-mb", str(self._memory_mb)),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

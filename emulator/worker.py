@@ -10,6 +10,12 @@ answers ``ACK\\n`` as soon as it has read the call (so the parent can tell "died
 from "died during it"), then ``OK <length>\\n<pickle of result>`` or
 ``EXC <length>\\n<pickle of exception>``.
 
+A worker never outlives the emulator that started it (``--parent``): on Linux the kernel kills
+it when its parent dies (``PR_SET_PDEATHSIG``), and everywhere a watchdog thread exits at once
+when its stdin pipe hangs up or its parent changes. Otherwise a worker in the middle of a long
+simulation would keep computing after a ``SIGKILL`` of the emulator, and run alongside the same
+job re-queued by the next start.
+
 Each stage of a job may grow the worker's address space by at most ``--memory-mb``
 (``RLIMIT_AS``, Linux): beyond that, allocations fail, and the job fails with a reason that
 names the limit instead of the host running out of memory.
@@ -22,6 +28,7 @@ import contextlib
 import os
 import pickle
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -94,7 +101,7 @@ def postprocess(prepared: PreparedJob, sampled: Sampled, start: datetime, stop: 
         return _postprocess(prepared, sampled, start, stop)
 
 
-# -- the memory guard ---------------------------------------------------------------------------
+# -- guards: memory, and the parent's death ---------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -163,6 +170,33 @@ def _limit_growth(extra: int | None) -> bool:
     return True
 
 
+def _die_with_parent(parent: int) -> None:
+    """Make sure this process does not outlive ``parent`` (see the module docstring)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the kernel was asked to tell us
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), name="watchdog", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit at once when stdin hangs up (the parent's end of the pipe is gone) or the parent
+    changes, even while the main thread is deep in a computation."""
+    import select
+
+    if not hasattr(select, "poll"):
+        return
+    poller = select.poll()
+    poller.register(sys.stdin.fileno(), 0)  # POLLHUP, POLLERR and POLLNVAL are always reported
+    while not poller.poll(1000) and os.getppid() == parent:
+        pass
+    os._exit(1)
+
+
 def _reply(out: BinaryIO, tag: bytes, obj: Any) -> None:
     try:
         payload = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
@@ -196,12 +230,15 @@ def serve() -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-    """``python -m emulator.worker [--nice N] [--memory-mb N]``."""
+    """``python -m emulator.worker [--nice N] [--parent PID] [--memory-mb N]``."""
     global _memory_budget
     parser = argparse.ArgumentParser(prog="python -m emulator.worker")
     parser.add_argument("--nice", type=int, default=0)
+    parser.add_argument("--parent", type=int, default=0, help="exit when this process is gone")
     parser.add_argument("--memory-mb", type=int, default=0, help="budget of one job stage")
     args = parser.parse_args(argv)
+    if args.parent:
+        _die_with_parent(args.parent)
     if args.nice:
         os.nice(args.nice)
     if args.memory_mb > 0:

@@ -247,3 +247,34 @@ def test_a_runaway_job_fails_naming_the_memory_limit(make_emulator: Any) -> None
     from circuits import bell
 
     assert run(bell())["status"] == "Completed"  # and the emulator carries on
+
+
+def test_workers_die_with_a_killed_emulator() -> None:
+    import signal
+    import time
+
+    import psutil
+
+    from emulator.testing import EmulatorProcess
+
+    with EmulatorProcess("--backends", "ibm_manila", "--ephemeral", "--lanes", "1") as emu:
+        admin = {"Authorization": f"Bearer {emu.admin_key}"}
+        requests.put(
+            emu.base_url + "/admin/faults",
+            json={"worker_delay_ms": 600_000},  # the job stalls in its worker for 10 minutes
+            headers=admin,
+            timeout=10,
+        ).raise_for_status()
+        headers = {**token_headers(emu), "Content-Type": "application/json"}
+        body = {"program_id": "sampler", "backend": "ibm_manila", "params": {"pubs": [[1]]}}
+        assert requests.post(emu.runtime_url + p.JOBS, json=body, headers=headers, timeout=30).ok
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until the job holds its lane (in the worker)
+            stats = requests.get(emu.base_url + "/admin/statistics", headers=admin, timeout=10)
+            if stats.json()["backends"][0]["lanes"]["busy"] == 1:
+                break
+        workers = psutil.Process(emu.pid).children(recursive=True)
+        assert workers
+        assert emu.stop(signal.SIGKILL) == -signal.SIGKILL
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, f"workers outlived the emulator: {[w.pid for w in alive]}"
