@@ -278,3 +278,38 @@ def test_workers_die_with_a_killed_emulator() -> None:
         assert emu.stop(signal.SIGKILL) == -signal.SIGKILL
         _, alive = psutil.wait_procs(workers, timeout=30)
         assert not alive, f"workers outlived the emulator: {[w.pid for w in alive]}"
+
+
+def test_tokens_name_their_key_are_revoked_with_it_and_survive_restarts(tmp_path: Any) -> None:
+    import hashlib
+
+    import jwt
+
+    from emulator.auth import AuthError, authenticate, issue_token
+    from emulator.config import ApiKey, Config, from_args
+
+    other = "crn:v1:bluemix:public:quantum-computing:us-east:a/tenant-b::"
+    both = (p.DEFAULT_INSTANCE, other)
+    secret = "s" * 32
+    before = Config(api_keys=(ApiKey("k1"), ApiKey("k2")), instances=both, token_secret=secret)
+    token1, _, _ = issue_token(before, "k1")
+    token2, _, _ = issue_token(before, "k2")
+    assert authenticate(before, f"Bearer {token2}").instances == both
+    # the operator removes k2 and binds k1 to one instance: k2's token dies at once, k1's follows
+    after = Config(api_keys=(ApiKey("k1", (other,)),), instances=both, token_secret=secret)
+    with pytest.raises(AuthError):
+        authenticate(after, f"Bearer {token2}")
+    assert authenticate(after, f"Bearer {token1}").instances == (other,)
+    # the subject is keyed by the secret: nothing in the token to test key guesses against
+    sub = jwt.decode(token1, options={"verify_signature": False})["sub"]
+    assert sub != hashlib.sha256(b"k1").hexdigest()[:16]
+    elsewhere = Config(api_keys=(ApiKey("k1"),), instances=both, token_secret="t" * 32)
+    assert (
+        jwt.decode(issue_token(elsewhere, "k1")[0], options={"verify_signature": False})["sub"]
+        != sub
+    )
+    # the same data directory and keys after a restart: the token still works
+    first = from_args(["--data-dir", str(tmp_path), "--api-key", "k1"])
+    token, _, _ = issue_token(first, "k1")
+    again = from_args(["--data-dir", str(tmp_path), "--api-key", "k1"])
+    assert authenticate(again, f"Bearer {token}").instances == (p.DEFAULT_INSTANCE,)
