@@ -313,3 +313,63 @@ def test_tokens_name_their_key_are_revoked_with_it_and_survive_restarts(tmp_path
     token, _, _ = issue_token(first, "k1")
     again = from_args(["--data-dir", str(tmp_path), "--api-key", "k1"])
     assert authenticate(again, f"Bearer {token}").instances == (p.DEFAULT_INSTANCE,)
+
+
+def test_tags_are_capped_as_ibm_caps_them(emulator: EmulatorThread) -> None:
+    headers = {**token_headers(emulator), "Content-Type": "application/json"}
+    body = {"program_id": "sampler", "backend": "ibm_manila", "params": {"pubs": [[1]]}}
+    most = ["t" * 86] * 8  # IBM's Tags schema: at most 8 tags of at most 86 characters
+    for tags, words in ((["t"] * 9, "at most 8 tags"), (["t" * 87], "at most 86 characters")):
+        resp = requests.post(
+            emulator.runtime_url + p.JOBS, json={**body, "tags": tags}, headers=headers, timeout=30
+        )
+        assert_ibm_error(resp, 400, words)
+    resp = requests.post(
+        emulator.runtime_url + p.JOBS, json={**body, "tags": most}, headers=headers, timeout=30
+    )
+    assert resp.status_code == 200, resp.text
+    tags_url = f"{emulator.runtime_url}/jobs/{resp.json()['id']}/tags"
+    for tags, words in ((["t"] * 9, "at most 8 tags"), (["t" * 87], "at most 86 characters")):
+        resp = requests.put(tags_url, json={"tags": tags}, headers=headers, timeout=30)
+        assert_ibm_error(resp, 400, words)
+    assert requests.put(tags_url, json={"tags": most[:2]}, headers=headers, timeout=30).ok
+
+
+def test_long_job_pages_are_encoded_off_the_event_loop(
+    emulator: EmulatorThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from emulator.api import runtime
+    from emulator.store import JobRecord
+
+    async def add_jobs() -> None:
+        for _ in range(runtime._THREADED_PAGE + 1):
+            store = emulator.store
+            rec = JobRecord(
+                id=f"d{store.next_seq():019d}",
+                seq=store.next_seq(),
+                instance=emulator.instance,
+                backend="ibm_manila",
+                program_id="sampler",
+                created="2026-01-01T00:00:00+00:00",
+                state=p.JobState.COMPLETED,
+            )
+            await store.add_job(rec, "{}")
+
+    emulator.run(add_jobs)
+    threads: list[str] = []
+    encode = runtime._encode
+
+    def recording_encode(body: Any) -> str:
+        threads.append(threading.current_thread().name)
+        return encode(body)
+
+    monkeypatch.setattr(runtime, "_encode", recording_encode)
+    headers = token_headers(emulator)
+    for limit, threaded in ((5, False), (runtime._THREADED_PAGE + 1, True)):
+        resp = requests.get(
+            emulator.runtime_url + p.JOBS, params={"limit": limit}, headers=headers, timeout=30
+        )
+        assert len(resp.json()["jobs"]) == limit
+        assert (threads.pop() != "emulator-loop") is threaded

@@ -27,6 +27,9 @@ from ..errors import Refused
 from ..store import JobRecord
 
 __all__ = [
+    "MAX_JSON_DEPTH",
+    "MAX_TAGS",
+    "MAX_TAG_CHARS",
     "JobFilter",
     "JobSubmission",
     "SessionCreation",
@@ -50,6 +53,12 @@ T = TypeVar("T")
 MAX_JSON_DEPTH = 64
 #: A body at least this large is parsed (and re-encoded) in a thread, not on the event loop.
 _THREADED_BYTES = 1 << 20
+#: Job tags, as IBM limits them: the ``Tags`` schema of its published Runtime API
+#: (quantum.cloud.ibm.com/api/openapi.json), used by ``POST /jobs`` and ``PUT /jobs/{id}/tags``,
+#: allows at most 8 tags of at most 86 characters. (The official client checks only that tags
+#: are a list of strings: ``qiskit_ibm_runtime.utils.validations.validate_job_tags``.)
+MAX_TAGS = 8
+MAX_TAG_CHARS = 86
 
 
 def _refuse(message: str, code: int = ErrorCode.VALIDATION, status: int = 400) -> Refused:
@@ -112,6 +121,10 @@ def _tags(body: dict[str, Any], *, required: bool) -> list[str]:
     tags = field(body, "tags", list, required=required) or []
     if not all(isinstance(t, str) for t in tags):
         raise _refuse("Field 'tags' must be a list of strings.")
+    if len(tags) > MAX_TAGS:
+        raise _refuse(f"Field 'tags' may hold at most {MAX_TAGS} tags, not {len(tags)}.")
+    if any(len(t) > MAX_TAG_CHARS for t in tags):
+        raise _refuse(f"Field 'tags': a tag may be at most {MAX_TAG_CHARS} characters long.")
     return list(tags)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,6 +34,24 @@ def _caller(request: web.Request) -> Caller:
 
 def _json(body: Any, status: int = 200) -> web.Response:
     return web.json_response(body, status=status)
+
+
+#: Response text at least this long is encoded in a thread: tens of MB (a job's params, a
+#: result, a long page of jobs) would stall every other request, ``/health`` included.
+_THREADED_CHARS = 1 << 20
+#: A ``GET /jobs`` page of more jobs than this is JSON-encoded in a thread.
+_THREADED_PAGE = 50
+
+
+def _encode(body: Any) -> str:
+    return json.dumps(body)
+
+
+async def _text(text: str, content_type: str = "application/json") -> web.Response:
+    if len(text) < _THREADED_CHARS:
+        return web.Response(text=text, content_type=content_type)
+    data = await asyncio.to_thread(text.encode)
+    return web.Response(body=data, content_type=content_type, charset="utf-8")
 
 
 def _device(request: web.Request) -> Device:
@@ -135,7 +154,9 @@ async def get_job(request: web.Request) -> web.Response:
     params = None
     if not requests.exclude_params(request):
         params = await request.config_dict[STORE].params(rec.id)
-    return web.Response(text=views.job_json_text(rec, params), content_type="application/json")
+    if params is not None and len(params) >= _THREADED_CHARS:
+        return await _text(await asyncio.to_thread(views.job_json_text, rec, params))
+    return await _text(views.job_json_text(rec, params))
 
 
 async def job_results(request: web.Request) -> web.Response:
@@ -149,7 +170,7 @@ async def job_results(request: web.Request) -> web.Response:
         )
     else:
         raise Refused(409, ErrorCode.INVALID_STATE, f"Job {rec.id} is {rec.state}; no result yet.")
-    return web.Response(text=text, content_type="text/plain")
+    return await _text(text, "text/plain")
 
 
 async def job_metrics(request: web.Request) -> web.Response:
@@ -187,14 +208,14 @@ async def list_jobs(request: web.Request) -> web.Response:
     if flt.descending:
         matched.reverse()
     page = matched[flt.offset : flt.offset + flt.limit]
-    return _json(
-        {
-            "jobs": [views.job_body(r) for r in page],
-            "count": len(matched),
-            "limit": flt.limit,
-            "offset": flt.offset,
-        }
-    )
+    body = {
+        "jobs": [views.job_body(r) for r in page],
+        "count": len(matched),
+        "limit": flt.limit,
+        "offset": flt.offset,
+    }
+    text = await asyncio.to_thread(_encode, body) if len(page) > _THREADED_PAGE else _encode(body)
+    return await _text(text)
 
 
 # -- sessions --------------------------------------------------------------------------------
