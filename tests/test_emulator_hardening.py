@@ -373,3 +373,60 @@ def test_long_job_pages_are_encoded_off_the_event_loop(
         )
         assert len(resp.json()["jobs"]) == limit
         assert (threads.pop() != "emulator-loop") is threaded
+
+
+class Recorder:
+    """A logging handler that keeps records and signals each (to wait on, not sleep)."""
+
+    def __init__(self, *names: str) -> None:
+        import logging
+        import threading
+
+        self.handler = logging.Handler(logging.DEBUG)
+        self.handler.emit = self._emit  # type: ignore[method-assign]
+        self.records: list[logging.LogRecord] = []
+        self.arrived = threading.Event()
+        self.loggers = [logging.getLogger(name) for name in names]
+
+    def _emit(self, record: Any) -> None:
+        self.records.append(record)
+        self.arrived.set()
+
+    def __enter__(self) -> Recorder:
+        for logger in self.loggers:
+            logger.addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for logger in self.loggers:
+            logger.removeHandler(self.handler)
+
+
+def test_client_faults_are_logged_at_debug_not_as_errors(
+    emulator: EmulatorThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import socket
+    import struct
+
+    for name in ("emulator.app", "aiohttp.server"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    auth = token_headers(emulator)
+    head = (
+        "POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: {auth['Authorization']}\r\n"
+        f"{p.HEADER_SERVICE_CRN}: {emulator.instance}\r\nContent-Length: 100000\r\n\r\n"
+    )
+    with Recorder("emulator.app", "aiohttp.server") as seen:
+        # a client that sends half a body and resets the connection
+        with socket.create_connection(("127.0.0.1", emulator.port), timeout=10) as conn:
+            conn.sendall(head.encode() + b"{" * 100)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        assert seen.arrived.wait(30)
+        # a request line longer than aiohttp accepts (8190 bytes): answered 400
+        with socket.create_connection(("127.0.0.1", emulator.port), timeout=10) as conn:
+            conn.sendall(b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert b" 400 " in conn.recv(100)
+    assert [r.levelname for r in seen.records if r.name == "emulator.app"] == ["DEBUG"]
+    line_records = [r for r in seen.records if r.name == "aiohttp.server"]
+    assert line_records and all(r.levelno == logging.DEBUG for r in line_records)
