@@ -67,7 +67,7 @@ def _decode(params_json: str | bytes) -> dict[str, Any]:
         params = loads(params_json, limits=JOB_DECODE_LIMITS)
     except DecodeLimitError as exc:
         raise JobInputError(
-            ErrorCode.VALIDATION, f"The job parameters are too large: {exc}."
+            ErrorCode.VALIDATION, f"Cannot decode the job parameters: {exc}."
         ) from None
     except Exception as exc:  # any decoder failure is the input's fault
         try:
@@ -303,11 +303,15 @@ def _shots_for_precision(i: int, precision: float, cap: int) -> int:
     try:
         shots = estimation.shots_for_precision(precision)
     except (OverflowError, ZeroDivisionError):
-        shots = cap + 1
+        raise JobInputError(
+            ErrorCode.VALIDATION,
+            f"pubs[{i}]: precision {precision:g} needs more shots than the maximum of {cap}.",
+        ) from None
     if shots > cap:
         raise JobInputError(
             ErrorCode.VALIDATION,
-            f"pubs[{i}]: precision {precision:g} needs more than the maximum of {cap} shots.",
+            f"pubs[{i}]: precision {precision:g} needs {shots} shots, more than the maximum of "
+            f"{cap}.",
         )
     return shots
 
