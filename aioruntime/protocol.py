@@ -16,6 +16,7 @@ import enum
 import json
 import threading
 import urllib.parse
+from dataclasses import dataclass
 from typing import Any, Final
 
 __all__ = [
@@ -23,14 +24,18 @@ __all__ = [
     "DEFAULT_INSTANCE",
     "PROGRAMS",
     "TERMINAL_JOB_STATES",
+    "DecodeLimitError",
+    "DecodeLimits",
     "ErrorCode",
     "JobState",
     "SessionMode",
     "SessionState",
+    "check_decode_limits",
     "client_job_status",
     "dumps",
     "error_body",
     "loads",
+    "nesting_exceeds",
     "parse_bool",
     "path",
     "session_status_string",
@@ -231,12 +236,122 @@ def dumps(obj: Any) -> str:
 _DECODE_LOCK = threading.Lock()
 
 
-def loads(text: str | bytes) -> Any:
-    """Decode with the official ``RuntimeDecoder`` (thread-safe; see ``_DECODE_LOCK``)."""
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """Bounds for decoding untrusted text (what a server decodes from its clients).
+
+    ``RuntimeDecoder`` trusts its input: an ``ndarray``, ``QuantumCircuit`` or ``Instruction``
+    value is base64 of zlib-compressed bytes that it inflates whole
+    (``qiskit_ibm_runtime/json.py``, ``_decode_and_deserialize``), so a few MB of JSON can
+    inflate to GBs; an ``spmatrix`` is an ``.npz`` archive inflated member by member. With
+    limits, :func:`loads` first measures every such value (streaming, never holding more than a
+    chunk) and refuses the text when all of them together would inflate to more than
+    ``max_inflated_bytes``, or when it nests lists and objects more than ``max_depth`` deep.
+    """
+
+    max_inflated_bytes: int
+    max_depth: int
+
+
+class DecodeLimitError(ValueError):
+    """The text is over a :class:`DecodeLimits` bound; the message says where."""
+
+
+#: Types whose ``__value__`` is base64 of zlib-compressed bytes / of an ``.npz`` archive.
+_ZLIB_TYPES: Final = frozenset({"ndarray", "QuantumCircuit", "Instruction"})
+_NPZ_TYPES: Final = frozenset({"spmatrix"})
+_INFLATE_CHUNK: Final = 1 << 20
+
+
+def loads(text: str | bytes, *, limits: DecodeLimits | None = None) -> Any:
+    """Decode with the official ``RuntimeDecoder`` (thread-safe; see ``_DECODE_LOCK``), within
+    ``limits`` when given (else :class:`DecodeLimitError`)."""
     from qiskit_ibm_runtime.json import RuntimeDecoder
 
+    if limits is not None:
+        check_decode_limits(text, limits)
     with _DECODE_LOCK:
         return json.loads(text, cls=RuntimeDecoder)
+
+
+def check_decode_limits(text: str | bytes, limits: DecodeLimits) -> None:
+    """Raise :class:`DecodeLimitError` if decoding ``text`` would break ``limits``. Text that
+    is not JSON passes: the decoder itself says what is wrong with it."""
+    try:
+        tree = json.loads(text)
+    except RecursionError:
+        raise DecodeLimitError(f"it nests more than {limits.max_depth} deep") from None
+    except ValueError:
+        return
+    budget = limits.max_inflated_bytes
+    stack: list[tuple[Any, int, str]] = [(tree, 1, "")]
+    while stack:
+        node, depth, where = stack.pop()
+        if not isinstance(node, (dict, list)):
+            continue
+        if depth > limits.max_depth:
+            raise DecodeLimitError(f"{where or 'it'} nests more than {limits.max_depth} deep")
+        if isinstance(node, dict):
+            kind, value = node.get("__type__"), node.get("__value__")
+            if isinstance(kind, str) and isinstance(value, str):
+                budget -= _inflated_size(kind, value, budget)
+                if budget < 0:
+                    raise DecodeLimitError(
+                        f"the {kind} value at {where or 'the top'} inflates past the limit: "
+                        f"all compressed values together may inflate to at most "
+                        f"{limits.max_inflated_bytes} bytes"
+                    )
+            items: Any = ((f"{where}.{k}" if where else str(k), v) for k, v in node.items())
+        else:
+            items = ((f"{where}[{i}]", v) for i, v in enumerate(node))
+        stack.extend((v, depth + 1, w) for w, v in items if isinstance(v, (dict, list)))
+
+
+def _inflated_size(kind: str, value: str, budget: int) -> int:
+    """Bytes the decoder would inflate ``value`` of type ``kind`` to, counted up to just past
+    ``budget``; 0 for what it would not inflate or cannot decode (it reports that itself)."""
+    import base64
+    import binascii
+    import io
+    import zipfile
+    import zlib
+
+    if kind not in _ZLIB_TYPES and kind not in _NPZ_TYPES:
+        return 0
+    try:
+        data = base64.standard_b64decode(value)
+    except (binascii.Error, ValueError):
+        return 0
+    if kind in _NPZ_TYPES:  # zipfile stops each member at its declared size
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                return sum(info.file_size for info in archive.infolist())
+        except (zipfile.BadZipFile, ValueError, OSError):
+            return 0
+    inflater, size = zlib.decompressobj(), 0
+    try:
+        while size <= budget and not inflater.eof:
+            chunk = inflater.decompress(data, _INFLATE_CHUNK)
+            data = inflater.unconsumed_tail
+            if not chunk and not data:
+                break  # truncated: the decoder will say so
+            size += len(chunk)
+    except zlib.error:
+        return 0
+    return size
+
+
+def nesting_exceeds(value: Any, limit: int) -> bool:
+    """Whether JSON-like ``value`` nests lists and dicts more than ``limit`` deep (a top-level
+    ``[]`` is depth 1). Iterative, so it cannot itself hit the recursion limit."""
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
 
 
 def parse_bool(value: str | None, default: bool = False) -> bool:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import cast
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 
 from aioruntime import protocol as p
@@ -60,6 +61,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Every refusal leaves as IBM's error body; nothing leaves as a bare 500."""
     try:
         return await handler(request)
+    except ConnectionError as exc:
+        # The client went away mid-request (mid-body, typically): its fault, nothing to fix,
+        # and no one to answer; the answer below is never delivered.
+        log.debug("client disconnected during %s %s: %r", request.method, request.path, exc)
+        return _error(400, p.ErrorCode.VALIDATION, "The client disconnected.")
     except Refused as exc:
         return _error(exc.status, exc.code, exc.message)
     except JobInputError as exc:
@@ -91,7 +97,7 @@ async def record_middleware(request: web.Request, handler: Handler) -> web.Strea
                 body_keys = sorted(body)
                 if isinstance(body.get("params"), dict):
                     body_keys += sorted(f"params.{k}" for k in body["params"])
-        except ValueError:
+        except (ValueError, RecursionError):
             body_keys = None
     request.app[REQUEST_LOG].append(
         {
@@ -151,8 +157,29 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
+class _ClientFaultsAtDebug(logging.Filter):
+    """aiohttp logs a request it could not parse (an oversized request line or header, a
+    malformed message) or a peer that vanished with a full traceback at ERROR, though it
+    answered 400 and the fault is the client's: such records are demoted to DEBUG, so one
+    scanner or flaky client cannot flood an operator's logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (HttpProcessingError, ConnectionError)):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def _demote_client_faults() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _ClientFaultsAtDebug) for f in server_log.filters):
+        server_log.addFilter(_ClientFaultsAtDebug())
+
+
 def create_app(config: Config) -> web.Application:
     """Build the emulator application for ``config`` (not started)."""
+    _demote_client_faults()
     devices = resolve_devices(config.backends or DEFAULT_BACKENDS)
     devices += mock_twins(devices)  # dry_run=True targets: ibm_fez → mock_fez
     # cast: @web.middleware returns a plain Callable, aiohttp's Middleware protocol names params

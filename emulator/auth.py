@@ -5,17 +5,26 @@ secret; the official SDK decodes it without checking the signature but needs ``e
 Runtime routes accept ``Authorization: Bearer <token>`` (or the client's ``apikey <key>``
 fallback) and the ``Service-CRN`` header must name an instance the key may use. Anything else is
 401, with no hint of which part was wrong.
+
+A token names its key by ``sub``, an HMAC of the key under the token secret: every request
+looks that subject up among the keys configured *now*, so removing a key from the configuration
+revokes its tokens at once, and the instances a token may act for are those its key may use now.
+The token holds nothing a holder could test guesses of the key against offline (an unkeyed hash
+would allow that), and with the same secret (kept in the data directory) and keys, tokens
+survive a restart.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import hmac
 import time
 from dataclasses import dataclass
 
 import jwt
 
-from .config import Config
+from .config import ApiKey, Config
 
 __all__ = ["AuthError", "Principal", "authenticate", "issue_token"]
 
@@ -32,24 +41,29 @@ class Principal:
     instances: tuple[str, ...]
 
 
-def _key_id(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+def _subject(secret: str, key: str) -> str:
+    """The token subject that names ``key``: keyed by the token secret, so it cannot be
+    brute-forced back to a weak key without the secret."""
+    message = b"aioruntime-emulator token subject\0" + key.encode("utf-8", "surrogatepass")
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=16)
+def _subjects(
+    secret: str, keys: tuple[ApiKey, ...], instances: tuple[str, ...]
+) -> dict[str, tuple[str, ...]]:
+    """Subject → instances, for the keys configured now (computed once per configuration)."""
+    # reversed: the first of two entries for one key wins, as in Config.instances_for_key
+    return {_subject(secret, k.key): k.instances or instances for k in reversed(keys)}
 
 
 def issue_token(config: Config, api_key: str) -> tuple[str, int, int]:
     """(token, iat, exp) for an accepted key; AuthError otherwise."""
-    instances = config.instances_for_key(api_key)
-    if instances is None:
+    if config.instances_for_key(api_key) is None:
         raise AuthError("Provided API key could not be found.")
     iat = int(time.time())
     exp = iat + config.token_ttl_s
-    claims = {
-        "iss": _ISSUER,
-        "sub": _key_id(api_key),
-        "iat": iat,
-        "exp": exp,
-        "instances": list(instances),
-    }
+    claims = {"iss": _ISSUER, "sub": _subject(config.token_secret, api_key), "iat": iat, "exp": exp}
     return jwt.encode(claims, config.token_secret, algorithm="HS256"), iat, exp
 
 
@@ -69,16 +83,16 @@ def authenticate(config: Config, authorization: str | None) -> Principal:
                 issuer=_ISSUER,
                 options={"require": ["exp", "iat", "sub"]},
             )
-        except jwt.PyJWTError as exc:
+        except (jwt.PyJWTError, UnicodeError) as exc:  # UnicodeError: undecodable header bytes
             raise AuthError(f"invalid token: {exc}") from None
-        # The key may have been removed from the configuration since the token was issued.
-        allowed = set(config.instances)
-        return Principal(
-            claims["sub"], tuple(i for i in claims.get("instances", []) if i in allowed)
-        )
+        subjects = _subjects(config.token_secret, config.api_keys, config.instances)
+        instances = subjects.get(claims["sub"]) if isinstance(claims["sub"], str) else None
+        if instances is None:  # its key has been removed from the configuration since
+            raise AuthError("the token's API key is no longer accepted")
+        return Principal(claims["sub"], instances)
     if scheme == "apikey":
         instances = config.instances_for_key(credential)
         if instances is None:
             raise AuthError("invalid API key")
-        return Principal(_key_id(credential), instances)
+        return Principal(_subject(config.token_secret, credential), instances)
     raise AuthError("unsupported Authorization scheme")

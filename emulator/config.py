@@ -23,7 +23,7 @@ from .noise import NoiseLevel
 from .noise_cache import default_cache_dir
 from .simulation import DEFAULT_BUDGET_S, DEFAULT_MAX_MEMORY_MB, SimulationSettings
 
-__all__ = ["ApiKey", "ClockSpec", "Config", "command", "from_args"]
+__all__ = ["ApiKey", "ClockSpec", "Config", "command", "from_args", "same_secret"]
 
 #: The key a ``Config()`` built in code accepts by default (tests, ``EmulatorThread``). The
 #: command line instead generates a development key when none is given, and prints it.
@@ -127,6 +127,9 @@ class Config:
     #: still unfinished stays in the store and is re-queued at the next start.
     drain_timeout_s: float = 30.0
     max_body_bytes: int = 64 * 1024 * 1024
+    #: What one stage of one job may add to a worker process's address space, MiB (0: no
+    #: limit). 4096 lets a 27-qubit dense statevector (2 GiB) through, not a 28-qubit one.
+    worker_memory_mb: int = 4096
     max_pending_jobs_per_instance: int = 10_000
     max_executions_per_job: int = 10_000_000
     #: Bound of one long-poll on the wait extension, seconds.
@@ -166,9 +169,21 @@ class Config:
     def instances_for_key(self, key: str) -> tuple[str, ...] | None:
         """The instances a key may use, or None when the key is not accepted."""
         for api_key in self.api_keys:
-            if secrets.compare_digest(api_key.key, key):
+            if same_secret(key, api_key.key):
                 return api_key.instances or self.instances
         return None
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """Constant-time comparison of two secrets, whatever characters they hold.
+
+    ``secrets.compare_digest`` refuses ``str`` with non-ASCII characters (TypeError), and a key
+    or header can hold any: aiohttp decodes raw header bytes with ``surrogateescape``. Both are
+    compared as UTF-8 bytes (``surrogatepass`` encodes any lone surrogate, so it never fails).
+    """
+    return secrets.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
 
 
 class _ClockType(click.ParamType):  # type: ignore[type-arg]
@@ -328,6 +343,13 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
             default=30.0,
             show_default=True,
             help="seconds to let jobs in flight finish on SIGTERM",
+        ),
+        click.option(
+            "--worker-memory-mb",
+            type=click.IntRange(min=0),
+            default=4096,
+            show_default=True,
+            help="MiB one job stage may add to a worker process's address space (0: no limit)",
         ),
         click.option(
             "--token-secret",

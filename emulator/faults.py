@@ -8,6 +8,7 @@ the same faults.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -46,6 +47,8 @@ class FaultPlan:
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> FaultPlan:
+        """The plan a ``PUT /admin/faults`` body describes; ValueError names what is wrong (the
+        admin API answers 400 with it), so no plan can fail later, on a request it applies to."""
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(body) - known
         if unknown:
@@ -53,21 +56,38 @@ class FaultPlan:
         values = dict(body)
         for key in ("error_statuses", "paths"):
             if key in values:
+                if not isinstance(values[key], list):
+                    raise ValueError(f"{key} must be a list")
                 values[key] = tuple(values[key])
         plan = cls(**values)
+        if not _is_int(plan.seed):
+            raise ValueError("seed must be an integer")
+        numbers = ("error_rate", "error_after_create_rate", "job_failure_rate", "latency_ms")
+        for name in (*numbers, "worker_delay_ms"):
+            value = getattr(plan, name)
+            if not (_is_number(value) and 0 <= value < math.inf):
+                raise ValueError(f"{name} must be a number >= 0")
         for rate in (plan.error_rate, plan.error_after_create_rate, plan.job_failure_rate):
             if not 0.0 <= rate <= 1.0:
                 raise ValueError("rates must be between 0 and 1")
-        if (
-            plan.latency_ms < 0
-            or plan.worker_delay_ms < 0
-            or any(not 400 <= s <= 599 for s in plan.error_statuses)
+        if not plan.error_statuses or not all(
+            _is_int(s) and 400 <= s <= 599 for s in plan.error_statuses
         ):
-            raise ValueError("latency must be >= 0 and statuses 4xx/5xx")
+            raise ValueError("error_statuses must be a non-empty list of 4xx/5xx statuses")
+        if not all(isinstance(s, str) for s in plan.paths):
+            raise ValueError("paths must be a list of strings")
         return plan
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class Faults:

@@ -179,7 +179,9 @@ class Scheduler:
         # Mock twins (dry runs, ``Device.mock``) have lanes but add no workers: they never use
         # a QPU and share the lane workers.
         served = sum(not d.mock for d in devices)
-        self.plane: WorkerPlane = plane or ProcessPlane(backends=served, lanes=config.lanes)
+        self.plane: WorkerPlane = plane or ProcessPlane(
+            backends=served, lanes=config.lanes, memory_mb=config.worker_memory_mb
+        )
         self.timing = TimingParams()
         self.faults = faults or Faults()
         self.supervisor = Supervisor(on_fatal=self._fatal)

@@ -382,8 +382,10 @@ def sample_pub(pub: SamplerPub, noise: PauliNoise | None, seed: int | None) -> D
             bits[:, clbit] = samples[:, record]
         for name, clbits in regs:
             arrays[name].append(BitArray.from_bool_array(bits[:, clbits], order="little").array)
-    meas = {
-        name: BitArray(np.stack(arrays[name]).reshape(shape + arrays[name][0].shape), len(clbits))
-        for name, clbits in regs
-    }
+    meas = {}
+    for name, clbits in regs:
+        nbytes = (len(clbits) + 7) // 8
+        # A PUB with no parameter sets (shape (0,)) has no rows: an empty array of its shape.
+        rows = np.stack(arrays[name]) if arrays[name] else np.zeros((0, shots, nbytes), np.uint8)
+        meas[name] = BitArray(rows.reshape((*shape, shots, nbytes)), len(clbits))
     return DataBin(**meas, shape=shape)

@@ -13,7 +13,7 @@ import math
 from numbers import Integral, Real
 from typing import TYPE_CHECKING, Any
 
-from aioruntime.protocol import ErrorCode, loads
+from aioruntime.protocol import DecodeLimitError, DecodeLimits, ErrorCode, loads
 
 from . import estimation
 from .backends import DeviceLimits
@@ -23,11 +23,14 @@ if TYPE_CHECKING:
     from qiskit.primitives.containers.sampler_pub import SamplerPub
     from qiskit.transpiler import Target
 
-__all__ = ["DEFAULT_PRECISION", "DEFAULT_SHOTS", "JobInputError"]
+__all__ = ["DEFAULT_PRECISION", "DEFAULT_SHOTS", "JOB_DECODE_LIMITS", "JobInputError"]
 
 #: What IBM uses when neither the PUB nor the options give shots / precision (spec 4.1).
 DEFAULT_SHOTS = 4096
 DEFAULT_PRECISION = 0.015625
+#: What decoding one job's ``params`` may take: all its compressed values (arrays, QPY circuits)
+#: together inflate to at most 256 MiB, and it nests at most as deep as a request body may.
+JOB_DECODE_LIMITS = DecodeLimits(max_inflated_bytes=256 * 2**20, max_depth=64)
 #: Options the emulator accepts but does not act on (reported in ``PreparedJob.metadata``).
 _IGNORED_OPTIONS = (
     "dynamical_decoupling",
@@ -61,7 +64,11 @@ class JobInputError(Exception):
 def _decode(params_json: str | bytes) -> dict[str, Any]:
     """``params`` decoded with the official RuntimeDecoder, or a clear ``JobInputError``."""
     try:
-        params = loads(params_json)
+        params = loads(params_json, limits=JOB_DECODE_LIMITS)
+    except DecodeLimitError as exc:
+        raise JobInputError(
+            ErrorCode.VALIDATION, f"Cannot decode the job parameters: {exc}."
+        ) from None
     except Exception as exc:  # any decoder failure is the input's fault
         try:
             raw = json.loads(params_json)
@@ -104,15 +111,9 @@ def _parse_options(
     params: dict[str, Any], program_id: str, limits: DeviceLimits, shots_cap: int
 ) -> dict[str, Any]:
     """The options the emulator honours, validated; see ``PreparedJob.metadata``."""
-    options = params.get("options") or {}
-    if not isinstance(options, dict):
-        raise JobInputError(ErrorCode.VALIDATION, "params.options must be an object.")
-    simulator = options.get("simulator") or {}
-    execution = options.get("execution") or {}
-    if not isinstance(simulator, dict) or not isinstance(execution, dict):
-        raise JobInputError(
-            ErrorCode.VALIDATION, "options.simulator and options.execution must be objects."
-        )
+    options = _object(params.get("options"), "params.options")
+    simulator = _object(options.get("simulator"), "options.simulator")
+    execution = _object(options.get("execution"), "options.execution")
 
     default_shots = options.get("default_shots")
     if default_shots is not None:
@@ -122,18 +123,22 @@ def _parse_options(
         default_precision = _check_precision("options.default_precision", default_precision)
 
     seed = simulator.get("seed_simulator")
-    if seed is not None and (not isinstance(seed, Integral) or isinstance(seed, bool)):
+    if seed is not None and (
+        not isinstance(seed, Integral)
+        or isinstance(seed, bool)
+        or not -(2**63) <= int(seed) < 2**63  # what Aer takes (a 64-bit integer)
+    ):
         raise JobInputError(
             ErrorCode.VALIDATION,
-            f"options.simulator.seed_simulator must be an integer, not {seed!r}.",
+            f"options.simulator.seed_simulator must be a 64-bit integer, not {_short(seed)}.",
         )
 
     rep_delay_s = check_rep_delay("options.execution.rep_delay", execution.get("rep_delay"), limits)
     meas_type = execution.get("meas_type")
-    if meas_type not in (None, "classified"):
+    if meas_type is not None and not (isinstance(meas_type, str) and meas_type == "classified"):
         raise JobInputError(
             ErrorCode.VALIDATION,
-            f"options.execution.meas_type {meas_type!r} is not supported by the emulator "
+            f"options.execution.meas_type {_short(meas_type)} is not supported by the emulator "
             "(only 'classified').",
         )
 
@@ -147,9 +152,12 @@ def _parse_options(
                 "options.simulator.noise_model is not a decodable Aer NoiseModel.",
             )
 
-    ignored = [k for k in _IGNORED_OPTIONS if options.get(k) not in (None, {}, [])]
-    ignored += [f"simulator.{k}" for k in ("coupling_map", "basis_gates") if simulator.get(k)]
-    if program_id == "estimator" and params.get("resilience_level") not in (None, 0):
+    ignored = [k for k in _IGNORED_OPTIONS if _given(options.get(k))]
+    ignored += [
+        f"simulator.{k}" for k in ("coupling_map", "basis_gates") if _given(simulator.get(k))
+    ]
+    level = params.get("resilience_level")
+    if program_id == "estimator" and _given(level) and not (_is_number(level) and level == 0):
         ignored.append("resilience_level")
     return {
         "default_shots": default_shots,
@@ -171,22 +179,30 @@ def _mitigation_asked(
     # The official client sends resilience_level only when the user set it; IBM's server then
     # applies its default, 1.
     level = params.get("resilience_level", 1)
-    if program_id == "estimator" and isinstance(level, Integral) and int(level) >= 1:
+    if (
+        program_id == "estimator"
+        and isinstance(level, Integral)
+        and not isinstance(level, bool)
+        and int(level) >= 1
+    ):
         what = {1: "TREX measurement mitigation", 2: "TREX and ZNE"}.get(int(level), "mitigation")
         default = "" if "resilience_level" in params else ", IBM's default"
         asked.append(f"resilience_level={int(level)} ({what}{default})")
-    resilience = options.get("resilience") or {}
+    # (nothing here is tested for truth but dicts: a decoded option can be an ndarray)
+    resilience = options.get("resilience")
     if isinstance(resilience, dict):
         asked += [
             f"resilience.{k}"
             for k in ("measure_mitigation", "zne_mitigation", "pec_mitigation")
-            if resilience.get(k)
+            if resilience.get(k) is True
         ]
-    twirling = options.get("twirling") or {}
+    twirling = options.get("twirling")
     if isinstance(twirling, dict):
-        asked += [f"twirling.{k}" for k in ("enable_gates", "enable_measure") if twirling.get(k)]
-    dd = options.get("dynamical_decoupling") or {}
-    if isinstance(dd, dict) and dd.get("enable"):
+        asked += [
+            f"twirling.{k}" for k in ("enable_gates", "enable_measure") if twirling.get(k) is True
+        ]
+    dd = options.get("dynamical_decoupling")
+    if isinstance(dd, dict) and dd.get("enable") is True:
         asked.append("dynamical_decoupling.enable")
     return asked
 
@@ -223,6 +239,32 @@ def check_rep_delay(where: str, rep_delay: Any, limits: DeviceLimits) -> float:
             f"[{lo:g}, {hi:g}] s ({lo * 1e6:g}-{hi * 1e6:g} µs).",
         )
     return rep_delay_s
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    """``value`` if it is a JSON object, ``{}`` if absent. (A decoded ``params`` can hold any
+    type here, ndarrays included, whose truth value raises: nothing is tested for truth.)"""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise JobInputError(
+            ErrorCode.VALIDATION, f"{where} must be an object, not {type(value).__name__}."
+        )
+    return value
+
+
+def _given(value: Any) -> bool:
+    """Whether an option was set: anything but None, ``{}`` and ``[]``."""
+    return value is not None and not (isinstance(value, (dict, list)) and not value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_shots(where: str, shots: Any, cap: int) -> int:
@@ -262,18 +304,37 @@ def _pub_items(i: int, raw: Any, sizes: tuple[int, int], form: str) -> list[Any]
     return list(raw) + [None] * (sizes[1] - len(raw))
 
 
-def _check_values(i: int, circuit: QuantumCircuit, values: Any) -> None:
-    """A clearer message than qiskit's for parameter values that do not fit the circuit."""
+def _finite_array(i: int, values: Any) -> Any:
+    """``values`` as a float ndarray of finite numbers (Aer cannot bind NaN or infinity)."""
     import numpy as np
 
-    if values is None or isinstance(values, dict):
-        return  # no values, or a BindingsArray-like mapping that qiskit checks itself
     try:
         array = np.asarray(values, dtype=float)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise JobInputError(
             ErrorCode.VALIDATION, f"pubs[{i}]: parameter_values must be an array of numbers."
         ) from None
+    if not np.isfinite(array).all():
+        raise JobInputError(
+            ErrorCode.VALIDATION,
+            f"pubs[{i}]: parameter_values must be finite numbers; found NaN or infinity.",
+        )
+    return array
+
+
+def _check_values(i: int, circuit: QuantumCircuit, values: Any) -> None:
+    """A clearer message than qiskit's for parameter values that do not fit the circuit."""
+    from qiskit.primitives.containers.bindings_array import BindingsArray
+
+    if values is None:
+        return
+    if isinstance(values, (dict, BindingsArray)):
+        # a mapping (qiskit checks its keys and shapes): only the numbers are checked here
+        mapping = values.data if isinstance(values, BindingsArray) else values
+        for value in mapping.values():
+            _finite_array(i, value)
+        return
+    array = _finite_array(i, values)
     num = circuit.num_parameters
     if num == 0 and array.size == 0:
         return
@@ -283,6 +344,27 @@ def _check_values(i: int, circuit: QuantumCircuit, values: Any) -> None:
             f"pubs[{i}]: the circuit has {num} parameters but parameter_values has shape "
             f"{array.shape}; expected shape (*pub_shape, {num}).",
         )
+
+
+def _shots_for_precision(i: int, precision: float, cap: int) -> int:
+    """IBM's shots for ``precision``, refused beyond ``cap``; safe for any positive float (a
+    precision of 1e308 overflows ``precision**2``, one of 1e-200 underflows it to zero)."""
+    if precision >= 1.0:
+        return 1
+    try:
+        shots = estimation.shots_for_precision(precision)
+    except (OverflowError, ZeroDivisionError):
+        raise JobInputError(
+            ErrorCode.VALIDATION,
+            f"pubs[{i}]: precision {precision:g} needs more shots than the maximum of {cap}.",
+        ) from None
+    if shots > cap:
+        raise JobInputError(
+            ErrorCode.VALIDATION,
+            f"pubs[{i}]: precision {precision:g} needs {shots} shots, more than the maximum of "
+            f"{cap}.",
+        )
+    return shots
 
 
 def _sampler_pub(i: int, raw: Any, default_shots: int | None, cap: int) -> SamplerPub:
@@ -309,20 +391,14 @@ def _estimator_pub(i: int, raw: Any, opts: dict[str, Any], cap: int) -> tuple[An
     _check_values(i, circuit, values)
     if precision is not None:
         precision = _check_precision(f"pubs[{i}]", precision)
-        shots = estimation.shots_for_precision(precision)
+        shots = _shots_for_precision(i, precision, cap)
     elif opts["default_shots"] is not None:
         # IBM: options.default_shots, when set, overrides default_precision.
         shots = opts["default_shots"]
         precision = 1.0 / math.sqrt(shots)
     else:
         precision = opts["default_precision"] or DEFAULT_PRECISION
-        shots = estimation.shots_for_precision(precision)
-    if shots > cap:
-        raise JobInputError(
-            ErrorCode.VALIDATION,
-            f"pubs[{i}]: precision {precision:g} needs {shots} shots, more than the maximum of "
-            f"{cap}.",
-        )
+        shots = _shots_for_precision(i, precision, cap)
     try:
         pub = EstimatorPub.coerce((circuit, observables, values, precision))
     except (ValueError, TypeError, KeyError) as exc:

@@ -2,13 +2,28 @@
 
 Workers are started as ``python -m emulator.worker`` by :class:`emulator.workers.WorkerPool`
 (the pipe protocol, both ends, lives in :mod:`emulator.workers`).
+
+A worker never outlives the emulator that started it (``--parent``): on Linux the kernel kills
+it when its parent dies (``PR_SET_PDEATHSIG``), and everywhere a watchdog thread exits at once
+when its stdin pipe hangs up or its parent changes. Otherwise a worker in the middle of a long
+simulation would keep computing after a ``SIGKILL`` of the emulator, and run alongside the same
+job re-queued by the next start.
+
+Each stage of a job may grow the worker's address space by at most ``--memory-mb``
+(``RLIMIT_AS``, Linux): beyond that, allocations fail, and the job fails with a reason that
+names the limit instead of the host running out of memory.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import math
+import os
 import sys
+import threading
 import time
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -18,10 +33,13 @@ if TYPE_CHECKING:
     from .simulation import SimulationSettings
     from .timing import TimingParams
 
-__all__ = ["estimate", "postprocess", "preprocess", "sample", "warm"]
+__all__ = ["estimate", "main", "postprocess", "preprocess", "sample", "warm"]
 
 #: Aer's default ``statevector_parallel_threshold``.
 _PARALLEL_QUBITS = 14
+
+#: Bytes one stage of a job may add to this worker's address space (0: no limit; ``main``).
+_memory_budget = 0
 
 
 def warm(sources: tuple[str, ...]) -> None:
@@ -48,19 +66,22 @@ def preprocess(
     stall_s: float = 0.0,
     settings: SimulationSettings | None = None,
 ) -> PreparedJob:
+    from aioruntime.protocol import ErrorCode
+
     from .classical import preprocess as _preprocess
     from .simulation import SimulationSettings
 
     if stall_s:
         time.sleep(stall_s)  # an injected fault: a slow classical stage
-    return _preprocess(
-        program_id,
-        params,
-        source,
-        timing=timing,
-        max_executions=max_executions,
-        settings=settings or SimulationSettings(),
-    )
+    with _memory_limited("Decoding and checking the job", ErrorCode.VALIDATION):
+        return _preprocess(
+            program_id,
+            params,
+            source,
+            timing=timing,
+            max_executions=max_executions,
+            settings=settings or SimulationSettings(),
+        )
 
 
 def estimate(
@@ -74,43 +95,164 @@ def estimate(
     from .simulation import SimulationSettings
 
     try:
-        prepared = _preprocess(
-            program_id,
-            params,
-            source,
-            timing=timing,
-            max_executions=max_executions,
-            settings=SimulationSettings(budget_s=math.inf),
-        )
+        with _memory_limited("Estimating the job", 0):
+            prepared = _preprocess(
+                program_id,
+                params,
+                source,
+                timing=timing,
+                max_executions=max_executions,
+                settings=SimulationSettings(budget_s=math.inf),
+            )
     except JobInputError:
         return None
     return prepared.quantum_seconds
 
 
 def sample(prepared: PreparedJob) -> Sampled:
+    from aioruntime.protocol import ErrorCode
+
     from .classical import sample as _sample
 
     # Aer's OpenMP threads cost far more than they save on small circuits (a Bell pair: 11.8 ms
     # with every core, 0.8 ms with one); from Aer's own statevector-parallel threshold up,
     # let it use every core. (Stim is single-threaded whatever this says.)
     widest = max((len(q) for q in prepared.metadata.get("pub_qubits", ())), default=0)
-    return _sample(prepared, max_threads=0 if widest >= _PARALLEL_QUBITS else 1)
+    with _memory_limited("Simulating the job", ErrorCode.EXECUTION_FAILED):
+        return _sample(prepared, max_threads=0 if widest >= _PARALLEL_QUBITS else 1)
 
 
 def postprocess(
     prepared: PreparedJob, sampled: Sampled | None, start: datetime, stop: datetime
 ) -> str:
     """``sampled`` is ``None`` for a dry run (see :func:`emulator.classical.postprocess`)."""
+    from aioruntime.protocol import ErrorCode
+
     from .classical import postprocess as _postprocess
 
-    return _postprocess(prepared, sampled, start, stop)
+    with _memory_limited("Building the job's result", ErrorCode.EXECUTION_FAILED):
+        return _postprocess(prepared, sampled, start, stop)
 
 
-if __name__ == "__main__":
-    import os
+# -- guards: memory, and the parent's death ---------------------------------------------------
 
-    if len(sys.argv) > 2 and sys.argv[1] == "--nice":
-        os.nice(int(sys.argv[2]))
+
+@contextlib.contextmanager
+def _memory_limited(stage: str, code: int) -> Iterator[None]:
+    """Run one stage of a job within ``_memory_budget``; running out fails the job, naming the
+    limit (a Python MemoryError, or Aer's failed allocation), and leaves the worker usable."""
+    from .validation import JobInputError
+
+    limited = _memory_budget > 0 and _limit_growth(_memory_budget)
+    hint = (
+        f"a worker process may grow by at most {_memory_budget // 2**20} MiB for one job "
+        "(--worker-memory-mb)"
+        if limited
+        else "the emulator's host is out of memory"
+    )
+    try:
+        yield
+    except MemoryError:
+        raise JobInputError(code, f"{stage} needs more memory than allowed: {hint}.") from None
+    except JobInputError as exc:
+        if limited and "allocate memory" in exc.message:  # Aer: "Cannot allocate memory ..."
+            raise JobInputError(exc.code, f"{exc.message} ({hint}).") from None
+        raise
+    finally:
+        if limited:
+            _limit_growth(None)
+
+
+def _start_aer_threads() -> None:
+    """Import what jobs use, and run a small simulation on every core, before any budget applies.
+
+    The budget should measure a job, not imports, nor the threads a process starts once and then
+    reuses: Aer's executor thread and OpenMP team each take a stack and a malloc arena, some 150
+    MiB of address space. Started later, under a budget a job has nearly used up, such a thread
+    can fail to start and leave Aer waiting for it forever."""
+    from qiskit import QuantumCircuit
+    from qiskit_aer.primitives import SamplerV2
+
+    from . import classical, estimation  # noqa: F401
+
+    qc = QuantumCircuit(_PARALLEL_QUBITS)
+    for q in range(_PARALLEL_QUBITS):
+        qc.h(q)
+        qc.rz(0.1, q)  # not Clifford: a statevector, simulated in parallel from 14 qubits up
+    qc.measure_all()
+    options = {"backend_options": {"max_parallel_threads": 0}}
+    SamplerV2(options=options).run([qc], shots=1).result()
+
+
+def _limit_growth(extra: int | None) -> bool:
+    """Let this process's address space grow by at most ``extra`` bytes from now on (``None``:
+    lift the limit). False where that cannot be done (no ``/proc``, or no ``resource``)."""
+    try:
+        import resource
+
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if extra is None:
+            resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+            return True
+        with open("/proc/self/statm") as statm:
+            size = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        soft = size + extra if hard == resource.RLIM_INFINITY else min(size + extra, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    except (ImportError, OSError, ValueError):
+        return False
+    return True
+
+
+def _die_with_parent(parent: int) -> None:
+    """Make sure this process does not outlive ``parent`` (see the module docstring)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the kernel was asked to tell us
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), name="watchdog", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit at once when stdin hangs up (the parent's end of the pipe is gone) or the parent
+    changes, even while the main thread is deep in a computation."""
+    import select
+
+    if not hasattr(select, "poll"):
+        return
+    poller = select.poll()
+    poller.register(sys.stdin.fileno(), 0)  # POLLHUP, POLLERR and POLLNVAL are always reported
+    while not poller.poll(1000) and os.getppid() == parent:
+        pass
+    os._exit(1)
+
+
+def main(argv: Sequence[str]) -> None:
+    """``python -m emulator.worker [--nice N] [--parent PID] [--memory-mb N]``."""
+    global _memory_budget
+    parser = argparse.ArgumentParser(prog="python -m emulator.worker")
+    parser.add_argument("--nice", type=int, default=0)
+    parser.add_argument("--parent", type=int, default=0, help="exit when this process is gone")
+    parser.add_argument("--memory-mb", type=int, default=0, help="budget of one job stage")
+    args = parser.parse_args(argv)
+    if args.parent:
+        _die_with_parent(args.parent)
+    if args.nice:
+        os.nice(args.nice)
+    if args.memory_mb > 0:
+        _memory_budget = args.memory_mb * 2**20
+        _start_aer_threads()
     from .workers import serve
 
     serve()
+
+
+if __name__ == "__main__":
+    # Run main() of the module ``emulator.worker``, the one the pickled calls refer to, not of
+    # this ``__main__`` copy, so that the settings it makes are the ones the calls see.
+    from emulator import worker
+
+    worker.main(sys.argv[1:])

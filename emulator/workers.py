@@ -23,6 +23,7 @@ result>`` or ``EXC <length>\\n<pickle of exception>``.
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import subprocess
 import sys
@@ -81,9 +82,10 @@ class WorkerPool:
     worker replaces it.
     """
 
-    def __init__(self, size: int, *, nice: int = 0) -> None:
+    def __init__(self, size: int, *, nice: int = 0, memory_mb: int = 0) -> None:
         self._limiter = anyio.CapacityLimiter(size)
         self._nice = nice
+        self._memory_mb = memory_mb
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
         self._closed = False
@@ -135,8 +137,13 @@ class WorkerPool:
             if worker.alive:
                 return worker
             await self._discard(worker)
+        # --parent: the worker dies with this process (see emulator.worker); --memory-mb: what
+        # one job stage may add to its address space.
         process = await anyio.open_process(
-            [sys.executable, "-u", "-m", "emulator.worker", "--nice", str(self._nice)],
+            [
+                *(sys.executable, "-u", "-m", "emulator.worker", "--nice", str(self._nice)),
+                *("--parent", str(os.getpid()), "--memory-mb", str(self._memory_mb)),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -208,11 +215,11 @@ class ProcessPlane:
 
     kind = "process"
 
-    def __init__(self, *, backends: int, lanes: int) -> None:
+    def __init__(self, *, backends: int, lanes: int, memory_mb: int = 0) -> None:
         self._lanes = lanes
         self._backends = backends
-        self.lane_pool = WorkerPool(size=backends * lanes, nice=LANE_NICENESS)
-        self.qpu_pool = WorkerPool(size=backends)
+        self.lane_pool = WorkerPool(size=backends * lanes, nice=LANE_NICENESS, memory_mb=memory_mb)
+        self.qpu_pool = WorkerPool(size=backends, memory_mb=memory_mb)
 
     async def warm(self, sources: tuple[str, ...]) -> None:
         from . import worker

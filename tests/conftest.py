@@ -12,18 +12,26 @@ module that needs another emulator (a manual clock, fewer backends) overrides ``
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_asyncio
+from hypothesis import settings
 
 from emulator.config import ClockSpec, Config
 from emulator.testing import EmulatorThread
 
 if TYPE_CHECKING:
     from aioruntime import AsyncBackend, AsyncRuntimeService
+
+# Property-based tests draw the same examples on every run ("ci", the default), so a failure in
+# CI reproduces locally; HYPOTHESIS_PROFILE=explore draws fresh ones (and keeps a database).
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("explore", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def emulator_config(**overrides: Any) -> Config:

@@ -265,3 +265,15 @@ def test_parameter_expressions_are_evaluated_per_set() -> None:
 
     assert pub_is_clifford(pub(qc, 5, [[0.0], [math.pi / 4]]))  # 2θ = π/2
     assert not pub_is_clifford(pub(qc, 5, [[0.0], [0.1]]))
+
+
+def test_stim_samples_a_pub_without_parameter_sets() -> None:
+    """A PUB of shape (0,) (an empty parameter array, found by the job-body fuzz) samples to
+    empty bit arrays of that shape, as Aer's sampler gives, not an error."""
+    qc = QuantumCircuit(2)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.measure_all()
+    pub = SamplerPub(qc, BindingsArray({}, shape=(0,)), shots=5)
+    data = sample_pub(pub, None, seed=1)
+    assert data.shape == (0,) and data.meas.shape == (0,) and data.meas.num_shots == 5

@@ -10,15 +10,16 @@
 from __future__ import annotations
 
 import dataclasses
-import secrets
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from aioruntime import protocol as p
 
+from ..config import same_secret
 from ..errors import Refused
 from ..faults import FaultPlan
+from . import requests
 from .keys import CONFIG, DEVICES, FAULTS, SCHEDULER, STORE
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -27,7 +28,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     expected = f"Bearer {request.config_dict[CONFIG].admin_key}"
-    if not secrets.compare_digest(request.headers.get("Authorization", ""), expected):
+    if not same_secret(request.headers.get("Authorization", ""), expected):
         raise Refused(401, p.ErrorCode.INVALID_CREDENTIALS, "Invalid admin key.")
     return await handler(request)
 
@@ -38,9 +39,9 @@ async def get_faults(request: web.Request) -> web.Response:
 
 
 async def put_faults(request: web.Request) -> web.Response:
+    body = await requests.body_object(request)
     try:
-        body = await request.json()
-        plan = FaultPlan.from_json(body if isinstance(body, dict) else {})
+        plan = FaultPlan.from_json(body)
     except (ValueError, TypeError) as exc:
         raise Refused(400, p.ErrorCode.VALIDATION, f"Bad fault plan: {exc}") from None
     request.config_dict[FAULTS].set(plan)

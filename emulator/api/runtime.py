@@ -1,6 +1,7 @@
 """Handlers of the Runtime API (spec §2.3 to §2.6) and the emulator's extensions.
 
-Handlers only decode, call the scheduler or the store, and encode; the rules live in
+Handlers only decode (with :mod:`emulator.api.requests`, where every body, field and query is
+parsed and limited), call the scheduler or the store, and encode; the rules live in
 :mod:`emulator.scheduler` and :mod:`emulator.sessions`. Every job and session is looked up *for
 the caller's instance*: another instance's ids answer 404, exactly like unknown ones.
 """
@@ -11,20 +12,18 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
 from aioruntime import protocol as p
-from aioruntime.protocol import ErrorCode, JobState, SessionMode
+from aioruntime.protocol import ErrorCode, JobState
 
-from .. import executor, noise_learner
 from ..backends import Device
 from ..errors import Refused
 from ..store import JobRecord
-from . import views
+from . import requests, views
 from .keys import CALLER, CONFIG, DEVICES, SCHEDULER, STORE, Caller
 
 
@@ -35,6 +34,24 @@ def _caller(request: web.Request) -> Caller:
 
 def _json(body: Any, status: int = 200) -> web.Response:
     return web.json_response(body, status=status)
+
+
+#: Response text at least this long is encoded in a thread: tens of MB (a job's params, a
+#: result, a long page of jobs) would stall every other request, ``/health`` included.
+_THREADED_CHARS = 1 << 20
+#: A ``GET /jobs`` page of more jobs than this is JSON-encoded in a thread.
+_THREADED_PAGE = 50
+
+
+def _encode(body: Any) -> str:
+    return json.dumps(body)
+
+
+async def _text(text: str, content_type: str = "application/json") -> web.Response:
+    if len(text) < _THREADED_CHARS:
+        return web.Response(text=text, content_type=content_type)
+    data = await asyncio.to_thread(text.encode)
+    return web.Response(body=data, content_type=content_type, charset="utf-8")
 
 
 def _device(request: web.Request) -> Device:
@@ -53,42 +70,13 @@ def _job(request: web.Request) -> JobRecord:
     return rec
 
 
-async def _body_object(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    try:
-        body = json.loads(raw) if raw else None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Refused(
-            400, ErrorCode.VALIDATION, f"The request body is not valid JSON: {exc}"
-        ) from None
-    if not isinstance(body, dict):
-        raise Refused(400, ErrorCode.VALIDATION, "The request body must be a JSON object.")
-    return body
-
-
-def _field(
-    body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool = False
-) -> Any:
-    value = body.get(name)
-    if value is None:
-        if required:
-            raise Refused(400, ErrorCode.VALIDATION, f"Missing required field '{name}'.")
-        return None
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    # bool is an int subclass: a boolean is never accepted as a number
-    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        names = " or ".join(k.__name__ for k in kinds)
-        raise Refused(400, ErrorCode.VALIDATION, f"Field '{name}' must be of type {names}.")
-    return value
-
-
 # -- backends and usage ----------------------------------------------------------------------
 
 
 async def list_backends(request: web.Request) -> web.Response:
     """Mock twins (dry-run targets) are listed only with ``include_mocks``, as IBM does."""
     stats = request.config_dict[SCHEDULER].statistics()
-    mocks = bool(_bool_query(request, "include_mocks"))
+    mocks = requests.include_mocks(request)
     devices = [
         views.device_summary(d, stats.backend(d.name).pending)
         for d in request.config_dict[DEVICES].values()
@@ -143,37 +131,20 @@ async def instance_usage(request: web.Request) -> web.Response:
 
 
 async def submit_job(request: web.Request) -> web.Response:
-    body = await _body_object(request)
-    program_id = _field(body, "program_id", str, required=True)
-    if program_id not in p.PROGRAMS:
-        raise Refused(
-            404,
-            ErrorCode.VALIDATION,
-            f"Program '{program_id}' not found; the emulator runs {', '.join(p.PROGRAMS)}.",
-        )
-    backend = _field(body, "backend", str, required=True)
-    if backend not in request.config_dict[DEVICES]:
-        raise Refused(400, ErrorCode.BACKEND_NOT_FOUND, f"Backend {backend} not found.")
-    params = _field(body, "params", dict, required=True)
-    _check_params(program_id, params)
-    tags = _field(body, "tags", list) or []
-    if not all(isinstance(t, str) for t in tags):
-        raise Refused(400, ErrorCode.VALIDATION, "Field 'tags' must be a list of strings.")
-    cost = _field(body, "cost", (int, float))
-    if cost is not None and not (math.isfinite(cost) and cost > 0):
-        raise Refused(400, ErrorCode.VALIDATION, "Field 'cost' (max_execution_time) must be > 0.")
+    devices: dict[str, Device] = request.config_dict[DEVICES]
+    job = await requests.job_submission(request, devices)
     rec = await request.config_dict[SCHEDULER].submit(
         instance=_caller(request).instance,
-        backend=backend,
-        program_id=program_id,
-        params_json=json.dumps(params),
-        session_id=_field(body, "session_id", str),
-        tags=tags,
-        cost=float(cost) if cost is not None else None,
-        private=bool(_field(body, "private", bool)),
-        log_level=_field(body, "log_level", str) or "WARNING",
-        runtime=_field(body, "runtime", str) or "",
-        idempotency_key=request.headers.get(p.HEADER_IDEMPOTENCY_KEY),
+        backend=job.backend,
+        program_id=job.program_id,
+        params_json=job.params_json,
+        session_id=job.session_id,
+        tags=job.tags,
+        cost=job.cost,
+        private=job.private,
+        log_level=job.log_level,
+        runtime=job.runtime,
+        idempotency_key=job.idempotency_key,
     )
     answer: dict[str, Any] = {"id": rec.id, "backend": rec.backend}
     if rec.session_id:
@@ -183,30 +154,17 @@ async def submit_job(request: web.Request) -> web.Response:
     return _json(answer)
 
 
-def _check_params(program_id: str, params: dict[str, Any]) -> None:
-    """What can be refused from the JSON alone (nothing is decoded on the event loop)."""
-    if program_id == "executor":
-        executor.check_request(params)  # JobInputError: answered 400 by the middleware
-    elif program_id == "noise-learner":
-        noise_learner.check_request(params)
-    else:
-        pubs = params.get("pubs")
-        if not isinstance(pubs, list) or not pubs:
-            raise Refused(
-                400, ErrorCode.VALIDATION, "Field 'params.pubs' must be a non-empty list."
-            )
-
-
 async def get_job(request: web.Request) -> web.Response:
     rec = _job(request)
     params = None
     # A private job never gives its inputs back (as on IBM).
-    if not _bool_query(request, "exclude_params") and not rec.private:
+    if not requests.exclude_params(request) and not rec.private:
         params = await request.config_dict[STORE].params(rec.id)
     estimate = await request.config_dict[SCHEDULER].estimate(rec)
-    return web.Response(
-        text=views.job_json_text(rec, params, estimate=estimate), content_type="application/json"
-    )
+    if params is not None and len(params) >= _THREADED_CHARS:
+        text = await asyncio.to_thread(views.job_json_text, rec, params, estimate=estimate)
+        return await _text(text)
+    return await _text(views.job_json_text(rec, params, estimate=estimate))
 
 
 async def job_results(request: web.Request) -> web.Response:
@@ -220,7 +178,7 @@ async def job_results(request: web.Request) -> web.Response:
         )
     else:
         raise Refused(409, ErrorCode.INVALID_STATE, f"Job {rec.id} is {rec.state}; no result yet.")
-    return web.Response(text=text, content_type="text/plain")
+    return await _text(text, "text/plain")
 
 
 async def job_metrics(request: web.Request) -> web.Response:
@@ -253,108 +211,38 @@ async def delete_job(request: web.Request) -> web.Response:
 
 async def replace_tags(request: web.Request) -> web.Response:
     rec = _job(request)
-    tags = _field(await _body_object(request), "tags", list, required=True)
-    if not all(isinstance(t, str) for t in tags):
-        raise Refused(400, ErrorCode.VALIDATION, "Field 'tags' must be a list of strings.")
-    await request.config_dict[STORE].update_job(rec.id, tags=list(tags))
+    await request.config_dict[STORE].update_job(rec.id, tags=await requests.new_tags(request))
     return web.Response(status=204)
 
 
-def _iso_query(request: web.Request, name: str) -> datetime | None:
-    value = request.query.get(name)
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise Refused(400, ErrorCode.VALIDATION, f"Query '{name}' must be an ISO date.") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _bool_query(request: web.Request, name: str) -> bool | None:
-    if name not in request.query:
-        return None
-    try:
-        return p.parse_bool(request.query[name])
-    except ValueError:
-        raise Refused(400, ErrorCode.VALIDATION, f"Query '{name}' must be true or false.") from None
-
-
-def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    try:
-        value = int(request.query.get(name, default))
-    except ValueError:
-        raise Refused(400, ErrorCode.VALIDATION, f"Query '{name}' must be an integer.") from None
-    if not lo <= value <= hi:
-        raise Refused(400, ErrorCode.VALIDATION, f"Query '{name}' must be in [{lo}, {hi}].")
-    return value
-
-
 async def list_jobs(request: web.Request) -> web.Response:
-    q = request.query
-    instance = _caller(request).instance
-    limit = _int_query(request, "limit", 200, 0, 1000)
-    offset = _int_query(request, "offset", 0, 0, 10**9)
-    pending = _bool_query(request, "pending")
-    tags = set(q.getall("tags", []))
-    after, before = _iso_query(request, "created_after"), _iso_query(request, "created_before")
     devices = request.config_dict[DEVICES]
-    mocks = bool(_bool_query(request, "include_mocks"))
-    matched = []
-    for rec in request.config_dict[STORE].jobs():
-        if rec.instance != instance:
-            continue
-        if not mocks and (d := devices.get(rec.backend)) is not None and d.mock:
-            continue  # dry runs are listed only with include_mocks, as IBM does
-        if (b := q.get("backend")) and rec.backend != b:
-            continue
-        if (prog := q.get("program")) and rec.program_id != prog:
-            continue
-        if (sid := q.get("session_id")) and rec.session_id != sid:
-            continue
-        if pending is not None and rec.terminal == pending:
-            continue
-        if tags and not tags.issubset(rec.tags):
-            continue
-        created = datetime.fromisoformat(rec.created)
-        if (after and created < after) or (before and created > before):
-            continue
-        matched.append(rec)
-    if q.get("sort", "DESC").upper() != "ASC":
+    mocks = frozenset(name for name, d in devices.items() if d.mock)
+    flt = requests.job_filter(request, _caller(request).instance, mocks)
+    matched = [rec for rec in request.config_dict[STORE].jobs() if flt.matches(rec)]
+    if flt.descending:
         matched.reverse()
-    page = matched[offset : offset + limit]
-    return _json(
-        {
-            "jobs": [views.job_body(r) for r in page],
-            "count": len(matched),
-            "limit": limit,
-            "offset": offset,
-        }
-    )
+    page = matched[flt.offset : flt.offset + flt.limit]
+    body = {
+        "jobs": [views.job_body(r) for r in page],
+        "count": len(matched),
+        "limit": flt.limit,
+        "offset": flt.offset,
+    }
+    text = await asyncio.to_thread(_encode, body) if len(page) > _THREADED_PAGE else _encode(body)
+    return await _text(text)
 
 
 # -- sessions --------------------------------------------------------------------------------
 
 
 async def create_session(request: web.Request) -> web.Response:
-    body = await _body_object(request)
-    mode = _field(body, "mode", str) or SessionMode.DEDICATED
-    if mode not in (SessionMode.DEDICATED, SessionMode.BATCH):
-        raise Refused(400, ErrorCode.VALIDATION, "Field 'mode' must be 'dedicated' or 'batch'.")
-    backend = _field(body, "backend", str, required=True)
-    if backend not in request.config_dict[DEVICES]:
-        raise Refused(400, ErrorCode.BACKEND_NOT_FOUND, f"Backend {backend} not found.")
-    max_ttl = _field(body, "max_ttl", (int, float))
-    if max_ttl is not None and not (math.isfinite(max_ttl) and 0 < max_ttl <= 10**7):
-        raise Refused(
-            400, ErrorCode.VALIDATION, "Field 'max_ttl' must be a positive number of seconds."
-        )
     instance = _caller(request).instance
-    if (asked := _field(body, "instance", str)) and asked != instance:
-        raise Refused(400, ErrorCode.VALIDATION, "Field 'instance' does not match Service-CRN.")
+    devices: dict[str, Device] = request.config_dict[DEVICES]
+    asked = await requests.session_creation(request, devices, instance)
     scheduler = request.config_dict[SCHEDULER]
     rec = await scheduler.sessions.create(
-        instance=instance, backend=backend, mode=mode, max_ttl=max_ttl
+        instance=instance, backend=asked.backend, mode=asked.mode, max_ttl=asked.max_ttl
     )
     return _json(views.session_body(rec, scheduler.sessions))
 
@@ -368,10 +256,7 @@ async def get_session(request: web.Request) -> web.Response:
 async def update_session(request: web.Request) -> web.Response:
     scheduler = request.config_dict[SCHEDULER]
     rec = scheduler.sessions.get(request.match_info["session_id"], _caller(request).instance)
-    body = await _body_object(request)
-    accepting = _field(body, "accepting_jobs", bool)
-    if accepting is None:
-        raise Refused(400, ErrorCode.VALIDATION, "Only 'accepting_jobs': false can be changed.")
+    accepting = await requests.accepting_jobs(request)
     if accepting and not rec.accepting_jobs:
         raise Refused(409, ErrorCode.SESSION_NOT_ACCEPTING, "A closed session cannot be reopened.")
     if not accepting:
@@ -408,16 +293,10 @@ async def capabilities(request: web.Request) -> web.Response:
 
 async def wait_job(request: web.Request) -> web.Response:
     rec = _job(request)
-    config = request.config_dict[CONFIG]
-    try:
-        timeout = float(request.query.get("timeout", config.wait_max_s))
-    except ValueError:
-        raise Refused(400, ErrorCode.VALIDATION, "Query 'timeout' must be a number.") from None
-    if not (math.isfinite(timeout) and timeout >= 0):
-        raise Refused(400, ErrorCode.VALIDATION, "Query 'timeout' must be >= 0.")
+    timeout = requests.wait_timeout(request, request.config_dict[CONFIG].wait_max_s)
     store = request.config_dict[STORE]
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(min(timeout, config.wait_max_s)):
+        async with asyncio.timeout(timeout):
             await store.wait_final(rec.id)
     final = store.job(rec.id)
     if final is None:
