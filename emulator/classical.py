@@ -289,6 +289,11 @@ def _make_sampler_pub(circuit: QuantumCircuit, values: BindingsArray, shots: int
 # ---------------------------------------------------------------------------------------------
 
 
+#: Memory Aer may give one state vector (28 qubits); a wider circuit is retried as a matrix
+#: product state instead of failing, or of taking the host's memory.
+_AER_MAX_MEMORY_MB = 4096
+
+
 def sample(prepared: PreparedJob, *, noise: bool, max_threads: int = 0) -> Sampled:
     """Sample ``prepared.sampler_pubs`` with Aer's ``SamplerV2``.
 
@@ -301,7 +306,6 @@ def sample(prepared: PreparedJob, *, noise: bool, max_threads: int = 0) -> Sampl
             entangled qubits for the memory).
     """
     from qiskit_aer.aererror import AerError
-    from qiskit_aer.primitives import SamplerV2
 
     if not prepared.sampler_pubs:
         return Sampled(data=[], aer_seconds=0.0)
@@ -313,17 +317,27 @@ def sample(prepared: PreparedJob, *, noise: bool, max_threads: int = 0) -> Sampl
     data: list[Any] = [None] * len(prepared.sampler_pubs)
     start = time.perf_counter()
     for live, indices in batches.items():
-        backend_options: dict[str, Any] = {"max_parallel_threads": max_threads}
+        backend_options: dict[str, Any] = {
+            "max_parallel_threads": max_threads,
+            "max_memory_mb": _AER_MAX_MEMORY_MB,
+        }
         if user_models is not None:
             backend_options["noise_model"] = user_models[live]
         elif noise and live:
             backend_options["noise_model"] = device_noise_model_for(prepared.device_source, live)
-        sampler = SamplerV2(seed=prepared.seed, options={"backend_options": backend_options})
+        pubs = [prepared.sampler_pubs[k] for k in indices]
         try:
-            with warnings.catch_warnings():
-                # e.g. "no output classical registers": IBM returns an empty DataBin, so do we.
-                warnings.simplefilter("ignore")
-                result = sampler.run([prepared.sampler_pubs[k] for k in indices]).result()
+            try:
+                result = _run_aer(prepared.seed, backend_options, pubs)
+            except AerError as exc:
+                if "Insufficient memory" not in str(exc):
+                    raise
+                # The active qubits are too many for a state vector (a layout over distant
+                # qubits routes SWAP chains across the chip: 30 active qubits for two
+                # entangled ones on ibm_fez, whatever the job's options), but such circuits
+                # carry little entanglement: a matrix product state simulates them exactly.
+                mps = {**backend_options, "method": "matrix_product_state"}
+                result = _run_aer(prepared.seed, mps, pubs)
         except AerError as exc:
             raise JobInputError(
                 ErrorCode.EXECUTION_FAILED, f"The simulation failed: {exc}"
@@ -331,6 +345,16 @@ def sample(prepared: PreparedJob, *, noise: bool, max_threads: int = 0) -> Sampl
         for k, pub_result in zip(indices, result, strict=True):
             data[k] = pub_result.data
     return Sampled(data=data, aer_seconds=time.perf_counter() - start)
+
+
+def _run_aer(seed: int | None, backend_options: dict[str, Any], pubs: list[SamplerPub]) -> Any:
+    from qiskit_aer.primitives import SamplerV2
+
+    sampler = SamplerV2(seed=seed, options={"backend_options": backend_options})
+    with warnings.catch_warnings():
+        # e.g. "no output classical registers": IBM returns an empty DataBin, so do we.
+        warnings.simplefilter("ignore")
+        return sampler.run(pubs).result()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -67,3 +67,72 @@ def test_estimator_result_shapes_match_qiskit(manila: Any, in_session: bool) -> 
         result = EstimatorV2(mode=manila).run(pubs, precision=0.05).result()
     _check_shapes(result, pubs)
     assert result[0].data.evs.shape == () and result[0].data.stds.shape == ()
+
+
+# -- What is simulated, whatever the options ---------------------------------------------------
+
+#: Options IBM applies server-side and the emulator accepts without applying them.
+OPTION_SETS: list[dict[str, Any]] = [
+    {},
+    {"resilience_level": 2},
+    {"twirling": {"enable_gates": True, "enable_measure": True}},
+    {"dynamical_decoupling": {"enable": True, "sequence_type": "XY4"}},
+    {"resilience": {"measure_mitigation": True, "zne_mitigation": True}},
+]
+
+
+def _distant_pair(target: Any, layout: list[int]) -> tuple[QuantumCircuit, list[SparsePauliOp]]:
+    """A non-Clifford Bell-like pair placed on ``layout``; distant qubits make the router lay a
+    SWAP chain across the chip. Observables ZZ, XX, ZI (exact: 1, sin 0.3, cos 0.3)."""
+    qc = QuantumCircuit(2)
+    qc.ry(0.3, 0)
+    qc.cx(0, 1)
+    isa = generate_preset_pass_manager(
+        optimization_level=1, target=target, initial_layout=layout, seed_transpiler=1
+    ).run(qc)
+    return isa, [SparsePauliOp(s).apply_layout(isa.layout) for s in ("ZZ", "XX", "IZ")]
+
+
+def test_the_options_never_change_the_qubits_simulated() -> None:
+    from circuits import params_json
+    from qiskit.primitives.containers.estimator_pub import EstimatorPub
+
+    from emulator import classical
+    from emulator.backends import device_target
+
+    isa, observables = _distant_pair(device_target("fez"), [150, 152])
+    pub = EstimatorPub.coerce((isa, observables), 0.1)
+    simulated = set()
+    for options in OPTION_SETS:
+        level = options.get("resilience_level")
+        rest = {k: v for k, v in options.items() if k != "resilience_level"}
+        extra = {"resilience_level": level} if level is not None else {}
+        prepared = classical.preprocess("estimator", params_json([pub], rest, **extra), "fez")
+        simulated.add(tuple(prepared.metadata["pub_qubits"]))
+        # only the qubits the circuit acts on, each circuit compacted onto them
+        assert all(
+            c.num_qubits <= len(q) + 1
+            for c, q in zip(
+                (p.circuit for p in prepared.sampler_pubs),
+                prepared.metadata["pub_qubits"],
+                strict=True,
+            )
+        )
+    assert len(simulated) == 1
+    (pub_qubits,) = simulated
+    assert all(len(q) < 10 for q in pub_qubits)
+
+
+@pytest.mark.parametrize("layout", [[150, 152], [0, 155]], ids=["near", "across-the-chip"])
+def test_estimator_options_on_distant_qubits_of_fez(official: Any, layout: list[int]) -> None:
+    fez = official.backend("ibm_fez")
+    isa, observables = _distant_pair(fez.target, layout)
+    jobs = []
+    for options in OPTION_SETS:
+        estimator = EstimatorV2(mode=fez, options=options)
+        jobs.append(estimator.run([(isa, observables)], precision=0.05))
+    exact = np.array([1.0, np.sin(0.3), np.cos(0.3)])
+    for job in jobs:
+        data = job.result()[0].data  # no "Insufficient memory ... statevector"
+        assert data.evs.shape == (3,)
+        assert np.all(np.abs(data.evs - exact) <= 5 * data.stds + 1e-9)
