@@ -19,6 +19,7 @@ each of them once.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import re
@@ -39,6 +40,7 @@ __all__ = [
     "Device",
     "DeviceLimits",
     "available_devices",
+    "device_calibration_id",
     "device_configuration",
     "device_for_name",
     "device_limits",
@@ -85,6 +87,8 @@ class Device:
     ``online_date``."""
     properties: dict[str, Any]
     """``props_<source>.json`` with ``backend_name`` = ``name``."""
+    calibration_id: str
+    """The device's current (and only) calibration: :func:`device_calibration_id`."""
     mock: bool = False
     """A mock twin (``mock_fez`` of ``ibm_fez``): IBM's target of dry runs, listed only with
     ``include_mocks`` and marked ``"class": "mock"``. Its jobs never reach a QPU."""
@@ -175,6 +179,15 @@ def device_properties(source: str) -> dict[str, Any]:
     return json.loads(_raw_json(str(_props_path(source))))  # type: ignore[no-any-return]
 
 
+def device_calibration_id(source: str) -> str:
+    """The calibration id of the snapshot ``source``: a digest of its properties file, so it is
+    the same at every start (and for every alias of the snapshot) and changes only with the
+    calibration data. What ``service.backend(name, calibration_id=...)`` and a job's
+    ``calibration_id`` refer to; each served device has this one calibration."""
+    digest = hashlib.sha256(_raw_json(str(_props_path(source))).encode()).hexdigest()
+    return digest[:24]
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceLimits:
     """The configuration fields the classical stage validates jobs against."""
@@ -225,6 +238,7 @@ def device_for_name(name: str, source_name: str | None = None) -> Device:
         num_qubits=int(conf["n_qubits"]),
         configuration=conf,
         properties=props,
+        calibration_id=device_calibration_id(source),
     )
 
 
@@ -298,6 +312,7 @@ def mock_twin(device: Device) -> Device:
         num_qubits=device.num_qubits,
         configuration=conf,
         properties=props,
+        calibration_id=device.calibration_id,
         mock=True,
     )
 

@@ -7,12 +7,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from circuits import bell
 from qiskit import QuantumCircuit
 from qiskit.circuit import Parameter
 from qiskit.primitives import StatevectorEstimator
 from qiskit.quantum_info import SparsePauliOp
 from qiskit.transpiler import generate_preset_pass_manager
-from qiskit_ibm_runtime import EstimatorV2, Session
+from qiskit_ibm_runtime import EstimatorV2, SamplerV2, Session
+
+from emulator.testing import EmulatorThread
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +139,48 @@ def test_estimator_options_on_distant_qubits_of_fez(official: Any, layout: list[
         data = job.result()[0].data  # no "Insufficient memory ... statevector"
         assert data.evs.shape == (3,)
         assert np.all(np.abs(data.evs - exact) <= 5 * data.stds + 1e-9)
+
+
+# -- Calibration ids ----------------------------------------------------------------------------
+
+
+def test_calibration_ids(
+    official: Any, manila: Any, emulator: EmulatorThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    from qiskit.providers.exceptions import QiskitBackendNotFoundError
+    from qiskit_ibm_runtime.exceptions import IBMRuntimeError
+
+    from emulator.backends import device_for_name
+
+    # Where IBM reports it: the calibration a job used is in the job's body.
+    isa = generate_preset_pass_manager(optimization_level=1, target=manila.target).run(bell())
+    first = SamplerV2(mode=manila).run([isa], shots=10)
+    first.result()
+    current = official._active_api_client.job_get(first.job_id())["calibration_id"]
+    # stable: derived from the device's properties snapshot, the same at every start
+    assert current == device_for_name("ibm_manila").calibration_id
+
+    # An unknown id: QiskitBackendNotFoundError, and the client's warning names the id.
+    with caplog.at_level("WARNING", logger="qiskit_ibm_runtime"):
+        with pytest.raises(QiskitBackendNotFoundError):
+            official.backend("ibm_manila", calibration_id="invalid_id")
+    assert any("invalid_id" in record.getMessage() for record in caplog.records)
+
+    # The current one: a working backend whose jobs are sent with that calibration_id and run.
+    calibrated = official.backend("ibm_manila", calibration_id=current)
+    assert calibrated.calibration_id == current
+    assert calibrated.target.num_qubits == 5  # properties fetched with the calibration id
+    job = SamplerV2(mode=calibrated).run([isa], shots=10)
+    assert job.result()[0].data.meas.num_shots == 10
+    submits = [
+        r for r in emulator.requests if r["method"] == "POST" and r["path"].endswith("/jobs")
+    ]
+    assert "calibration_id" in submits[-1]["body_keys"]
+    assert official._active_api_client.job_get(job.job_id())["calibration_id"] == current
+    listed = official._active_api_client.jobs_get(limit=5, backend_name="ibm_manila")["jobs"]
+    assert {j["calibration_id"] for j in listed} == {current}
+
+    # A job sent with an unknown calibration id is refused (the official client's message).
+    calibrated._calibration_id = "stale-calibration"
+    with pytest.raises(IBMRuntimeError, match="stale-calibration"):
+        SamplerV2(mode=calibrated).run([isa], shots=10)

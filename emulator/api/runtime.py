@@ -45,6 +45,24 @@ def _device(request: web.Request) -> Device:
     return device
 
 
+def _check_calibration(device: Device, calibration_id: str | None, *, status: int = 404) -> None:
+    """Each device has one calibration (``Device.calibration_id``); any other id is unknown.
+    The message names the id: the official client logs it when ``backend()`` fails."""
+    if calibration_id is not None and calibration_id != device.calibration_id:
+        raise Refused(
+            status,
+            ErrorCode.NOT_FOUND if status == 404 else ErrorCode.VALIDATION,
+            f"Calibration {calibration_id!r} not found for backend {device.name}.",
+        )
+
+
+def _calibration_of(request: web.Request, backend: str) -> str | None:
+    """The calibration a job on ``backend`` ran with: the device's one calibration (None for a
+    device the emulator no longer serves)."""
+    device = request.config_dict[DEVICES].get(backend)
+    return device.calibration_id if device is not None else None
+
+
 def _job(request: web.Request) -> JobRecord:
     job_id = request.match_info["job_id"]
     rec = request.config_dict[STORE].job(job_id)
@@ -98,11 +116,15 @@ async def list_backends(request: web.Request) -> web.Response:
 
 
 async def backend_configuration(request: web.Request) -> web.Response:
-    return _json(_device(request).configuration)
+    device = _device(request)
+    _check_calibration(device, request.query.get("calibration_id"))
+    return _json(device.configuration)
 
 
 async def backend_properties(request: web.Request) -> web.Response:
-    return _json(_device(request).properties)
+    device = _device(request)
+    _check_calibration(device, request.query.get("calibration_id"))
+    return _json(device.properties)
 
 
 async def backend_status(request: web.Request) -> web.Response:
@@ -152,8 +174,11 @@ async def submit_job(request: web.Request) -> web.Response:
             f"Program '{program_id}' not found; the emulator runs {', '.join(p.PROGRAMS)}.",
         )
     backend = _field(body, "backend", str, required=True)
-    if backend not in request.config_dict[DEVICES]:
+    device = request.config_dict[DEVICES].get(backend)
+    if device is None:
         raise Refused(400, ErrorCode.BACKEND_NOT_FOUND, f"Backend {backend} not found.")
+    # 400, not 404: the official client reads a 404 here as "program not found".
+    _check_calibration(device, _field(body, "calibration_id", str), status=400)
     params = _field(body, "params", dict, required=True)
     _check_params(program_id, params)
     tags = _field(body, "tags", list) or []
@@ -175,7 +200,11 @@ async def submit_job(request: web.Request) -> web.Response:
         runtime=_field(body, "runtime", str) or "",
         idempotency_key=request.headers.get(p.HEADER_IDEMPOTENCY_KEY),
     )
-    answer: dict[str, Any] = {"id": rec.id, "backend": rec.backend}
+    answer: dict[str, Any] = {
+        "id": rec.id,
+        "backend": rec.backend,
+        "calibration_id": device.calibration_id,
+    }
     if rec.session_id:
         answer["session_id"] = rec.session_id
     if rec.private:
@@ -204,9 +233,10 @@ async def get_job(request: web.Request) -> web.Response:
     if not _bool_query(request, "exclude_params") and not rec.private:
         params = await request.config_dict[STORE].params(rec.id)
     estimate = await request.config_dict[SCHEDULER].estimate(rec)
-    return web.Response(
-        text=views.job_json_text(rec, params, estimate=estimate), content_type="application/json"
+    text = views.job_json_text(
+        rec, params, estimate=estimate, calibration_id=_calibration_of(request, rec.backend)
     )
+    return web.Response(text=text, content_type="application/json")
 
 
 async def job_results(request: web.Request) -> web.Response:
@@ -325,7 +355,9 @@ async def list_jobs(request: web.Request) -> web.Response:
     page = matched[offset : offset + limit]
     return _json(
         {
-            "jobs": [views.job_body(r) for r in page],
+            "jobs": [
+                views.job_body(r, calibration_id=_calibration_of(request, r.backend)) for r in page
+            ],
             "count": len(matched),
             "limit": limit,
             "offset": offset,
@@ -422,7 +454,8 @@ async def wait_job(request: web.Request) -> web.Response:
     final = store.job(rec.id)
     if final is None:
         raise Refused(404, ErrorCode.NOT_FOUND, f"Job {rec.id} not found.")
-    return web.Response(text=views.job_json_text(final), content_type="application/json")
+    text = views.job_json_text(final, calibration_id=_calibration_of(request, final.backend))
+    return web.Response(text=text, content_type="application/json")
 
 
 async def statistics(request: web.Request) -> web.Response:
