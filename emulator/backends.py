@@ -3,7 +3,8 @@
 Every device comes from a snapshot shipped with qiskit-ibm-runtime,
 ``qiskit_ibm_runtime/fake_provider/backends/<source>/{conf,props}_<source>.json``. Those files are
 the exact server format (spec 2.3 E/F), so the emulator serves them as they are, with only
-``backend_name`` renamed to the served name.
+``backend_name`` renamed to the served name and, on devices whose properties calibrate them,
+IBM's fractional gates (``rx``, ``rzz``) listed in the configuration (:func:`device_configuration`).
 
 Names. Every snapshot directory ``<source>`` is served by default as ``ibm_<source>``. Input
 spellings ``ibm_<source>``, ``ibmq_<source>``, ``fake_<source>``, ``alt_<source>`` and the bare
@@ -170,8 +171,36 @@ def _raw_json(path: str) -> str:
 
 
 def device_configuration(source: str) -> dict[str, Any]:
-    """A fresh copy of ``conf_<source>.json`` as shipped (``backend_name`` not renamed)."""
-    return json.loads(_raw_json(str(_conf_path(source))))  # type: ignore[no-any-return]
+    """A fresh copy of ``conf_<source>.json`` as served (``backend_name`` not renamed): as
+    shipped, plus the fractional gates of a device whose properties calibrate them."""
+    conf: dict[str, Any] = json.loads(_raw_json(str(_conf_path(source))))
+    fractional = _fractional_gates(source)
+    if fractional:
+        # IBM's Heron configurations list rx and rzz among the basis gates and supported
+        # instructions (as qiskit-ibm-runtime's conf_fractional.json does, with no gates[]
+        # entry: their qubits come from the properties). The snapshots shipped for fez, torino
+        # and the other Herons keep the rx/rzz calibrations in props_*.json but dropped them
+        # from conf_*.json, which made service.backend(..., use_fractional_gates=True) refuse
+        # them. The official client filters both lists (and the properties) when
+        # use_fractional_gates is False, so the default view is unchanged.
+        for key in ("basis_gates", "supported_instructions"):
+            names = conf.get(key)
+            if isinstance(names, list):
+                conf[key] = names + [g for g in fractional if g not in names]
+        conf["basis_gates"] = sorted(conf["basis_gates"])  # IBM lists them sorted
+    return conf
+
+
+#: IBM's fractional gates: rotations with a continuous angle and a non-zero duration.
+_FRACTIONAL_GATES = ("rx", "rzz")
+
+
+@cache
+def _fractional_gates(source: str) -> tuple[str, ...]:
+    """The fractional gates ``props_<source>.json`` calibrates, in ``_FRACTIONAL_GATES`` order."""
+    props = json.loads(_raw_json(str(_props_path(source))))
+    calibrated = {g.get("gate") for g in props.get("gates") or ()}
+    return tuple(g for g in _FRACTIONAL_GATES if g in calibrated)
 
 
 def device_properties(source: str) -> dict[str, Any]:
@@ -339,9 +368,18 @@ def mock_twins(devices: list[Device]) -> list[Device]:
 def _fake_backend(source: str) -> FakeBackendV2:
     """A fake backend over one snapshot, built without importing every fake backend class."""
     from qiskit_ibm_runtime.fake_provider.fake_backend import FakeBackendV2
+    from qiskit_ibm_runtime.utils.backend_decoder import decode_backend_configuration
 
     if source not in _sources():
         raise _unknown(source)
+
+    def served_configuration(self: FakeBackendV2) -> dict[str, Any]:
+        # The configuration the emulator serves (with its fractional gates), not the file's.
+        conf = device_configuration(source)
+        decode_backend_configuration(conf)
+        conf["backend_name"] = self.backend_name
+        return conf
+
     cls = type(
         f"EmulatedFake_{source}",
         (FakeBackendV2,),
@@ -350,6 +388,7 @@ def _fake_backend(source: str) -> FakeBackendV2:
             "conf_filename": f"conf_{source}.json",
             "props_filename": f"props_{source}.json",
             "backend_name": f"fake_{source}",
+            "_get_conf_dict_from_json": served_configuration,
         },
     )
     return cls()
@@ -360,7 +399,8 @@ def device_target(source: str) -> Target:
     """The device's transpiler :class:`~qiskit.transpiler.Target`, with instruction durations.
 
     Built exactly as the fake backends build theirs (``convert_to_target`` with control flow and
-    fractional gates allowed), so it accepts every ISA circuit the device can run.
+    fractional gates allowed) from the served configuration, so it accepts every ISA circuit the
+    device can run, with or without fractional gates.
     """
     return _fake_backend(source).target
 

@@ -184,3 +184,81 @@ def test_calibration_ids(
     calibrated._calibration_id = "stale-calibration"
     with pytest.raises(IBMRuntimeError, match="stale-calibration"):
         SamplerV2(mode=calibrated).run([isa], shots=10)
+
+
+# -- Fractional gates ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["ibm_fez", "ibm_torino"])
+def test_heron_devices_offer_fractional_gates(official: Any, name: str) -> None:
+    from qiskit_ibm_runtime.utils.utils import is_fractional_gate
+
+    with_fg = official.backend(name, use_fractional_gates=True)
+    assert {"rx", "rzz"} <= set(with_fg.basis_gates)
+    assert {"rx", "rzz"} <= set(with_fg.configuration().supported_instructions)
+    target = with_fg.target
+    coupled = {tuple(pair) for pair in with_fg.configuration().coupling_map}
+    assert set(target["rzz"]) == coupled  # on every coupled pair, as cz
+    assert len(target["rx"]) == with_fg.num_qubits
+    assert target["rzz"][next(iter(coupled))].duration > 0  # calibrated: a real duration
+
+    # Without use_fractional_gates the client filters them out, as on IBM.
+    plain = official.backend(name)
+    assert not {"rx", "rzz"} & set(plain.basis_gates)
+    assert not {"rx", "rzz"} & set(plain.target.operation_names)
+    gates = [op for op in plain.target.operations if not isinstance(op, type)]  # not control flow
+    assert not any(is_fractional_gate(op) for op in gates)
+    # (Its properties keep the rx/rzz entries: properties_from_server_data filters gates by
+    # their "name", e.g. "rzz72_73", not by "gate", so on IBM too they stay.)
+
+
+def test_falcon_has_no_fractional_gates(official: Any) -> None:
+    from qiskit_ibm_runtime.exceptions import IBMInputValueError
+
+    with pytest.raises(IBMInputValueError, match="does not support fractional gates"):
+        official.backend("ibm_manila", use_fractional_gates=True)
+
+
+def test_circuits_with_fractional_gates_run(official: Any) -> None:
+    from emulator.backends import device_target
+    from emulator.timing import circuit_duration_s
+
+    fez = official.backend("ibm_fez", use_fractional_gates=True)
+    qc = QuantumCircuit(2)
+    qc.rx(0.8, 0)
+    qc.rx(0.4, 1)
+    qc.rzz(0.6, 0, 1)
+    qc.rx(0.5, 0)
+    isa = generate_preset_pass_manager(
+        optimization_level=1, target=fez.target, seed_transpiler=3
+    ).run(qc)
+    assert {"rx", "rzz"} <= set(isa.count_ops())  # what the transpiler made of them
+    labels = ("ZZ", "ZI", "IZ", "XX", "YY")
+    observables = [SparsePauliOp(s).apply_layout(isa.layout) for s in labels]
+    job = EstimatorV2(mode=fez).run([(isa, observables)], precision=0.03)
+    data = job.result()[0].data  # the ISA check accepts them and Aer simulates them
+    exact = StatevectorEstimator().run([(qc, [SparsePauliOp(s) for s in labels])]).result()
+    assert np.all(np.abs(data.evs - exact[0].data.evs) <= 5 * data.stds + 1e-9)
+    # The time model has their durations: the circuit lasts its rx and rzz pulses.
+    duration = circuit_duration_s(isa, device_target("fez"))
+    (q0, q1) = (isa.layout.final_index_layout()[k] for k in (0, 1))
+    rzz_s = fez.target["rzz"][(q0, q1)].duration
+    assert duration >= rzz_s > 0
+    assert job.metrics()["usage"]["quantum_seconds"] > 0
+
+
+def test_rzz_angles_outside_the_calibrated_range_are_refused() -> None:
+    from circuits import params_json, to_isa
+    from qiskit.primitives.containers.sampler_pub import SamplerPub
+
+    from emulator import classical
+
+    theta = Parameter("θ")
+    qc = QuantumCircuit(2)
+    qc.rzz(theta, 0, 1)
+    qc.measure_all()
+    isa = to_isa(qc)
+    ok = classical.preprocess("sampler", params_json([SamplerPub.coerce((isa, [0.5], 10))]), "fez")
+    assert ok.num_circuits == 1
+    with pytest.raises(classical.JobInputError, match=r"range \[0, pi/2\]"):
+        classical.preprocess("sampler", params_json([SamplerPub.coerce((isa, [-0.5], 10))]), "fez")
