@@ -262,3 +262,37 @@ def test_rzz_angles_outside_the_calibrated_range_are_refused() -> None:
     assert ok.num_circuits == 1
     with pytest.raises(classical.JobInputError, match=r"range \[0, pi/2\]"):
         classical.preprocess("sampler", params_json([SamplerPub.coerce((isa, [-0.5], 10))]), "fez")
+
+
+# -- Retrieved and listed jobs ------------------------------------------------------------------
+
+
+def test_retrieved_and_listed_jobs_know_their_backend(
+    official: Any, emulator: EmulatorThread
+) -> None:
+    """_decode_job builds the job's backend from the body's ``backend`` (plus ``program.id``,
+    ``created``, ``runtime``, ``session_id``, ``tags``, ``private``), on a service that has
+    loaded nothing yet, in job mode and in a session."""
+    fez = official.backend("ibm_fez")
+    isa = generate_preset_pass_manager(optimization_level=1, target=fez.target).run(bell())
+    single = SamplerV2(mode=fez).run([isa], shots=10)
+    with Session(backend=fez) as session:
+        in_session = SamplerV2(mode=session).run([isa], shots=10)
+        in_session.result()
+    single.result()
+    assert single.backend().name == "ibm_fez"  # a job created in this process
+
+    fresh = emulator.official_service()  # nothing cached: no backend loaded yet
+    for job in (single, in_session):
+        again = fresh.job(job.job_id())
+        assert again.backend().name == "ibm_fez"
+        assert again.primitive_id == "sampler" and again.creation_date is not None
+    assert fresh.job(in_session.job_id()).session_id == session.session_id
+    listed = fresh.jobs(backend_name="ibm_fez", limit=None)
+    assert {single.job_id(), in_session.job_id()} <= {j.job_id() for j in listed}
+    assert {j.backend().name for j in listed} == {"ibm_fez"}
+    with emulator.environment():  # the environment-only recipe, "experimental" in the URL
+        from qiskit_ibm_runtime import QiskitRuntimeService
+
+        assert QiskitRuntimeService().job(single.job_id()).backend().name == "ibm_fez"
+
