@@ -296,3 +296,26 @@ def test_retrieved_and_listed_jobs_know_their_backend(
 
         assert QiskitRuntimeService().job(single.job_id()).backend().name == "ibm_fez"
 
+
+# -- Private jobs -------------------------------------------------------------------------------
+
+
+def test_private_jobs_never_return_their_inputs(official: Any, manila: Any) -> None:
+    isa = generate_preset_pass_manager(optimization_level=1, target=manila.target).run(bell())
+    private = SamplerV2(mode=manila, options={"environment": {"private": True}})
+    job = private.run([isa], shots=10)
+    assert job.private and job.inputs == {}  # while it runs
+    public = SamplerV2(mode=manila).run([isa], shots=10)
+    job.result()
+    public.result()
+    assert job.inputs == {}  # and once it is done
+    again = official.job(job.job_id())
+    assert again.private and again.inputs == {}
+    assert public.inputs["pubs"][0][2] == 10  # a public job gives them back
+
+    api = official._active_api_client
+    listed = {j["id"]: j for j in api.jobs_get(limit=20, backend_name="ibm_manila")["jobs"]}
+    assert listed[job.job_id()]["private"] is True
+    assert not any("params" in j for j in listed.values())
+    assert "params" not in api.job_get(job.job_id(), exclude_params=False)
+    assert [j.private for j in official.jobs(limit=20) if j.job_id() == job.job_id()] == [True]
