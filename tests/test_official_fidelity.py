@@ -319,3 +319,47 @@ def test_private_jobs_never_return_their_inputs(official: Any, manila: Any) -> N
     assert not any("params" in j for j in listed.values())
     assert "params" not in api.job_get(job.job_id(), exclude_params=False)
     assert [j.private for j in official.jobs(limit=20) if j.job_id() == job.job_id()] == [True]
+
+
+# -- Saved accounts -----------------------------------------------------------------------------
+
+
+def test_saved_account_pointing_at_the_emulator(
+    emulator: EmulatorThread, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qiskit_ibm_runtime import QiskitRuntimeService
+    from qiskit_ibm_runtime.api.utils import default_runtime_url_resolver
+
+    env = emulator.client_env()
+    for key in ("IAM_URL", "GLOBAL_SEARCH_URL", "GLOBAL_CATALOG_URL"):
+        monkeypatch.setenv(key, env[key])
+    for key in ("QISKIT_IBM_TOKEN", "QISKIT_IBM_INSTANCE", "QISKIT_IBM_URL", "QISKIT_IBM_CHANNEL"):
+        monkeypatch.delenv(key, raising=False)
+    filename = str(tmp_path / "qiskit-ibm.json")
+    base = emulator.base_url
+    urls = {
+        "short": base + "/experimental",
+        "long": base + "/experimental/api/v1",
+        "slash": base + "/experimental/",  # the client then asks for ".../experimental//backends"
+    }
+    for name, url in urls.items():
+        QiskitRuntimeService.save_account(
+            channel="ibm_quantum_platform",
+            token=emulator.api_key,
+            instance=emulator.instance,
+            url=url,
+            filename=filename,
+            name=name,
+        )
+    for name in urls:
+        service = QiskitRuntimeService(filename=filename, name=name)
+        assert {"ibm_fez", "ibm_manila"} <= {b.name for b in service.backends()}, name
+    manila = service.backend("ibm_manila")
+    isa = generate_preset_pass_manager(optimization_level=1, target=manila.target).run(bell())
+    assert SamplerV2(mode=manila).run([isa], shots=10).result()[0].data.meas.num_shots == 10
+
+    # Why the URL needs "experimental": any other is rebuilt from the CRN's region, dropping the
+    # port and path, so the client never reaches the emulator (and lists no backends).
+    assert (
+        default_runtime_url_resolver(base, emulator.instance) == "http://quantum.127.0.0.1/api/v1"
+    )
