@@ -363,3 +363,47 @@ def test_saved_account_pointing_at_the_emulator(
     assert (
         default_runtime_url_resolver(base, emulator.instance) == "http://quantum.127.0.0.1/api/v1"
     )
+
+
+# -- Durations: usage is modelled, spans are wall time ------------------------------------------
+
+
+def _span_s(job: Any) -> float:
+    (span,) = job.result().metadata["execution"]["execution_spans"]
+    return float((span.stop - span.start).total_seconds())
+
+
+def test_usage_is_the_model_and_spans_follow_the_clock(
+    official: Any, manila: Any, make_emulator: Any
+) -> None:
+    """README 'Durations: one clock': usage is the same modelled figure under every clock; the
+    execution span is the wall time the QPU was held, at least K x usage under scaled:K."""
+    from emulator.backends import device_target
+    from emulator.timing import TimingParams, circuit_duration_s, quantum_seconds
+
+    isa = generate_preset_pass_manager(
+        optimization_level=1, target=manila.target, seed_transpiler=2
+    ).run(bell())
+    model = quantum_seconds(
+        [(circuit_duration_s(isa, device_target("manila")), 100)],
+        rep_delay_s=250e-6,
+        params=TimingParams(),
+        subjobs=1,
+    )
+
+    instant = SamplerV2(mode=manila).run([isa], shots=100)
+    span = _span_s(instant)  # waits for the result: usage() is 0 until the job is final
+    assert instant.usage() == pytest.approx(model, rel=1e-9)
+    assert instant.metrics()["emulator"]["emulator_lag_s"] == 0.0  # nothing to overrun
+    assert span >= 0.0  # Aer's wall time, however long: no relation to the usage
+
+    scale = 0.01
+    emu = make_emulator(backends="ibm_manila", clock=f"scaled:{scale}")
+    scaled_backend = emu.official_service().backend("ibm_manila")
+    scaled = SamplerV2(mode=scaled_backend).run([isa], shots=100)
+    span = _span_s(scaled)
+    assert scaled.usage() == pytest.approx(model, rel=1e-9)  # the same model figure
+    lag = scaled.metrics()["emulator"]["emulator_lag_s"]
+    # held until K x usage had passed (or longer, when Aer was slower: the lag)
+    assert span >= scale * scaled.usage() - 1e-3
+    assert lag >= 0.0
