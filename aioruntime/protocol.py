@@ -70,9 +70,11 @@ SEARCH: Final = "/v3/resources/search"
 CATALOG_PREFIX: Final = "/catalog"
 CATALOG_ENTRY: Final = CATALOG_PREFIX + "/{plan_id}"
 
-#: Where the emulator serves the Runtime API. The second prefix contains ``experimental`` so the
-#: official client uses the URL verbatim with no ``url_resolver`` (spec 1.2, recipe B).
-RUNTIME_PREFIXES: Final = ("/api/v1", "/experimental/api/v1")
+#: Where the emulator serves the Runtime API. The second and third prefixes contain
+#: ``experimental``, so the official client uses the URL verbatim with no ``url_resolver``
+#: (spec 1.2, recipe B); the third lets a saved account's ``url`` be just
+#: ``<server>/experimental`` (``url_resolver`` is not saved, so saved accounts need one of them).
+RUNTIME_PREFIXES: Final = ("/api/v1", "/experimental/api/v1", "/experimental")
 
 BACKENDS: Final = "/backends"
 BACKEND_CONFIGURATION: Final = "/backends/{name}/configuration"

@@ -183,7 +183,13 @@ def create_app(config: Config) -> web.Application:
     devices = resolve_devices(config.backends or DEFAULT_BACKENDS)
     devices += mock_twins(devices)  # dry_run=True targets: ibm_fez → mock_fez
     # cast: @web.middleware returns a plain Callable, aiohttp's Middleware protocol names params
-    middlewares = [cast(Middleware, error_middleware)]
+    middlewares = [
+        cast(Middleware, error_middleware),
+        # A runtime URL saved with a trailing slash makes the official client ask for
+        # "…/experimental//backends": redirect to the merged path instead of a 404, which the
+        # client would swallow into an empty backends() list.
+        web.normalize_path_middleware(append_slash=False, merge_slashes=True),
+    ]
     if config.record_requests:
         middlewares.append(cast(Middleware, record_middleware))
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)

@@ -3,7 +3,8 @@
 Every device comes from a snapshot shipped with qiskit-ibm-runtime,
 ``qiskit_ibm_runtime/fake_provider/backends/<source>/{conf,props}_<source>.json``. Those files are
 the exact server format (spec 2.3 E/F), so the emulator serves them as they are, with only
-``backend_name`` renamed to the served name.
+``backend_name`` renamed to the served name and, on devices whose properties calibrate them,
+IBM's fractional gates (``rx``, ``rzz``) listed in the configuration (:func:`device_configuration`).
 
 Names. Every snapshot directory ``<source>`` is served by default as ``ibm_<source>``. Input
 spellings ``ibm_<source>``, ``ibmq_<source>``, ``fake_<source>``, ``alt_<source>`` and the bare
@@ -18,6 +19,7 @@ The devices' targets and Aer noise models (what only the worker processes need) 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import re
@@ -32,6 +34,7 @@ __all__ = [
     "Device",
     "DeviceLimits",
     "available_devices",
+    "device_calibration_id",
     "device_configuration",
     "device_for_name",
     "device_limits",
@@ -78,6 +81,8 @@ class Device:
     ``online_date``."""
     properties: dict[str, Any]
     """``props_<source>.json`` with ``backend_name`` = ``name``."""
+    calibration_id: str
+    """The device's current (and only) calibration: :func:`device_calibration_id`."""
     mock: bool = False
     """A mock twin (``mock_fez`` of ``ibm_fez``): IBM's target of dry runs, listed only with
     ``include_mocks`` and marked ``"class": "mock"``. Its jobs never reach a QPU."""
@@ -159,13 +164,50 @@ def _raw_json(path: str) -> str:
 
 
 def device_configuration(source: str) -> dict[str, Any]:
-    """A fresh copy of ``conf_<source>.json`` as shipped (``backend_name`` not renamed)."""
-    return json.loads(_raw_json(str(_conf_path(source))))  # type: ignore[no-any-return]
+    """A fresh copy of ``conf_<source>.json`` as served (``backend_name`` not renamed): as
+    shipped, plus the fractional gates of a device whose properties calibrate them."""
+    conf: dict[str, Any] = json.loads(_raw_json(str(_conf_path(source))))
+    fractional = _fractional_gates(source)
+    if fractional:
+        # IBM's Heron configurations list rx and rzz among the basis gates and supported
+        # instructions (as qiskit-ibm-runtime's conf_fractional.json does, with no gates[]
+        # entry: their qubits come from the properties). The snapshots shipped for fez, torino
+        # and the other Herons keep the rx/rzz calibrations in props_*.json but dropped them
+        # from conf_*.json, which made service.backend(..., use_fractional_gates=True) refuse
+        # them. The official client filters both lists (and the properties) when
+        # use_fractional_gates is False, so the default view is unchanged.
+        for key in ("basis_gates", "supported_instructions"):
+            names = conf.get(key)
+            if isinstance(names, list):
+                conf[key] = names + [g for g in fractional if g not in names]
+        conf["basis_gates"] = sorted(conf["basis_gates"])  # IBM lists them sorted
+    return conf
+
+
+#: IBM's fractional gates: rotations with a continuous angle and a non-zero duration.
+_FRACTIONAL_GATES = ("rx", "rzz")
+
+
+@cache
+def _fractional_gates(source: str) -> tuple[str, ...]:
+    """The fractional gates ``props_<source>.json`` calibrates, in ``_FRACTIONAL_GATES`` order."""
+    props = json.loads(_raw_json(str(_props_path(source))))
+    calibrated = {g.get("gate") for g in props.get("gates") or ()}
+    return tuple(g for g in _FRACTIONAL_GATES if g in calibrated)
 
 
 def device_properties(source: str) -> dict[str, Any]:
     """A fresh copy of ``props_<source>.json`` as shipped."""
     return json.loads(_raw_json(str(_props_path(source))))  # type: ignore[no-any-return]
+
+
+def device_calibration_id(source: str) -> str:
+    """The calibration id of the snapshot ``source``: a digest of its properties file, so it is
+    the same at every start (and for every alias of the snapshot) and changes only with the
+    calibration data. What ``service.backend(name, calibration_id=...)`` and a job's
+    ``calibration_id`` refer to; each served device has this one calibration."""
+    digest = hashlib.sha256(_raw_json(str(_props_path(source))).encode()).hexdigest()
+    return digest[:24]
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +260,7 @@ def device_for_name(name: str, source_name: str | None = None) -> Device:
         num_qubits=int(conf["n_qubits"]),
         configuration=conf,
         properties=props,
+        calibration_id=device_calibration_id(source),
     )
 
 
@@ -291,6 +334,7 @@ def mock_twin(device: Device) -> Device:
         num_qubits=device.num_qubits,
         configuration=conf,
         properties=props,
+        calibration_id=device.calibration_id,
         mock=True,
     )
 

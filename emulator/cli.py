@@ -44,6 +44,15 @@ or with the environment only (then QiskitRuntimeService() needs no arguments):
     export QISKIT_IBM_URL={base_url}{p.RUNTIME_PREFIXES[1]}
     export IAM_URL={base_url} GLOBAL_SEARCH_URL={base_url}
     export GLOBAL_CATALOG_URL={base_url}{p.CATALOG_PREFIX}
+
+or as a saved account (its url must contain "experimental"; IAM_URL, GLOBAL_SEARCH_URL and
+GLOBAL_CATALOG_URL as above), then QiskitRuntimeService(name="emulator"):
+
+    QiskitRuntimeService.save_account(
+        channel="ibm_quantum_platform", token="{key}",
+        instance="{crn}",
+        url="{base_url}{p.RUNTIME_PREFIXES[2]}", name="emulator", overwrite=True,
+    )
 """
 
 

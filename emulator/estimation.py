@@ -285,7 +285,10 @@ def estimator_pub_result(plan: EstimatorPubPlan, datas: Sequence[DataBin]) -> Pu
     obs_index = np.broadcast_to(np.arange(num_obs).reshape(plan.obs_shape), plan.shape)
     par_index = np.broadcast_to(np.arange(param_size).reshape(plan.param_shape), plan.shape)
     evs = np.asarray(evs_table[par_index, obs_index], dtype=np.float64)
-    stds = np.sqrt(np.asarray(var_table[par_index, obs_index], dtype=np.float64))
+    # np.sqrt of a 0-d array is a NumPy scalar, which RuntimeEncoder sends as a plain float: a
+    # 0-d PUB (one observable, no parameter sets) must still give 0-d arrays, as qiskit's
+    # StatevectorEstimator and IBM's service do (``stds.shape == ()``).
+    stds = np.asarray(np.sqrt(var_table[par_index, obs_index]), dtype=np.float64)
     data = DataBin(evs=evs, stds=stds, ensemble_standard_error=stds.copy(), shape=plan.shape)
     metadata = {
         "target_precision": float(plan.precision),

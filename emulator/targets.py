@@ -29,12 +29,21 @@ __all__ = [
 def _fake_backend(source: str) -> FakeBackendV2:
     """A fake backend over one snapshot, built without importing every fake backend class."""
     from qiskit_ibm_runtime.fake_provider.fake_backend import FakeBackendV2
+    from qiskit_ibm_runtime.utils.backend_decoder import decode_backend_configuration
 
     # Imported here: emulator.backends re-exports this module's names at its end.
-    from .backends import _snapshot_dir, _sources, _unknown
+    from .backends import _snapshot_dir, _sources, _unknown, device_configuration
 
     if source not in _sources():
         raise _unknown(source)
+
+    def served_configuration(self: FakeBackendV2) -> dict[str, Any]:
+        # The configuration the emulator serves (with its fractional gates), not the file's.
+        conf = device_configuration(source)
+        decode_backend_configuration(conf)
+        conf["backend_name"] = self.backend_name
+        return conf
+
     cls = type(
         f"EmulatedFake_{source}",
         (FakeBackendV2,),
@@ -43,6 +52,7 @@ def _fake_backend(source: str) -> FakeBackendV2:
             "conf_filename": f"conf_{source}.json",
             "props_filename": f"props_{source}.json",
             "backend_name": f"fake_{source}",
+            "_get_conf_dict_from_json": served_configuration,
         },
     )
     return cls()
@@ -53,7 +63,8 @@ def device_target(source: str) -> Target:
     """The device's transpiler :class:`~qiskit.transpiler.Target`, with instruction durations.
 
     Built exactly as the fake backends build theirs (``convert_to_target`` with control flow and
-    fractional gates allowed), so it accepts every ISA circuit the device can run.
+    fractional gates allowed) from the served configuration, so it accepts every ISA circuit the
+    device can run, with or without fractional gates.
     """
     return _fake_backend(source).target
 

@@ -376,9 +376,11 @@ def _sampler_pub(i: int, raw: Any, default_shots: int | None, cap: int) -> Sampl
         shots = default_shots or DEFAULT_SHOTS
     shots = _check_shots(f"pubs[{i}]", shots, cap)
     try:
-        return SamplerPub.coerce((circuit, values, shots))
+        pub = SamplerPub.coerce((circuit, values, shots))
     except (ValueError, TypeError) as exc:
         raise JobInputError(ErrorCode.VALIDATION, f"pubs[{i}]: {exc}") from None
+    _check_rzz_angles(i, pub)
+    return pub
 
 
 def _estimator_pub(i: int, raw: Any, opts: dict[str, Any], cap: int) -> tuple[Any, int, float]:
@@ -403,7 +405,18 @@ def _estimator_pub(i: int, raw: Any, opts: dict[str, Any], cap: int) -> tuple[An
         pub = EstimatorPub.coerce((circuit, observables, values, precision))
     except (ValueError, TypeError, KeyError) as exc:
         raise JobInputError(ErrorCode.VALIDATION, f"pubs[{i}]: {exc}") from None
+    _check_rzz_angles(i, pub)
     return pub, shots, precision
+
+
+def _check_rzz_angles(i: int, pub: Any) -> None:
+    """IBM calibrates the fractional ``rzz`` gate for angles in [0, π/2] only, bound parameter
+    values included; the official client checks this before sending, so the same check (its
+    own function) refuses what other clients send."""
+    from qiskit_ibm_runtime.utils.utils import is_valid_rzz_pub
+
+    if message := is_valid_rzz_pub(pub):
+        raise JobInputError(ErrorCode.VALIDATION, f"pubs[{i}]: {message}")
 
 
 # ---------------------------------------------------------------------------------------------

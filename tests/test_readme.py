@@ -44,3 +44,14 @@ def test_official_client_recipe_runs(emulator: EmulatorThread) -> None:
     recipe = python_blocks("### Pointing the official client at it")[0]
     namespace_check = recipe + "\nprint(sorted(b.name for b in service.backends()))\n"
     assert "ibm_fez" in run_block(namespace_check, emulator)
+
+
+def test_saved_account_recipe_runs(emulator: EmulatorThread, tmp_path: Path) -> None:
+    (recipe,) = [b for b in python_blocks("### Pointing the official client at it") if "save_" in b]
+    # Saved to a file of the test's own, never to the user's ~/.qiskit.
+    filename = tmp_path / "qiskit-ibm.json"
+    assert recipe.count('name="emulator"') == 2
+    code = recipe.replace('name="emulator"', f'filename={str(filename)!r}, name="emulator"')
+    code += "\nprint(sorted(b.name for b in service.backends()))\n"
+    assert "ibm_fez" in run_block(code, emulator)
+    assert "/experimental" in filename.read_text()

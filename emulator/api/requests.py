@@ -194,6 +194,8 @@ class JobSubmission:
     log_level: str
     runtime: str
     idempotency_key: str | None
+    #: The device calibration the job asked for (``service.backend(..., calibration_id=...)``).
+    calibration_id: str | None = None
 
 
 async def job_submission(request: web.Request, backends: Collection[str]) -> JobSubmission:
@@ -226,6 +228,7 @@ async def job_submission(request: web.Request, backends: Collection[str]) -> Job
         log_level=field(body, "log_level", str) or "WARNING",
         runtime=field(body, "runtime", str) or "",
         idempotency_key=request.headers.get(p.HEADER_IDEMPOTENCY_KEY),
+        calibration_id=field(body, "calibration_id", str),
     )
 
 

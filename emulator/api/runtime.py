@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -62,6 +63,24 @@ def _device(request: web.Request) -> Device:
     return device
 
 
+def _check_calibration(device: Device, calibration_id: str | None, *, status: int = 404) -> None:
+    """Each device has one calibration (``Device.calibration_id``); any other id is unknown.
+    The message names the id: the official client logs it when ``backend()`` fails."""
+    if calibration_id is not None and calibration_id != device.calibration_id:
+        raise Refused(
+            status,
+            ErrorCode.NOT_FOUND if status == 404 else ErrorCode.VALIDATION,
+            f"Calibration {calibration_id!r} not found for backend {device.name}.",
+        )
+
+
+def _calibration_of(request: web.Request, backend: str) -> str | None:
+    """The calibration a job on ``backend`` ran with: the device's one calibration (None for a
+    device the emulator no longer serves)."""
+    device = request.config_dict[DEVICES].get(backend)
+    return device.calibration_id if device is not None else None
+
+
 def _job(request: web.Request) -> JobRecord:
     job_id = request.match_info["job_id"]
     rec = request.config_dict[STORE].job(job_id)
@@ -86,11 +105,15 @@ async def list_backends(request: web.Request) -> web.Response:
 
 
 async def backend_configuration(request: web.Request) -> web.Response:
-    return _json(_device(request).configuration)
+    device = _device(request)
+    _check_calibration(device, request.query.get("calibration_id"))
+    return _json(device.configuration)
 
 
 async def backend_properties(request: web.Request) -> web.Response:
-    return _json(_device(request).properties)
+    device = _device(request)
+    _check_calibration(device, request.query.get("calibration_id"))
+    return _json(device.properties)
 
 
 async def backend_status(request: web.Request) -> web.Response:
@@ -133,6 +156,9 @@ async def instance_usage(request: web.Request) -> web.Response:
 async def submit_job(request: web.Request) -> web.Response:
     devices: dict[str, Device] = request.config_dict[DEVICES]
     job = await requests.job_submission(request, devices)
+    device = devices[job.backend]
+    # 400, not 404: the official client reads a 404 here as "program not found".
+    _check_calibration(device, job.calibration_id, status=400)
     rec = await request.config_dict[SCHEDULER].submit(
         instance=_caller(request).instance,
         backend=job.backend,
@@ -146,7 +172,11 @@ async def submit_job(request: web.Request) -> web.Response:
         runtime=job.runtime,
         idempotency_key=job.idempotency_key,
     )
-    answer: dict[str, Any] = {"id": rec.id, "backend": rec.backend}
+    answer: dict[str, Any] = {
+        "id": rec.id,
+        "backend": rec.backend,
+        "calibration_id": device.calibration_id,
+    }
     if rec.session_id:
         answer["session_id"] = rec.session_id
     if rec.private:
@@ -161,10 +191,16 @@ async def get_job(request: web.Request) -> web.Response:
     if not requests.exclude_params(request) and not rec.private:
         params = await request.config_dict[STORE].params(rec.id)
     estimate = await request.config_dict[SCHEDULER].estimate(rec)
+    encode = functools.partial(
+        views.job_json_text,
+        rec,
+        params,
+        estimate=estimate,
+        calibration_id=_calibration_of(request, rec.backend),
+    )
     if params is not None and len(params) >= _THREADED_CHARS:
-        text = await asyncio.to_thread(views.job_json_text, rec, params, estimate=estimate)
-        return await _text(text)
-    return await _text(views.job_json_text(rec, params, estimate=estimate))
+        return await _text(await asyncio.to_thread(encode))
+    return await _text(encode())
 
 
 async def job_results(request: web.Request) -> web.Response:
@@ -224,7 +260,9 @@ async def list_jobs(request: web.Request) -> web.Response:
         matched.reverse()
     page = matched[flt.offset : flt.offset + flt.limit]
     body = {
-        "jobs": [views.job_body(r) for r in page],
+        "jobs": [
+            views.job_body(r, calibration_id=_calibration_of(request, r.backend)) for r in page
+        ],
         "count": len(matched),
         "limit": flt.limit,
         "offset": flt.offset,
@@ -301,7 +339,8 @@ async def wait_job(request: web.Request) -> web.Response:
     final = store.job(rec.id)
     if final is None:
         raise Refused(404, ErrorCode.NOT_FOUND, f"Job {rec.id} not found.")
-    return web.Response(text=views.job_json_text(final), content_type="application/json")
+    text = views.job_json_text(final, calibration_id=_calibration_of(request, final.backend))
+    return web.Response(text=text, content_type="application/json")
 
 
 async def statistics(request: web.Request) -> web.Response:

@@ -16,7 +16,9 @@ from ..store import JobRecord, SessionRecord
 __all__ = ["device_summary", "job_body", "job_json_text", "metrics_body", "session_body"]
 
 
-def job_body(rec: JobRecord, *, estimate: float | None = None) -> dict[str, Any]:
+def job_body(
+    rec: JobRecord, *, estimate: float | None = None, calibration_id: str | None = None
+) -> dict[str, Any]:
     state: dict[str, Any] = {"status": rec.state}
     if rec.reason:
         state["reason"] = rec.reason
@@ -42,14 +44,21 @@ def job_body(rec: JobRecord, *, estimate: float | None = None) -> dict[str, Any]
         body["estimated_running_time_seconds"] = estimated
     if rec.usage_seconds is not None:
         body["usage"] = {"seconds": rec.usage_seconds, "quantum_seconds": rec.usage_seconds}
+    if calibration_id is not None:
+        # IBM's job body names the calibration the job used (``JobResponse.calibration_id``).
+        body["calibration_id"] = calibration_id
     return body
 
 
 def job_json_text(
-    rec: JobRecord, params_json: str | None = None, *, estimate: float | None = None
+    rec: JobRecord,
+    params_json: str | None = None,
+    *,
+    estimate: float | None = None,
+    calibration_id: str | None = None,
 ) -> str:
     """The job as JSON text; ``params_json`` (stored as sent) is spliced in, not re-encoded."""
-    text = json.dumps(job_body(rec, estimate=estimate))
+    text = json.dumps(job_body(rec, estimate=estimate, calibration_id=calibration_id))
     if params_json is None:
         return text
     return text[:-1] + ', "params": ' + params_json + "}"
