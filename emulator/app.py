@@ -3,7 +3,8 @@
 ``create_app(config)`` returns an aiohttp application. Its cleanup context opens the SQLite
 store, starts the scheduler (which re-queues unfinished jobs) and warms the worker processes;
 on shutdown it cancels the pipelines and closes the store, in reverse order, also when start-up
-fails halfway.
+fails halfway. The Prometheus metrics (``GET /metrics``) subscribe to the scheduler's events
+here, before it starts.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from .api.keys import (
     CLOCK,
     CONFIG,
     DEVICES,
+    EVENTS,
     FAULTS,
+    METRICS,
     REQUEST_LOG,
     SCHEDULER,
     STORE,
@@ -40,7 +43,9 @@ from .classical import JobInputError
 from .clock import make_clock
 from .config import Config
 from .errors import Refused
+from .events import Events
 from .faults import Faults
+from .metrics import EmulatorMetrics
 from .scheduler import Scheduler
 from .store import Store
 
@@ -154,8 +159,9 @@ async def health(request: web.Request) -> web.Response:
 def create_app(config: Config) -> web.Application:
     """Build the emulator application for ``config`` (not started)."""
     devices = resolve_devices(config.backends or DEFAULT_BACKENDS)
+    metrics = EmulatorMetrics()
     # cast: @web.middleware returns a plain Callable, aiohttp's Middleware protocol names params
-    middlewares = [cast(Middleware, error_middleware)]
+    middlewares = [cast(Middleware, metrics.middleware), cast(Middleware, error_middleware)]
     if config.record_requests:
         middlewares.append(cast(Middleware, record_middleware))
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
@@ -164,7 +170,11 @@ def create_app(config: Config) -> web.Application:
     app[CLOCK] = make_clock(config.clock)
     app[REQUEST_LOG] = []
     app[FAULTS] = Faults()
+    app[EVENTS] = events = Events()
+    app[METRICS] = metrics
+    events.subscribe(metrics.on_event)
     app.router.add_get(p.HEALTH, health)
+    app.router.add_get("/metrics", metrics.handler)
     app.add_routes(cloud.routes())
     for prefix in p.RUNTIME_PREFIXES:
         app.add_subapp(prefix, _runtime_app(app[FAULTS]))
@@ -195,7 +205,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             clock=clock,
             devices=list(app[DEVICES].values()),
             faults=app[FAULTS],
+            events=app[EVENTS],
         )
+        app[METRICS].attach(scheduler)
+        stack.callback(app[METRICS].attach, None)
         await stack.enter_async_context(scheduler)
         await scheduler.warm()
         app[STORE] = store
