@@ -3,8 +3,8 @@
 ``create_app(config)`` returns an aiohttp application. Its cleanup context opens the SQLite
 store, starts the scheduler (which re-queues unfinished jobs) and warms the worker processes;
 on shutdown it cancels the pipelines and closes the store, in reverse order, also when start-up
-fails halfway. The Prometheus metrics (``GET /metrics``) subscribe to the scheduler's events
-here, before it starts.
+fails halfway. The observers of the scheduler — the dashboard (``GET /``) and the Prometheus
+metrics (``GET /metrics``) — subscribe to its events here, before it starts.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from .api.keys import (
     CALLER,
     CLOCK,
     CONFIG,
+    DASHBOARD,
     DEVICES,
     EVENTS,
     FAULTS,
@@ -42,6 +43,8 @@ from .backends import DEFAULT_BACKENDS, Device, resolve_devices
 from .classical import JobInputError
 from .clock import make_clock
 from .config import Config
+from .dashboard import web as dashboard_web
+from .dashboard.model import DashboardModel
 from .errors import Refused
 from .events import Events
 from .faults import Faults
@@ -172,9 +175,13 @@ def create_app(config: Config) -> web.Application:
     app[FAULTS] = Faults()
     app[EVENTS] = events = Events()
     app[METRICS] = metrics
+    app[DASHBOARD] = dashboard = DashboardModel()
     events.subscribe(metrics.on_event)
+    events.subscribe(dashboard.on_event)
+    app.on_shutdown.append(_close_streams)  # before the runner waits for open handlers
     app.router.add_get(p.HEALTH, health)
     app.router.add_get("/metrics", metrics.handler)
+    dashboard_web.add_routes(app)
     app.add_routes(cloud.routes())
     for prefix in p.RUNTIME_PREFIXES:
         app.add_subapp(prefix, _runtime_app(app[FAULTS]))
@@ -207,8 +214,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             faults=app[FAULTS],
             events=app[EVENTS],
         )
+        app[DASHBOARD].attach(scheduler)
         app[METRICS].attach(scheduler)
         stack.callback(app[METRICS].attach, None)
+        stack.callback(app[DASHBOARD].detach)
         await stack.enter_async_context(scheduler)
         await scheduler.warm()
         app[STORE] = store
@@ -221,6 +230,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             config.lanes,
         )
         yield
+
+
+async def _close_streams(app: web.Application) -> None:
+    app[DASHBOARD].close()
 
 
 def runtime_url(base_url: str, *, experimental: bool = False) -> str:
