@@ -62,6 +62,28 @@ def test_frames_carry_the_live_state_and_the_timeline_spans(emu: EmulatorThread)
     assert all(s[0] > last for s in again["spans"])
 
 
+def test_a_job_cancelled_in_its_lane_frees_it_and_ends_its_span(emu: EmulatorThread) -> None:
+    emu.call(lambda: emu.scheduler.pause(BACKEND, lanes=False, qpu=True))
+    job = submit(emu)
+    emu.until(lambda s: s.statistics().backend(BACKEND).qpu_ready == 1)
+    frames = sse_frames(emu.base_url + "/dashboard/events")
+    waiting = until_frame(frames, lambda state: bool(state["backends"][0]["lanes"]))
+    (in_lane,) = waiting["state"]["backends"][0]["lanes"]
+    assert (in_lane["job"], in_lane["stage"]) == (job.id, "wait")
+    emu.run(lambda: emu.scheduler.cancel(job))
+    spans: list[list[Any]] = []
+    for frame in frames:
+        spans += frame["spans"]
+        state = frame["state"]
+        mine = [j for j in state["jobs"] if j["id"] == job.id]
+        if mine and mine[0]["state"] == "Cancelled" and not state["backends"][0]["lanes"]:
+            break
+    frames.close()
+    emu.call(lambda: emu.scheduler.resume(BACKEND))
+    # the wait for the QPU ended when the lane was given back; it never reached the QPU
+    assert [s[3] for s in spans if s[6] == job.id] == ["wait"]
+
+
 def test_a_viewer_that_never_reads_does_not_hold_up_the_scheduler(emu: EmulatorThread) -> None:
     with socket.create_connection(("127.0.0.1", emu.port)) as stalled:
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

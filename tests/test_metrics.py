@@ -51,9 +51,10 @@ def test_a_finished_job_is_counted_with_its_stages_and_quantum_seconds(
     assert rec is not None and rec.usage_seconds
     text, after = scrape(emu)
     done = {"backend": BACKEND, "program": "sampler", "state": "Completed"}
-    assert value(after, "aioruntime_jobs_total", **done) == value(
-        before, "aioruntime_jobs_total", **done
-    ) + 1
+    assert (
+        value(after, "aioruntime_jobs_total", **done)
+        == value(before, "aioruntime_jobs_total", **done) + 1
+    )
     for stage in ("pre", "qpu_wait", "qpu", "post"):
         labels = {"backend": BACKEND, "stage": stage}
         count = "aioruntime_job_stage_seconds_count"

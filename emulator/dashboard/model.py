@@ -19,6 +19,7 @@ reading the scheduler's authoritative figures (queue, QPU owner, TTL clocks) at 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections import OrderedDict, deque
@@ -37,8 +38,10 @@ if TYPE_CHECKING:
 
 __all__ = ["JOBS_SHOWN", "SESSIONS_SHOWN", "SPAN_HISTORY", "DashboardModel"]
 
-#: Finished spans kept for viewers that connect or fall behind (about the last 1,000 jobs).
+#: Finished spans kept for viewers that connect or fall behind (about the last 1,000 jobs),
+#: and the oldest a new viewer is sent (the page's widest window is two minutes).
 SPAN_HISTORY = 4000
+SPAN_MAX_AGE_S = 130.0
 #: Rows of the jobs table, and sessions listed (open ones first, then recently closed).
 JOBS_SHOWN = 100
 SESSIONS_SHOWN = 40
@@ -236,7 +239,8 @@ class DashboardModel:
             return [], self._span_seq
         first = self._spans[0][0]
         start = max(0, cursor + 1 - first)
-        out = [list(s) for s in list(self._spans)[start:]]
+        oldest = time.time() - SPAN_MAX_AGE_S
+        out = [list(s) for s in itertools.islice(self._spans, start, None) if s[5] >= oldest]
         return out, self._span_seq
 
     def snapshot_json(self) -> str:

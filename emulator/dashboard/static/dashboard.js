@@ -23,6 +23,11 @@
   const spans = new Map(); // backend -> [row, kind, start, end, job, mode]
   const reserved = new Map(); // backend -> [{owner, mode, start, end}]
   const cards = new Map(); // backend -> {root, parts...}
+  // Canvas widths, kept as they change: reading clientWidth while drawing would force a layout.
+  const widths = new WeakMap();
+  const resized = new ResizeObserver((entries) => {
+    for (const entry of entries) widths.set(entry.target, entry.contentRect.width);
+  });
 
   const $ = (sel, root = document) => root.querySelector(sel);
   const serverNow = () => Date.now() / 1000 + offset;
@@ -52,9 +57,20 @@
     pill.textContent = text;
   }
 
+  // What the page costs the browser, for the curious (and the load check): milliseconds spent
+  // handling frames and drawing timelines, in total and at most.
+  const stats = (window.dashboardStats = { frame: [0, 0, 0], draw: [0, 0, 0] });
+  function note(what, ms) {
+    const s = stats[what];
+    s[0] += 1;
+    s[1] += ms;
+    s[2] = Math.max(s[2], ms);
+  }
+
   let frames = 0;
   function onFrame(frame) {
     document.documentElement.dataset.frames = String(++frames); // for tests and the curious
+    const started = performance.now();
     offset = frame.state.now - Date.now() / 1000;
     const cutoff = frame.state.now - KEEP_S;
     for (const [, backend, row, kind, start, end, job, mode] of frame.spans) {
@@ -69,6 +85,7 @@
     trackReservations(frame.state);
     state = frame.state;
     render();
+    note("frame", performance.now() - started);
   }
 
   // A session or batch that owns the QPU holds it between its jobs (its interactive TTL): the
@@ -118,6 +135,7 @@
       canvas: $("canvas", root),
     };
     cards.set(b.name, parts);
+    resized.observe(parts.canvas);
     return parts;
   }
 
@@ -221,7 +239,9 @@
   function animate(ms) {
     if (state && ms - lastDraw > 50) {
       lastDraw = ms;
+      const started = performance.now();
       for (const b of state.backends) drawTimeline(b);
+      note("draw", performance.now() - started);
     }
     requestAnimationFrame(animate);
   }
@@ -233,7 +253,7 @@
     const rowH = 18;
     const axisH = 16;
     const dpr = window.devicePixelRatio || 1;
-    const width = canvas.clientWidth;
+    const width = widths.get(canvas) ?? canvas.clientWidth;
     const height = (rows + 1) * rowH + axisH;
     if (canvas.width !== Math.round(width * dpr) || canvas.height !== Math.round(height * dpr)) {
       canvas.width = Math.round(width * dpr);
@@ -264,33 +284,36 @@
       ctx.fillStyle = hatch(ctx, COLOURS[band.mode] ?? "#999");
       ctx.fillRect(x(Math.max(band.start, t0)), y(-1) + 1, x(end) - x(Math.max(band.start, t0)), rowH - 2);
     }
-    const draw = (row, kind, start, end, mode) => {
+    // One path per look (mode and kind), filled once: thousands of spans cost a few fills.
+    const paths = new Map();
+    const add = (row, kind, start, end, mode) => {
       if (end < t0) return;
+      const key = `${mode}|${kind}`;
+      if (!paths.has(key)) paths.set(key, new Path2D());
       const x0 = x(Math.max(start, t0));
       const w = Math.max(1, x(end) - x0);
-      const colour = COLOURS[mode] ?? "#2ca02c";
-      if (kind === "wait") {
-        ctx.globalAlpha = 0.35;
-        ctx.fillStyle = colour;
-        ctx.fillRect(x0, y(row) + rowH * 0.42, w, rowH * 0.16);
-      } else {
-        ctx.globalAlpha = kind === "pre" ? 0.45 : 0.9;
-        ctx.fillStyle = colour;
-        ctx.fillRect(x0, y(row) + 2, w, rowH - 4);
-        if (kind === "qpu") {
-          ctx.globalAlpha = 1;
-          ctx.strokeStyle = "#000";
-          ctx.lineWidth = 0.8;
-          ctx.strokeRect(x0, y(row) + 2, w, rowH - 4);
-        }
-      }
-      ctx.globalAlpha = 1;
+      if (kind === "wait") paths.get(key).rect(x0, y(row) + rowH * 0.42, w, rowH * 0.16);
+      else paths.get(key).rect(x0, y(row) + 2, w, rowH - 4);
     };
-    for (const [row, kind, start, end, , mode] of spans.get(b.name) ?? []) draw(row, kind, start, end, mode);
+    for (const [row, kind, start, end, , mode] of spans.get(b.name) ?? []) add(row, kind, start, end, mode);
     for (const lane of b.lanes) {
-      if (lane.stage === "qpu") draw(-1, "qpu", lane.since, now, lane.mode);
-      else if (lane.stage !== "done") draw(lane.row, lane.stage, lane.since, now, lane.mode);
+      if (lane.stage === "qpu") add(-1, "qpu", lane.since, now, lane.mode);
+      else if (lane.stage !== "done") add(lane.row, lane.stage, lane.since, now, lane.mode);
     }
+    const ALPHA = { wait: 0.35, pre: 0.45, qpu: 0.9, post: 0.9 };
+    for (const [key, path] of paths) {
+      const [mode, kind] = key.split("|");
+      ctx.globalAlpha = ALPHA[kind] ?? 0.9;
+      ctx.fillStyle = COLOURS[mode] ?? "#2ca02c";
+      ctx.fill(path);
+      if (kind === "qpu") {
+        ctx.globalAlpha = 1;
+        ctx.strokeStyle = "#000";
+        ctx.lineWidth = 0.8;
+        ctx.stroke(path);
+      }
+    }
+    ctx.globalAlpha = 1;
     ctx.fillStyle = "#6b7380";
     ctx.textBaseline = "top";
     const step = windowS <= 10 ? 2 : windowS <= 30 ? 5 : 20;
