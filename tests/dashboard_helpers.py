@@ -9,12 +9,13 @@ background-networking ones it keeps calling home.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
 import shutil
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 from circuits import bell, sampler_params, to_isa
@@ -66,22 +67,24 @@ def submit(emu: EmulatorThread, session: SessionRecord | None = None, **kwargs: 
 
 def submit_many(emu: EmulatorThread, n: int) -> list[JobRecord]:
     """``n`` job-mode jobs, submitted together (the store commits them in a few writes)."""
-    import asyncio
 
     async def go() -> list[JobRecord]:
-        return await asyncio.gather(
-            *(
-                emu.scheduler.submit(
-                    instance=DEFAULT_INSTANCE,
-                    backend=BACKEND,
-                    program_id="sampler",
-                    params_json=bell_params(),
+        return list(
+            await asyncio.gather(
+                *(
+                    emu.scheduler.submit(
+                        instance=DEFAULT_INSTANCE,
+                        backend=BACKEND,
+                        program_id="sampler",
+                        params_json=bell_params(),
+                    )
+                    for _ in range(n)
                 )
-                for _ in range(n)
             )
         )
 
-    return emu.run(go, timeout=120)
+    jobs: list[JobRecord] = emu.run(go, timeout=120)
+    return jobs
 
 
 def open_session(emu: EmulatorThread, mode: str = "dedicated") -> SessionRecord:
@@ -93,7 +96,9 @@ def open_session(emu: EmulatorThread, mode: str = "dedicated") -> SessionRecord:
     return emu.run(go)
 
 
-def sse_frames(url: str, headers: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+def sse_frames(
+    url: str, headers: dict[str, str] | None = None
+) -> Generator[dict[str, Any], None, None]:
     """The ``state`` frames of the dashboard's event stream, decoded, as they arrive."""
     request = urllib.request.Request(url, headers=headers or {})
     with urllib.request.urlopen(request, timeout=60) as response:

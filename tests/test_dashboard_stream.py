@@ -4,7 +4,7 @@ real browser in ``test_dashboard_browser.py``)."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import pytest
@@ -25,7 +25,7 @@ def emu() -> Iterator[EmulatorThread]:
         yield emu
 
 
-def until_frame(frames: Iterator[dict[str, Any]], predicate: Any) -> dict[str, Any]:
+def until_frame(frames: Generator[dict[str, Any], None, None], predicate: Any) -> dict[str, Any]:
     for frame in frames:
         if predicate(frame["state"]):
             return frame
