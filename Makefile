@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install emulator bench-quick clean
+.PHONY: demo test install chromium emulator bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,22 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m benchmarks --demo
 
-## The whole test suite.
-test: $(STAMP)
+## The whole test suite (the dashboard's tests drive Debian's headless Chromium).
+test: $(STAMP) chromium
 	$(PY) -m pytest
+
+## Debian's chromium for the browser tests: installed when missing and running as root (as CI
+## does); otherwise those tests skip, saying why. Playwright's own browser download is not used.
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "note: /usr/bin/chromium is missing (apt-get install -y chromium as root); the browser tests will skip"; \
+	  fi; \
+	fi
 
 ## Serve the emulator on http://127.0.0.1:8765 with the README's development key (Ctrl-C to stop).
 emulator: $(STAMP)

@@ -43,8 +43,11 @@ __all__ = [
 STAGES = ("pre_start", "pre_end", "qpu_start", "qpu_end", "post_start", "post_end")
 
 
-def _ts(value: str | float) -> float:
-    """POSIX seconds from an ISO-8601 timestamp (as the emulator writes them) or a number."""
+def _ts(value: str | float | datetime) -> float:
+    """POSIX seconds from an ISO-8601 timestamp (as the emulator writes them), a datetime (as
+    execution spans carry them) or a number."""
+    if isinstance(value, datetime):
+        return value.timestamp()
     if isinstance(value, int | float):
         return float(value)
     return datetime.fromisoformat(value).timestamp()
@@ -78,7 +81,7 @@ class JobTiming:
     def from_stages(
         cls,
         job_id: str,
-        stages: Mapping[str, str | float],
+        stages: Mapping[str, str | float | datetime],
         *,
         quantum_seconds: float | None = None,
         lag_s: float | None = None,
@@ -95,12 +98,24 @@ class JobTiming:
         )
 
     @classmethod
-    def from_metrics(cls, job_id: str, metrics: Mapping[str, Any]) -> JobTiming:
-        """From the body of ``GET /jobs/{id}/metrics`` (its ``emulator`` block)."""
+    def from_metrics(
+        cls,
+        job_id: str,
+        metrics: Mapping[str, Any],
+        *,
+        qpu_span: tuple[datetime, datetime] | None = None,
+    ) -> JobTiming:
+        """From the body of ``GET /jobs/{id}/metrics`` (its ``emulator`` block). ``qpu_span``
+        is the (start, stop) of the result's execution spans, what IBM's results carry too: it
+        gives the QPU span (the emulator stamps ``qpu_start``/``qpu_end`` at the same instants,
+        so the two agree; the spans are the official record)."""
         emu = metrics.get("emulator") or {}
+        stages: dict[str, str | float | datetime] = dict(emu.get("stages") or {})
+        if qpu_span is not None:
+            stages["qpu_start"], stages["qpu_end"] = qpu_span
         return cls.from_stages(
             job_id,
-            emu.get("stages") or {},
+            stages,
             quantum_seconds=emu.get("modelled_quantum_seconds"),
             lag_s=emu.get("emulator_lag_s"),
         )

@@ -4,7 +4,11 @@ One panel per mode (job, batch, session), sharing the time axis so their lengths
 panel has the QPU on top and the classical lanes below it; every job draws its pre- and
 post-processing spans on the lane row :func:`~benchmarks.analysis.assign_lanes` gave them and its
 QPU span on the QPU row. Colour says the mode; pre-processing is drawn lighter than
-post-processing.
+post-processing. The data is the jobs' own record: the lane stages from the job metrics'
+``emulator.stages``, the QPU spans from the results' execution spans (see
+:func:`~benchmarks.workloads._common.timings_of`) — the same spans the official
+``draw_execution_spans`` draws, and the same picture and colours as the emulator's live
+dashboard.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 ``create_app(config)`` returns an aiohttp application. Its cleanup context opens the SQLite
 store, starts the scheduler (which re-queues unfinished jobs) and warms the worker processes;
 on shutdown it cancels the pipelines and closes the store, in reverse order, also when start-up
-fails halfway.
+fails halfway. The observers of the scheduler — the dashboard (``GET /``) and the Prometheus
+metrics (``GET /metrics``) — subscribe to its events here, before it starts.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ from .api.keys import (
     CALLER,
     CLOCK,
     CONFIG,
+    DASHBOARD,
     DEVICES,
+    EVENTS,
     FAULTS,
+    METRICS,
     REQUEST_LOG,
     SCHEDULER,
     STORE,
@@ -40,8 +44,12 @@ from .backends import DEFAULT_BACKENDS, Device, mock_twins, resolve_devices
 from .classical import JobInputError
 from .clock import make_clock
 from .config import Config
+from .dashboard import web as dashboard_web
+from .dashboard.model import DashboardModel
 from .errors import Refused
+from .events import Events
 from .faults import Faults
+from .metrics import EmulatorMetrics
 from .scheduler import Scheduler
 from .store import Store
 
@@ -182,8 +190,10 @@ def create_app(config: Config) -> web.Application:
     _demote_client_faults()
     devices = resolve_devices(config.backends or DEFAULT_BACKENDS)
     devices += mock_twins(devices)  # dry_run=True targets: ibm_fez → mock_fez
+    metrics = EmulatorMetrics()
     # cast: @web.middleware returns a plain Callable, aiohttp's Middleware protocol names params
     middlewares = [
+        cast(Middleware, metrics.middleware),
         cast(Middleware, error_middleware),
         # A runtime URL saved with a trailing slash makes the official client ask for
         # "…/experimental//backends": redirect to the merged path instead of a 404, which the
@@ -198,7 +208,15 @@ def create_app(config: Config) -> web.Application:
     app[CLOCK] = make_clock(config.clock)
     app[REQUEST_LOG] = []
     app[FAULTS] = Faults()
+    app[EVENTS] = events = Events()
+    app[METRICS] = metrics
+    app[DASHBOARD] = dashboard = DashboardModel()
+    events.subscribe(metrics.on_event)
+    events.subscribe(dashboard.on_event)
+    app.on_shutdown.append(_close_streams)  # before the runner waits for open handlers
     app.router.add_get(p.HEALTH, health)
+    app.router.add_get("/metrics", metrics.handler)
+    dashboard_web.add_routes(app)
     app.add_routes(cloud.routes())
     for prefix in p.RUNTIME_PREFIXES:
         app.add_subapp(prefix, _runtime_app(app[FAULTS]))
@@ -229,7 +247,12 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             clock=clock,
             devices=list(app[DEVICES].values()),
             faults=app[FAULTS],
+            events=app[EVENTS],
         )
+        app[DASHBOARD].attach(scheduler)
+        app[METRICS].attach(scheduler)
+        stack.callback(app[METRICS].attach, None)
+        stack.callback(app[DASHBOARD].detach)
         await stack.enter_async_context(scheduler)
         await scheduler.warm()
         app[STORE] = store
@@ -242,6 +265,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             config.lanes,
         )
         yield
+
+
+async def _close_streams(app: web.Application) -> None:
+    app[DASHBOARD].close()
 
 
 def runtime_url(base_url: str, *, experimental: bool = False) -> str:

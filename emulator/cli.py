@@ -17,6 +17,7 @@ from .api.keys import DEVICES, SCHEDULER
 from .app import create_app
 from .backends import Device
 from .config import Config, from_args
+from .dashboard.web import is_loopback
 
 log = logging.getLogger("emulator")
 
@@ -73,6 +74,9 @@ async def serve(config: Config) -> None:
             f"noise {config.noise}, simulation budget {config.sim_budget_s:g} s per job"
         )
         print(connection_snippet(config, base_url), flush=True)
+        # beyond loopback the dashboard wants the admin key (once; it becomes a cookie)
+        key = "" if is_loopback(config.host) else f"?key={config.admin_key}"
+        print(f"Dashboard: {base_url}/{key}  (Prometheus metrics: {base_url}/metrics)", flush=True)
         print(
             f"Admin API: {base_url}/admin/... with 'Authorization: Bearer {config.admin_key}'",
             flush=True,

@@ -33,7 +33,7 @@ from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from aioruntime.protocol import ErrorCode, JobState, SessionMode
@@ -44,6 +44,7 @@ from .backends import Device
 from .clock import Clock, utcnow
 from .config import Config
 from .errors import Refused
+from .events import Events
 from .faults import Faults
 from .qpu import QPU, Turn
 from .sessions import SessionBook
@@ -171,6 +172,7 @@ class Scheduler:
         devices: list[Device],
         faults: Faults | None = None,
         plane: WorkerPlane | None = None,
+        events: Events | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -185,7 +187,8 @@ class Scheduler:
         self.timing = TimingParams()
         self.faults = faults or Faults()
         self.supervisor = Supervisor(on_fatal=self._fatal)
-        self.sessions = SessionBook(store, clock, config, self.supervisor)
+        self.events = events or Events()  # observers: the dashboard, the metrics
+        self.sessions = SessionBook(store, clock, config, self.supervisor, events=self.events)
         self.fair = FairShare(clock.now, config.fair_share_half_life_s)
         self.backends = {
             d.name: _Backend(d, config.lanes, self.fair, self.sessions) for d in devices
@@ -476,6 +479,7 @@ class Scheduler:
             live.backend.busy -= 1
             live.backend.note_lane_time(time.monotonic() - live.started)
             self._moved()
+            self.events.lane_released(live.rec)
 
     async def _run(self, live: _Live) -> None:
         rec = live.rec
@@ -529,7 +533,7 @@ class Scheduler:
         if params is None:
             params = await self.store.params(rec.id) or "{}"
         live.params_json = None
-        live.stages["pre_start"] = utcnow().isoformat()
+        self._stage(live, "pre_start")
         if rec.state == JobState.QUEUED:
             try:
                 await self.store.transition(
@@ -552,7 +556,7 @@ class Scheduler:
             raise _Failed(JobState.FAILED, exc.code, exc.message) from None
         except WorkerDied:
             raise _died() from None
-        live.stages["pre_end"] = utcnow().isoformat()
+        self._stage(live, "pre_end")
         live.estimate = prepared.quantum_seconds
         live.notes = list(prepared.notes)
         if self.faults.fail_job():
@@ -570,15 +574,20 @@ class Scheduler:
         else:
             sampled, span_start, span_stop = await self._on_qpu(live, prepared)
         await asyncio.sleep(0)  # let the next job take the QPU before we pickle our call
-        live.stages["post_start"] = utcnow().isoformat()
+        self._stage(live, "post_start")
         try:
             result: str = await self.plane.lane(
                 worker.postprocess, prepared, sampled, span_start, span_stop
             )
         except WorkerDied:
             raise _died(charged=live.charged or 0.0) from None
-        live.stages["post_end"] = utcnow().isoformat()
+        self._stage(live, "post_end")
         return result
+
+    def _stage(self, live: _Live, stage: str, at: datetime | None = None) -> None:
+        """Record that the job reached ``stage`` (now, or ``at``) and tell the observers."""
+        live.stages[stage] = (at or utcnow()).isoformat()
+        self.events.stage(live.rec, stage, live.stages[stage])
 
     async def _on_qpu(self, live: _Live, prepared: Any) -> tuple[Any, Any, Any]:
         """The job's QPU turn: Aer within the wall budget, then the clock's hold."""
@@ -586,10 +595,10 @@ class Scheduler:
         limit = min(rec.cost or self.config.job_max_execution_s, self.config.job_max_execution_s)
         async with self._qpu_turn(live):
             span_start = utcnow()
-            live.stages["qpu_start"] = span_start.isoformat()
+            self._stage(live, "qpu_start", span_start)
             if prepared.quantum_seconds > limit:
                 await asyncio.sleep(self.clock.hold_s(limit, 0.0))
-                live.stages["qpu_end"] = utcnow().isoformat()
+                self._stage(live, "qpu_end")
                 raise _Failed(
                     JobState.CANCELLED,
                     ErrorCode.RAN_TOO_LONG,
@@ -606,7 +615,7 @@ class Scheduler:
                 async with asyncio.timeout(budget):
                     sampled = await self.plane.qpu(rec.backend, worker.sample, prepared)
             except TimeoutError:
-                live.stages["qpu_end"] = utcnow().isoformat()
+                self._stage(live, "qpu_end")
                 if realtime and budget == limit:
                     raise _Failed(
                         JobState.CANCELLED,
@@ -631,7 +640,7 @@ class Scheduler:
             if hold > 0:
                 await asyncio.sleep(hold)
             span_stop = utcnow()
-            live.stages["qpu_end"] = span_stop.isoformat()
+            self._stage(live, "qpu_end", span_stop)
             live.charged = prepared.quantum_seconds
             self.fair.charge(rec.instance, prepared.quantum_seconds)
             if self.clock.name not in ("instant", "manual"):
@@ -712,6 +721,7 @@ class Scheduler:
             self._dispatch()
         else:
             self._moved()
+        self.events.job(rec, old_state)
 
     async def _requeue_when_writable(self, rec: JobRecord) -> None:
         await self.store.wait_writable()

@@ -45,6 +45,7 @@ from aioruntime.protocol import ErrorCode, SessionMode, SessionState
 from .clock import Clock, utcnow
 from .config import Config
 from .errors import Refused
+from .events import Events
 from .store import SessionRecord, Store
 from .supervise import Supervisor
 
@@ -58,8 +59,17 @@ def _iso() -> str:
 
 
 class SessionBook:
-    def __init__(self, store: Store, clock: Clock, config: Config, supervisor: Supervisor) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        config: Config,
+        supervisor: Supervisor,
+        *,
+        events: Events | None = None,
+    ) -> None:
         self._store = store
+        self.events = events or Events()  # observers: the dashboard, the metrics
         self._clock = clock
         self._config = config
         self._supervisor = supervisor
@@ -302,6 +312,7 @@ class SessionBook:
         if rec.closed:
             del self._version[rec.id]
         self.changed.set()
+        self.events.session(rec)
 
     def _live_top(self) -> tuple[float, str] | None:
         while self._heap:
@@ -413,6 +424,7 @@ class SessionBook:
         for name, value in changes.items():
             setattr(rec, name, value)
         self.changed.set()
+        self.events.session(rec)
 
     def _apply_now(self, rec: SessionRecord, changes: dict[str, object], *, bill: float) -> None:
         """Apply an emulator-made change now and write it, in order, right after."""
@@ -435,6 +447,14 @@ class SessionBook:
         if not rec.closed:
             total = max(total, self._quantum[rec.id])
         return min(total, rec.max_ttl)
+
+    def interactive_left(self, rec: SessionRecord) -> float | None:
+        """Model seconds left of the interactive TTL while an active session has no job left
+        (its QPU reservation runs out then); None when that clock is not running."""
+        idle_since = self._idle_since.get(rec.id)
+        if rec.state != SessionState.ACTIVE or self.pending(rec.id) or idle_since is None:
+            return None
+        return max(0.0, idle_since + rec.interactive_ttl - self._clock.now())
 
     def active_ttl(self, rec: SessionRecord) -> float | None:
         """Model seconds left of the max TTL, once started."""

@@ -78,10 +78,11 @@ async def _measure(bench: Bench, prm: Params) -> dict[str, ModeRun]:
             backend.target, n=prm.n, qubits=prm.qubits, reps=prm.reps, seed=bench.seed
         )
         runs: dict[str, ModeRun] = {}
+        results: dict[str, Any] = {}  # by job id: their execution spans draw the QPU row
 
         async def one(sampler: AsyncSamplerV2, x: Any) -> AsyncRuntimeJob:
             job = await sampler.run([(isa, x)], shots=prm.shots)
-            result = await job
+            result = results[job.job_id()] = await job
             if counts_total(result) != prm.shots:
                 raise RuntimeError(f"job {job.job_id()} returned the wrong number of shots")
             progress.advance()
@@ -93,7 +94,7 @@ async def _measure(bench: Bench, prm: Params) -> dict[str, ModeRun]:
             job_jobs = [await one(sampler, x) for x in values]
         usages = await asyncio.gather(*(j.usage() for j in job_jobs))
         runs["job"] = ModeRun(
-            sw.wall_s, sw.cores, job_jobs, await timings_of(job_jobs), sum(usages)
+            sw.wall_s, sw.cores, job_jobs, await timings_of(job_jobs, results), sum(usages)
         )
 
         for name, cls in (("batch", AsyncBatch), ("session", AsyncSession)):
@@ -104,7 +105,8 @@ async def _measure(bench: Bench, prm: Params) -> dict[str, ModeRun]:
                     sampler = AsyncSamplerV2(mode=mode)
                     mode_jobs = list(await asyncio.gather(*(one(sampler, x) for x in values)))
             usage = await _settled_usage(mode)
-            runs[name] = ModeRun(sw.wall_s, sw.cores, mode_jobs, await timings_of(mode_jobs), usage)
+            timings = await timings_of(mode_jobs, results)
+            runs[name] = ModeRun(sw.wall_s, sw.cores, mode_jobs, timings, usage)
         return runs
 
 

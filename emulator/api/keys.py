@@ -10,7 +10,10 @@ from aiohttp import web
 from ..backends import Device
 from ..clock import Clock
 from ..config import Config
+from ..dashboard.model import DashboardModel
+from ..events import Events
 from ..faults import Faults
+from ..metrics import EmulatorMetrics
 from ..scheduler import Scheduler
 from ..store import Store
 
@@ -21,6 +24,9 @@ CLOCK = web.AppKey("clock", Clock)
 DEVICES = web.AppKey("devices", dict[str, Device])
 REQUEST_LOG = web.AppKey("request_log", list[dict[str, Any]])
 FAULTS = web.AppKey("faults", Faults)
+EVENTS = web.AppKey("events", Events)
+DASHBOARD = web.AppKey("dashboard", DashboardModel)
+METRICS = web.AppKey("metrics", EmulatorMetrics)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
