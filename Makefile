@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install chromium emulator bench-quick clean
+.PHONY: demo test lint install chromium emulator bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ demo: $(STAMP)
 ## The whole test suite (the dashboard's tests drive Debian's headless Chromium).
 test: $(STAMP) chromium
 	$(PY) -m pytest
+
+## Style and types: ruff (lint and format) and mypy --strict over the packages and the tests.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check aioruntime emulator benchmarks tests examples
+	$(VENV)/bin/ruff format --check aioruntime emulator benchmarks tests examples
+	$(VENV)/bin/mypy aioruntime emulator benchmarks tests
 
 ## Debian's chromium for the browser tests: installed when missing and running as root (as CI
 ## does); otherwise those tests skip, saying why. Playwright's own browser download is not used.

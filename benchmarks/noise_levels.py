@@ -270,8 +270,8 @@ def accuracy(cache: Path) -> dict[str, Any]:
             next(r for r in rows if r["what"] == what and r["level"] == lv)
             for lv in ("pauli", "full")
         )
-        delta = abs(pauli["value"] - full["value"])
-        tolerance = 3 * math.hypot(pauli["std"], full["std"]) + 0.03
+        delta = abs(float(pauli["value"]) - float(full["value"]))
+        tolerance = 3 * math.hypot(float(pauli["std"]), float(full["std"])) + 0.03
         table.append(
             {
                 "what": what,

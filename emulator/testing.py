@@ -22,7 +22,7 @@ import signal
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from aiohttp import web
 
@@ -272,14 +272,14 @@ class EmulatorProcess(_PointsClients):
         self.proc: Any = None
         self.admin_key = ""
 
-    def __enter__(self) -> EmulatorProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.stop(signal.SIGKILL)
 
-    def start(self, timeout: float = 180) -> EmulatorProcess:
+    def start(self, timeout: float = 180) -> Self:
         import subprocess
         import sys
 

@@ -266,7 +266,11 @@ def test_workers_die_with_a_killed_emulator() -> None:
             timeout=10,
         ).raise_for_status()
         headers = {**token_headers(emu), "Content-Type": "application/json"}
-        body = {"program_id": "sampler", "backend": "ibm_manila", "params": {"pubs": [[1]]}}
+        body: dict[str, Any] = {
+            "program_id": "sampler",
+            "backend": "ibm_manila",
+            "params": {"pubs": [[1]]},
+        }
         assert requests.post(emu.runtime_url + p.JOBS, json=body, headers=headers, timeout=30).ok
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # until the job holds its lane (in the worker)
@@ -317,7 +321,11 @@ def test_tokens_name_their_key_are_revoked_with_it_and_survive_restarts(tmp_path
 
 def test_tags_are_capped_as_ibm_caps_them(emulator: EmulatorThread) -> None:
     headers = {**token_headers(emulator), "Content-Type": "application/json"}
-    body = {"program_id": "sampler", "backend": "ibm_manila", "params": {"pubs": [[1]]}}
+    body: dict[str, Any] = {
+        "program_id": "sampler",
+        "backend": "ibm_manila",
+        "params": {"pubs": [[1]]},
+    }
     most = ["t" * 86] * 8  # IBM's Tags schema: at most 8 tags of at most 86 characters
     for tags, words in ((["t"] * 9, "at most 8 tags"), (["t" * 87], "at most 86 characters")):
         resp = requests.post(

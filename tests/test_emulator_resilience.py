@@ -113,7 +113,7 @@ def test_killing_a_worker_mid_job_fails_only_that_job(emulator: EmulatorThread) 
 def _is_worker(proc: psutil.Process) -> bool:
     # The in-process emulator's only child processes are its anyio workers.
     try:
-        return proc.status() != psutil.STATUS_ZOMBIE
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:  # exited since we listed it
         return False
 

@@ -69,7 +69,7 @@ def test_status_walks_pending_active_closing_closed(rig: Rig) -> None:
     assert session.status() == "In progress, not accepting new jobs"
     rig.resume()
     assert queued.result()[0].data.meas.num_shots == 20
-    assert rig.emu.call(lambda: rig.emu.store.session(session.session_id).state) == "closed"
+    assert rig.emu.call(lambda: rig.emu.store.session(session.session_id).state) == "closed"  # type: ignore[union-attr]
     assert session.status() == "Closed"
 
 
@@ -147,7 +147,7 @@ def test_max_ttl_fails_queued_jobs(rig: Rig) -> None:
     rig.emu.advance(101)
     assert rig.emu.wait_final(late.job_id()) == "Failed"
     assert session.status() == "Closed"
-    reason = rig.emu.call(lambda: rig.emu.store.session(session.session_id).state_reason)
+    reason = rig.emu.call(lambda: rig.emu.store.session(session.session_id).state_reason)  # type: ignore[union-attr]
     assert reason == "max TTL reached"
     rig.resume()
 

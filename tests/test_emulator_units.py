@@ -77,7 +77,7 @@ def test_noise_and_simulation_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert env.noise is NoiseLevel.PAULI and env.simulation.noise is NoiseLevel.PAULI
     assert env.sim_budget_s == 7.0
     assert from_args(["--no-noise"]).noise is NoiseLevel.NONE  # the flag wins
-    assert Config(noise=True).noise is NoiseLevel.FULL  # the old boolean, in code
+    assert Config(noise=True).noise is NoiseLevel.FULL  # type: ignore[arg-type]  # old boolean
     assert Config().noise_cache_dir is None  # in code: nothing written unless asked
 
 

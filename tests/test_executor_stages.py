@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import pickle
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pytest
@@ -156,7 +157,7 @@ def test_chunk_timing_divides_the_qpu_span_by_modelled_time() -> None:
     program.append_circuit_item(bell, chunk_size=1)
     program.append_circuit_item(bell, chunk_size=1)
     prepared = classical.preprocess("executor", params_json(program), "fez")
-    result = run(prepared, T0 + timedelta(seconds=4))
+    result: Any = run(prepared, T0 + timedelta(seconds=4))
     chunks = result.metadata.chunk_timing
     assert [(c.parts[0].idx_item, c.parts[0].size) for c in chunks] == [(0, 1), (1, 1)]
     assert chunks[0].start == T0 and chunks[-1].stop == T0 + timedelta(seconds=4)

@@ -40,12 +40,12 @@ def tree_rss(root: psutil.Process) -> int:
             total += child.memory_info().rss
         except psutil.Error:
             pass
-    return total
+    return int(total)
 
 
 @pytest.fixture(scope="module")
 def emu() -> Iterator[EmulatorThread]:
-    from tests.conftest import emulator_config
+    from conftest import emulator_config
 
     config = emulator_config(
         backends="ibm_manila",

@@ -348,10 +348,16 @@ async def test_usage_counts_every_job_once(make_rig: Callable[..., Any]) -> None
         *(rig.submit(session_id=batch.id if n % 2 else None) for n in range(24))
     )
     assert [await rig.final(j) for j in jobs] == ["Completed"] * 24
-    total = sum(rig.store.job(j.id).usage_seconds or 0.0 for j in jobs)  # type: ignore[union-attr]
+
+    def usage(rec: JobRecord) -> float:
+        done = rig.store.job(rec.id)
+        assert done is not None
+        return done.usage_seconds or 0.0
+
+    total = sum(usage(j) for j in jobs)
     assert total > 0
     assert rig.store.usage(DEFAULT_INSTANCE) == pytest.approx(total)
-    in_batch = sum(rig.store.job(j.id).usage_seconds or 0.0 for j in jobs[1::2])  # type: ignore[union-attr]
+    in_batch = sum(usage(j) for j in jobs[1::2])
     assert rig.s.sessions.elapsed(batch) == pytest.approx(in_batch)
 
 
