@@ -42,7 +42,7 @@ _PARALLEL_QUBITS = 14
 _memory_budget = 0
 
 
-def warm(sources: tuple[str, ...]) -> None:
+def warm(sources: Sequence[str]) -> None:
     """Import every module a job needs and load the devices' targets into this worker's
     caches, so that the first job pays no start-up cost."""
     import qiskit_aer.primitives  # noqa: F401
@@ -203,8 +203,10 @@ def _limit_growth(extra: int | None) -> bool:
     return True
 
 
-def _die_with_parent(parent: int) -> None:
-    """Make sure this process does not outlive ``parent`` (see the module docstring)."""
+def guard_parent(parent: int, watch_fd: int = 0) -> None:
+    """Make sure this process does not outlive ``parent`` (see the module docstring): the
+    kernel kills it when ``parent`` dies (Linux), and a watchdog exits it as soon as
+    ``watch_fd`` (the pipe or socket from the parent) hangs up or the parent changes."""
     if sys.platform.startswith("linux"):
         import ctypes
         import signal
@@ -213,18 +215,21 @@ def _die_with_parent(parent: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # it died before the kernel was asked to tell us
         os._exit(1)
-    threading.Thread(target=_watch_parent, args=(parent,), name="watchdog", daemon=True).start()
+    watchdog = threading.Thread(
+        target=_watch_parent, args=(parent, watch_fd), name="watchdog", daemon=True
+    )
+    watchdog.start()
 
 
-def _watch_parent(parent: int) -> None:
-    """Exit at once when stdin hangs up (the parent's end of the pipe is gone) or the parent
+def _watch_parent(parent: int, watch_fd: int) -> None:
+    """Exit at once when ``watch_fd`` hangs up (the parent's end is gone) or the parent
     changes, even while the main thread is deep in a computation."""
     import select
 
     if not hasattr(select, "poll"):
         return
     poller = select.poll()
-    poller.register(sys.stdin.fileno(), 0)  # POLLHUP, POLLERR and POLLNVAL are always reported
+    poller.register(watch_fd, 0)  # POLLHUP, POLLERR and POLLNVAL are always reported
     while not poller.poll(1000) and os.getppid() == parent:
         pass
     os._exit(1)
@@ -239,7 +244,7 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--memory-mb", type=int, default=0, help="budget of one job stage")
     args = parser.parse_args(argv)
     if args.parent:
-        _die_with_parent(args.parent)
+        guard_parent(args.parent)
     if args.nice:
         os.nice(args.nice)
     if args.memory_mb > 0:

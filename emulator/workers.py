@@ -8,11 +8,13 @@ computation (the worker is killed and replaced), and a worker that dies fails on
 was running (:class:`WorkerDied`).
 
 :class:`ProcessPlane` (the default) runs local worker processes through :class:`WorkerPool`:
-``python -m emulator.worker`` children, each a fresh interpreter that never re-runs the parent's
-main module (anyio's ``to_process`` does, with ``__main__`` removed, which breaks scripts and
-notebooks that import qiskit at top level). Lane workers run at a lower CPU priority than the QPU
-workers, so on a small machine the one serialized QPU is not starved by five lanes of classical
-work (on IBM's stack they do not share CPUs either).
+workers forked from the process's zygote (:mod:`emulator.zygote`: one interpreter that imported
+qiskit, Aer and the stages once, so a worker starts in milliseconds, not seconds), never
+re-running the parent's main module (anyio's ``to_process`` does, with ``__main__`` removed,
+which breaks scripts and notebooks that import qiskit at top level). Workers start on demand
+and stay for reuse. Lane workers run at a lower CPU priority than the QPU workers, so on a small
+machine the one serialized QPU is not starved by five lanes of classical work (on IBM's stack
+they do not share CPUs either).
 
 Both ends of the pipe protocol live here. The parent writes ``<length>\\n<pickle of (func,
 args)>``; the worker (:func:`serve`) answers ``ACK\\n`` as soon as it has read the call (so the
@@ -22,18 +24,19 @@ result>`` or ``EXC <length>\\n<pickle of exception>``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import pickle
-import subprocess
+import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol, TypeVar
 
 import anyio
-from anyio.abc import Process
-from anyio.streams.buffered import BufferedByteReceiveStream
+
+from .zygote import Zygote, shared_zygote
 
 __all__ = ["LANE_NICENESS", "ProcessPlane", "WorkerDied", "WorkerPlane", "WorkerPool", "serve"]
 
@@ -46,28 +49,61 @@ LANE_NICENESS = 5
 
 _SPARE_ATTEMPTS = 4
 #: What handing a call to an already dead worker looks like.
-_DEAD_BEFORE_CALL = (
-    anyio.BrokenResourceError,
-    anyio.ClosedResourceError,
-    anyio.EndOfStream,
-    anyio.IncompleteRead,
-    anyio.DelimiterNotFound,
-    OSError,
-)
+_DEAD_BEFORE_CALL = (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError)
 
 
 class WorkerDied(Exception):
     """The worker process running a call died during it (killed, crashed, out of memory)."""
 
 
-@dataclass(eq=False, slots=True)
 class _Worker:
-    process: Process
-    stdout: BufferedByteReceiveStream
+    """One worker process, seen through its two pipes (asyncio streams on the loop)."""
+
+    def __init__(self, pid: int, reader: asyncio.StreamReader, writer: asyncio.WriteTransport):
+        self.pid = pid
+        self.reader = reader
+        self._writer = writer
+        self._killed = False
+
+    @classmethod
+    async def open(cls, pid: int, to_child: int, from_child: int) -> _Worker:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 20, loop=loop)
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(from_child, "rb", 0)
+        )
+        writer, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(to_child, "wb", 0))
+        return cls(pid, reader, writer)
 
     @property
     def alive(self) -> bool:
-        return self.process.returncode is None
+        if self._killed or self.reader.at_eof():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # a reused pid: not ours any more
+            return False
+        return True
+
+    def send(self, data: bytes) -> None:
+        if self._writer.is_closing():
+            raise BrokenPipeError("the worker's pipe is closed")
+        self._writer.write(data)
+
+    async def readline(self) -> bytes:
+        return (await self.reader.readuntil(b"\n"))[:-1]
+
+    def kill(self) -> None:
+        if not self._killed:
+            self._killed = True
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, signal.SIGKILL)
+        self._writer.close()
+        transport = getattr(self.reader, "_transport", None)
+        if transport is not None:
+            transport.close()
 
 
 class WorkerPool:
@@ -82,10 +118,13 @@ class WorkerPool:
     worker replaces it.
     """
 
-    def __init__(self, size: int, *, nice: int = 0, memory_mb: int = 0) -> None:
+    def __init__(
+        self, size: int, *, nice: int = 0, memory_mb: int = 0, zygote: Zygote | None = None
+    ) -> None:
         self._limiter = anyio.CapacityLimiter(size)
         self._nice = nice
         self._memory_mb = memory_mb
+        self._zygote = zygote or shared_zygote()
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
         self._closed = False
@@ -97,8 +136,8 @@ class WorkerPool:
             for _ in range(_SPARE_ATTEMPTS):
                 worker = await self._checkout()
                 try:
-                    await worker.process.stdin.send(b"%d\n" % len(request) + request)  # type: ignore[union-attr]
-                    ack = await worker.stdout.receive_until(b"\n", 16)
+                    worker.send(b"%d\n" % len(request) + request)
+                    ack = await worker.readline()
                 except BaseException as exc:
                     await self._discard(worker)
                     if not isinstance(exc, _DEAD_BEFORE_CALL):
@@ -115,12 +154,12 @@ class WorkerPool:
 
     async def _answer(self, worker: _Worker) -> Any:
         try:
-            header = await worker.stdout.receive_until(b"\n", 64)
+            header = await worker.readline()
             tag, length = header.split(b" ")
-            payload = await worker.stdout.receive_exactly(int(length))
+            payload = await worker.reader.readexactly(int(length))
         except BaseException as exc:
             await self._discard(worker)
-            if isinstance(exc, anyio.get_cancelled_exc_class()):
+            if isinstance(exc, asyncio.CancelledError):
                 raise
             raise WorkerDied(f"the worker process died during the call ({exc!r})") from exc
         self._idle.append(worker)
@@ -137,21 +176,15 @@ class WorkerPool:
             if worker.alive:
                 return worker
             await self._discard(worker)
-        # --parent: the worker dies with this process (see emulator.worker); --memory-mb: what
-        # one job stage may add to its address space.
-        process = await anyio.open_process(
-            [
-                *(sys.executable, "-u", "-m", "emulator.worker", "--nice", str(self._nice)),
-                *("--parent", str(os.getpid()), "--memory-mb", str(self._memory_mb)),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        worker = _Worker(process, BufferedByteReceiveStream(process.stdout))  # type: ignore[arg-type]
+        # The worker dies with its zygote, which dies with this process (see emulator.worker);
+        # --memory-mb: what one job stage may add to its address space.
+        argv = ["--nice", str(self._nice), "--memory-mb", str(self._memory_mb)]
+        pid, to_child, from_child = await anyio.to_thread.run_sync(self._zygote.fork, argv)
+        worker = await _Worker.open(pid, to_child, from_child)
         self._all.add(worker)
         try:
             with anyio.fail_after(120):
-                ready = await worker.stdout.receive_until(b"\n", 16)
+                ready = await worker.readline()
             if ready != b"READY":
                 raise WorkerDied(f"unexpected greeting from a worker: {ready!r}")
         except BaseException:
@@ -161,20 +194,21 @@ class WorkerPool:
 
     async def _discard(self, worker: _Worker) -> None:
         self._all.discard(worker)
-        with anyio.CancelScope(shield=True):
-            if worker.alive:
-                worker.process.kill()
-            await worker.process.aclose()
+        worker.kill()
 
-    async def warm(self, func: Callable[..., Any], *args: Any, count: int) -> None:
-        """Start ``count`` workers at once and run ``func`` in each (imports, device caches)."""
-        async with anyio.create_task_group() as tg:
+    async def warm(self, sources: tuple[str, ...], *, count: int) -> None:
+        """Load ``sources`` into the zygote, then start ``count`` workers (forked with them)."""
+        await anyio.to_thread.run_sync(self._zygote.warm, sources)
+        workers = []
+        try:
             for _ in range(min(count, int(self._limiter.total_tokens))):
-                tg.start_soon(self.run, func, *args)
+                workers.append(await self._checkout())
+        finally:
+            self._idle.extend(w for w in workers if w.alive)
 
     @property
     def pids(self) -> list[int]:
-        return [w.process.pid for w in self._all if w.alive]
+        return [w.pid for w in self._all if w.alive]
 
     async def aclose(self) -> None:
         """Stop every worker (closing stdin lets idle ones exit; busy ones are killed)."""
@@ -222,11 +256,10 @@ class ProcessPlane:
         self.qpu_pool = WorkerPool(size=backends, memory_mb=memory_mb)
 
     async def warm(self, sources: tuple[str, ...]) -> None:
-        from . import worker
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: self.lane_pool.warm(worker.warm, sources, count=self._lanes))
-            tg.start_soon(lambda: self.qpu_pool.warm(worker.warm, sources, count=self._backends))
+        # One QPU worker per backend and one lane worker to start with; more lane workers are
+        # forked on demand (milliseconds each).
+        await self.qpu_pool.warm(sources, count=self._backends)
+        await self.lane_pool.warm(sources, count=1)
 
     async def lane(self, func: Callable[..., T], *args: Any) -> T:
         return await self.lane_pool.run(func, *args)

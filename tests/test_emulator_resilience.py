@@ -6,13 +6,13 @@ directory, kill it with SIGKILL or SIGTERM, and start it again on the same direc
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import pytest
 import requests
 from qiskit_ibm_runtime.exceptions import (
@@ -99,23 +99,16 @@ def test_killing_a_worker_mid_job_fails_only_that_job(emulator: EmulatorThread) 
     job_id = api.submit()
     emulator.until(lambda s: s.statistics().backend("ibm_manila").lanes.busy == 1)
     requests.delete(emulator.base_url + "/admin/faults", headers=admin, timeout=10)
-    workers = [c for c in psutil.Process().children() if _is_worker(c)]
+    plane = emulator.scheduler.plane
+    workers = emulator.call(lambda: plane.lane_pool.pids + plane.qpu_pool.pids)  # type: ignore[attr-defined]
     assert workers
-    for w in workers:  # the stalled one is among them; idle ones are replaced as well
-        w.kill()
+    for pid in workers:  # the stalled one is among them; idle ones are replaced as well
+        os.kill(pid, signal.SIGKILL)
     body = api.wait(job_id)
     assert body["state"]["status"] == "Failed"
     assert body["state"]["reason_code"] == p.ErrorCode.EMULATOR_FAULT
     assert "worker process" in body["state"]["reason"]
     assert api.wait(api.submit())["state"]["status"] == "Completed"
-
-
-def _is_worker(proc: psutil.Process) -> bool:
-    # The in-process emulator's only child processes are its anyio workers.
-    try:
-        return bool(proc.status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:  # exited since we listed it
-        return False
 
 
 def test_instances_are_tenants(make_emulator: Any) -> None:
