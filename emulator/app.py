@@ -1,7 +1,8 @@
 """The app factory: routes, middleware, and the start and stop of the store and scheduler.
 
 ``create_app(config)`` returns an aiohttp application. Its cleanup context opens the SQLite
-store, starts the scheduler (which re-queues unfinished jobs) and warms the worker processes;
+store, starts the scheduler (which re-queues unfinished jobs) and starts warming the worker
+processes in the background (the server answers meanwhile; jobs wait for their workers);
 on shutdown it cancels the pipelines and closes the store, in reverse order, also when start-up
 fails halfway. The observers of the scheduler — the dashboard (``GET /``) and the Prometheus
 metrics (``GET /metrics``) — subscribe to its events here, before it starts.
@@ -161,6 +162,7 @@ async def health(request: web.Request) -> web.Response:
             "clock": str(config.clock),
             "lanes": config.lanes,
             "runtime_paths": list(p.RUNTIME_PREFIXES),
+            "workers": "ready" if request.app[SCHEDULER].ready.is_set() else "starting",
         }
     )
 
@@ -254,7 +256,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         stack.callback(app[METRICS].attach, None)
         stack.callback(app[DASHBOARD].detach)
         await stack.enter_async_context(scheduler)
-        await scheduler.warm()
+        scheduler.start_warming()  # /health answers at once; jobs wait for their workers
         app[STORE] = store
         app[SCHEDULER] = scheduler
         names: list[str] = list(app[DEVICES].keys())

@@ -60,7 +60,7 @@ GLOBAL_CATALOG_URL as above), then QiskitRuntimeService(name="emulator"):
 async def serve(config: Config) -> None:
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()  # starts the store and scheduler, warms the workers
+    await runner.setup()  # opens the store, starts the scheduler; workers warm in the background
     try:
         site = web.TCPSite(runner, config.host, config.port)
         await site.start()

@@ -203,6 +203,8 @@ class Scheduler:
         self._accepting = True
         self._closing = False
         self._progress = asyncio.Event()
+        #: Set once the workers are started and have the served devices loaded.
+        self.ready = asyncio.Event()
         self.fatal: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
         store.on_job_change = self._on_job_change
 
@@ -257,8 +259,18 @@ class Scheduler:
         await asyncio.gather(*writes)
 
     async def warm(self) -> None:
-        """Start the worker processes and load the served devices into them."""
-        await self.plane.warm(tuple(sorted({d.source for d in self.devices.values()})))
+        """Start the worker processes and load the served devices into them (jobs that arrive
+        meanwhile wait for their workers; ``ready`` is set when this is done)."""
+        started = time.monotonic()
+        sources = tuple(sorted({d.source for d in self.devices.values()}))
+        log.info("starting %s workers and loading %s", self.plane.kind, ", ".join(sources))
+        await self.plane.warm(sources)
+        self.ready.set()
+        log.info("workers ready in %.1f s", time.monotonic() - started)
+
+    def start_warming(self) -> None:
+        """:meth:`warm` in the background, so that the server answers while workers start."""
+        self.supervisor.spawn(self.warm(), name="warm-workers")
 
     async def drain(self) -> None:
         """Stop accepting jobs and wait for every job in flight (queued ones included)."""

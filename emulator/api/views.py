@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+from functools import cache
+from importlib.metadata import version
 from typing import Any
-
-import qiskit
 
 from aioruntime.protocol import JobState
 
@@ -64,6 +64,12 @@ def job_json_text(
     return text[:-1] + ', "params": ' + params_json + "}"
 
 
+@cache
+def _qiskit_version() -> str:
+    # The installed distribution's version: importing qiskit itself costs the server ~1 s.
+    return f"qiskit-{version('qiskit')}"
+
+
 def metrics_body(
     rec: JobRecord,
     *,
@@ -83,7 +89,7 @@ def metrics_body(
             "qpu_charge_time_seconds": charged,
             "status": "final" if final else "pending",
         },
-        "qiskit_version": f"qiskit-{qiskit.__version__}",
+        "qiskit_version": _qiskit_version(),
         "estimated_start_time": queue[1] if queue else None,
         "estimated_completion_time": None,
         "position_in_queue": queue[0] if queue else None,
