@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install chromium emulator bench-quick clean
+.PHONY: demo test test-fast lint install chromium emulator bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: $(STAMP)
 ## The whole test suite (the dashboard's tests drive Debian's headless Chromium).
 test: $(STAMP) chromium
 	$(PY) -m pytest
+
+## The unit layer only (no emulator started, nothing slow): the edit-test loop, under a minute.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not e2e and not slow" -q
 
 ## Style and types: ruff (lint and format) and mypy --strict over the packages and the tests.
 lint: $(STAMP)

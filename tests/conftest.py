@@ -12,6 +12,7 @@ module that needs another emulator (a manual clock, fewer backends) overrides ``
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -81,3 +82,23 @@ async def service(emulator: EmulatorThread) -> AsyncIterator[AsyncRuntimeService
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def manila(service: AsyncRuntimeService) -> AsyncBackend:
     return await service.backend("ibm_manila")
+
+
+#: Fixtures that start a real emulator: a test that uses one (directly or through another
+#: fixture) is end-to-end.
+_EMULATOR_FIXTURES = frozenset({"emulator", "make_emulator"})
+
+
+@functools.cache
+def _starts_emulators(path: str) -> bool:
+    source = Path(path).read_text()
+    return "EmulatorThread(" in source or "EmulatorProcess(" in source or "Server(" in source
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark end-to-end tests (a real emulator over loopback) ``e2e``; ``make test-fast`` runs
+    the others, the unit layer, in well under a minute."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & _EMULATOR_FIXTURES or _starts_emulators(str(item.path)):
+            item.add_marker(pytest.mark.e2e)

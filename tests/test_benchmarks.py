@@ -372,6 +372,7 @@ def test_unknown_emulator_placement_is_refused() -> None:
 # -- end to end ----------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e  # run_plan starts its own emulators
 def test_tiny_run_against_the_real_emulator(tmp_path: Path) -> None:
     plan = RunPlan(
         workloads=("batch-n", "overhead", "fan-out", "two-vqe"),

@@ -362,6 +362,7 @@ async def test_many_awaiters_of_one_job_share_one_waiter(fake: FakeRuntime) -> N
         assert all(h.done() and h.last_status == "DONE" for h in handles)
 
 
+@pytest.mark.slow
 async def test_ten_thousand_waiters_are_bounded_by_the_limiter(fake: FakeRuntime) -> None:
     n, slots = 10_000, 32
     async with fake.service(max_concurrent_waits=slots, max_connections=64) as service:

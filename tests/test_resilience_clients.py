@@ -72,15 +72,19 @@ def service_for(emu: Any, key: str = "key-a", instance: str = p.DEFAULT_INSTANCE
     )
 
 
-async def test_thousand_concurrent_submissions_while_official_threads_poll() -> None:
-    """The emulator runs as its own process here, as it would for users: 20 polling threads in
-    this process must not share its interpreter lock."""
+async def test_concurrent_submissions_while_official_threads_poll() -> None:
+    """The emulator runs as its own process here, as it would for users: the polling threads in
+    this process must not share its interpreter lock. (Throughput is the fan-out benchmark's
+    business: 1000 jobs there; here 300 show that nothing is lost or duplicated.)"""
     isa = isa_bell()
     with EmulatorProcess("--backends", "ibm_manila", "--ephemeral") as emu:
-        await _thousand_jobs(emu, isa)
+        await _many_jobs(emu, isa)
 
 
-async def _thousand_jobs(emu: EmulatorProcess, isa: QuantumCircuit) -> None:
+JOBS = 300
+
+
+async def _many_jobs(emu: EmulatorProcess, isa: QuantumCircuit) -> None:
     server = psutil.Process(emu.pid)
     rss_before = tree_rss(server)
     official = emu.official_service()
@@ -97,14 +101,14 @@ async def _thousand_jobs(emu: EmulatorProcess, isa: QuantumCircuit) -> None:
         except BaseException as exc:  # reported below, not swallowed
             poll_errors.append(exc)
 
-    threads = [threading.Thread(target=poller, daemon=True) for _ in range(20)]
+    threads = [threading.Thread(target=poller, daemon=True) for _ in range(10)]
     for t in threads:
         t.start()
     try:
         async with service_for(emu, emu.api_key) as service:
             backend = await service.backend("ibm_manila")
             sampler = AsyncSamplerV2(mode=backend)
-            jobs = await asyncio.gather(*(sampler.run([isa], shots=8) for _ in range(1000)))
+            jobs = await asyncio.gather(*(sampler.run([isa], shots=8) for _ in range(JOBS)))
             results = await asyncio.gather(*jobs)
     finally:
         stop.set()
@@ -113,7 +117,7 @@ async def _thousand_jobs(emu: EmulatorProcess, isa: QuantumCircuit) -> None:
     assert not poll_errors, poll_errors[:3]
     assert polls[0] > 0
     ids = [job.job_id() for job in jobs]
-    assert len(set(ids)) == 1000
+    assert len(set(ids)) == JOBS
     assert all(r[0].data.meas.num_shots == 8 for r in results)
     async with aiohttp.ClientSession() as http:
         async with http.get(
@@ -121,7 +125,7 @@ async def _thousand_jobs(emu: EmulatorProcess, isa: QuantumCircuit) -> None:
         ) as resp:
             stats = await resp.json()
     manila = stats["backends"][0]
-    assert manila["completed"] == 1000 and manila["failed"] == 0 and manila["qpu_peak"] == 1
+    assert manila["completed"] == JOBS and manila["failed"] == 0 and manila["qpu_peak"] == 1
     assert 1 <= manila["lanes"]["peak_busy"] <= 5  # how full the lanes got depends on timing
     listed = official.jobs(limit=None, pending=False)
     assert sorted(j.job_id() for j in listed) == sorted(ids)  # none lost, none duplicated
