@@ -589,7 +589,7 @@ class Scheduler:
         self._stage(live, "post_start")
         try:
             result: str = await self.plane.lane(
-                worker.postprocess, prepared, sampled, span_start, span_stop
+                worker.postprocess, prepared.job, sampled, span_start, span_stop
             )
         except WorkerDied:
             raise _died(charged=live.charged or 0.0) from None
@@ -601,7 +601,9 @@ class Scheduler:
         live.stages[stage] = (at or utcnow()).isoformat()
         self.events.stage(live.rec, stage, live.stages[stage])
 
-    async def _on_qpu(self, live: _Live, prepared: Any) -> tuple[Any, Any, Any]:
+    async def _on_qpu(
+        self, live: _Live, prepared: worker.Prepared
+    ) -> tuple[worker.Opaque, datetime, datetime]:
         """The job's QPU turn: Aer within the wall budget, then the clock's hold."""
         rec = live.rec
         limit = min(rec.cost or self.config.job_max_execution_s, self.config.job_max_execution_s)
@@ -625,7 +627,7 @@ class Scheduler:
             t0 = time.monotonic()
             try:
                 async with asyncio.timeout(budget):
-                    sampled = await self.plane.qpu(rec.backend, worker.sample, prepared)
+                    sampled = await self.plane.qpu(rec.backend, worker.sample, prepared.job)
             except TimeoutError:
                 self._stage(live, "qpu_end")
                 if realtime and budget == limit:

@@ -20,11 +20,13 @@ import argparse
 import contextlib
 import math
 import os
+import pickle
 import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -33,13 +35,40 @@ if TYPE_CHECKING:
     from .simulation import SimulationSettings
     from .timing import TimingParams
 
-__all__ = ["estimate", "main", "postprocess", "preprocess", "sample", "warm"]
+__all__ = ["Opaque", "Prepared", "estimate", "main", "postprocess", "preprocess", "sample", "warm"]
 
 #: Aer's default ``statevector_parallel_threshold``.
 _PARALLEL_QUBITS = 14
 
 #: Bytes one stage of a job may add to this worker's address space (0: no limit; ``main``).
 _memory_budget = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Opaque:
+    """A stage's output that only another worker opens (a prepared job, sampled bits): pickled
+    here once and carried by the scheduler as bytes. Unpickling a prepared job in the server
+    rebuilt its circuits there (about 2 ms of the event loop's time per job, and qiskit
+    imported in the server) only to pickle them again for the next stage."""
+
+    data: bytes
+
+    @classmethod
+    def wrap(cls, obj: Any) -> Opaque:
+        return cls(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
+
+    def open(self) -> Any:
+        return pickle.loads(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What the scheduler needs of a pre-processed job, and the job itself (opaque)."""
+
+    quantum_seconds: float
+    dry_run: bool
+    notes: tuple[str, ...]
+    job: Opaque
 
 
 def warm(sources: Sequence[str]) -> None:
@@ -65,7 +94,7 @@ def preprocess(
     max_executions: int,
     stall_s: float = 0.0,
     settings: SimulationSettings | None = None,
-) -> PreparedJob:
+) -> Prepared:
     from aioruntime.protocol import ErrorCode
 
     from .classical import preprocess as _preprocess
@@ -74,7 +103,7 @@ def preprocess(
     if stall_s:
         time.sleep(stall_s)  # an injected fault: a slow classical stage
     with _memory_limited("Decoding and checking the job", ErrorCode.VALIDATION):
-        return _preprocess(
+        job = _preprocess(
             program_id,
             params,
             source,
@@ -82,6 +111,7 @@ def preprocess(
             max_executions=max_executions,
             settings=settings or SimulationSettings(),
         )
+        return Prepared(job.quantum_seconds, job.dry_run, tuple(job.notes), Opaque.wrap(job))
 
 
 def estimate(
@@ -109,29 +139,31 @@ def estimate(
     return prepared.quantum_seconds
 
 
-def sample(prepared: PreparedJob) -> Sampled:
+def sample(job: Opaque) -> Opaque:
+    """Sample the prepared ``job`` (:class:`Prepared.job`); the bits stay opaque."""
     from aioruntime.protocol import ErrorCode
 
     from .classical import sample as _sample
 
+    prepared: PreparedJob = job.open()
     # Aer's OpenMP threads cost far more than they save on small circuits (a Bell pair: 11.8 ms
     # with every core, 0.8 ms with one); from Aer's own statevector-parallel threshold up,
     # let it use every core. (Stim is single-threaded whatever this says.)
     widest = max((len(q) for q in prepared.metadata.get("pub_qubits", ())), default=0)
     with _memory_limited("Simulating the job", ErrorCode.EXECUTION_FAILED):
-        return _sample(prepared, max_threads=0 if widest >= _PARALLEL_QUBITS else 1)
+        return Opaque.wrap(_sample(prepared, max_threads=0 if widest >= _PARALLEL_QUBITS else 1))
 
 
-def postprocess(
-    prepared: PreparedJob, sampled: Sampled | None, start: datetime, stop: datetime
-) -> str:
-    """``sampled`` is ``None`` for a dry run (see :func:`emulator.classical.postprocess`)."""
+def postprocess(job: Opaque, sampled: Opaque | None, start: datetime, stop: datetime) -> str:
+    """The result text of the prepared ``job`` from its ``sampled`` bits (``None`` for a dry
+    run; see :func:`emulator.classical.postprocess`)."""
     from aioruntime.protocol import ErrorCode
 
     from .classical import postprocess as _postprocess
 
     with _memory_limited("Building the job's result", ErrorCode.EXECUTION_FAILED):
-        return _postprocess(prepared, sampled, start, stop)
+        bits: Sampled | None = sampled.open() if sampled is not None else None
+        return _postprocess(job.open(), bits, start, stop)
 
 
 # -- guards: memory, and the parent's death ---------------------------------------------------
