@@ -83,6 +83,8 @@ class WaitStatistics:
 class _Extension:
     path: str
     max_timeout: float
+    #: The server can put a completed job's result in the final answer (``include=result``).
+    include_result: bool = False
 
 
 @dataclass(eq=False, slots=True)
@@ -204,6 +206,9 @@ class JobWaits:
     async def _long_poll(self, job_id: str, ext: _Extension) -> dict[str, Any]:
         path = p.path(ext.path, job_id=job_id)
         slice_s = max(0.1, min(self._config.wait_slice_s, ext.max_timeout))
+        params = {"timeout": f"{slice_s:g}"}
+        if ext.include_result:  # the final answer carries the result: no GET /results after
+            params["include"] = "result"
         assert self._limiter is not None
         while True:
             async with self._limiter:
@@ -211,7 +216,7 @@ class JobWaits:
                 response = await self._api.request(
                     "GET",
                     path,
-                    params={"timeout": f"{slice_s:g}"},
+                    params=params,
                     read_timeout=slice_s + 30.0,
                     errors=self._not_found(job_id),
                 )
@@ -242,8 +247,9 @@ def _parse_extension(body: Any) -> _Extension | None:
         wait = body["extensions"]["job_wait"]
         path = wait["path"]
         max_timeout = float(wait.get("max_timeout", p.EXT_WAIT_MAX_SECONDS))
-    except (KeyError, TypeError, ValueError):
+        include_result = wait.get("include_result") is True
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None
     if not isinstance(path, str) or not path.startswith("/") or "{job_id}" not in path:
         return None
-    return _Extension(path, max_timeout)
+    return _Extension(path, max_timeout, include_result)

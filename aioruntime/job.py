@@ -78,6 +78,8 @@ class AsyncRuntimeJob:
         self._estimate: float | None = None
         self._result: Any = _UNSET
         self._result_lock = asyncio.Lock()
+        #: The result text the final wait answer carried, until it is decoded.
+        self._result_text: str | None = None
 
     # -- identity ----------------------------------------------------------------------------
 
@@ -141,6 +143,8 @@ class AsyncRuntimeJob:
 
     def _update(self, job: Mapping[str, Any]) -> None:
         status, reason, code = job_status_of(job)
+        if isinstance(text := job.get(p.EXT_WAIT_RESULT_KEY), str) and self._result is _UNSET:
+            self._result_text = text
         if self._status in FINAL_STATUSES and status not in FINAL_STATUSES:
             return  # never step back from a final state (e.g. after cancel())
         self._status = status
@@ -239,6 +243,10 @@ class AsyncRuntimeJob:
         await self._wait_final()
         await self._raise_for_outcome()
         async with self._result_lock:  # concurrent awaiters of this handle decode once
+            if self._result is _UNSET and self._result_text is not None:
+                # The emulator's wait answered with the result (``include=result``).
+                self._result = await self._context.decode(self._result_text)
+                self._result_text = None
             if self._result is _UNSET:
                 response = await self._context.api.request(
                     "GET",

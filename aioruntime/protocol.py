@@ -102,6 +102,9 @@ EXT_JOB_WAIT: Final = EXT_PREFIX + "/jobs/{job_id}/wait"
 EXT_STATISTICS: Final = EXT_PREFIX + "/statistics"
 #: Upper bound of one long-poll, seconds (the client asks for less and loops).
 EXT_WAIT_MAX_SECONDS: Final = 60.0
+#: ``…/wait?include=result``: a completed job's answer carries its result text (the body of
+#: ``GET /jobs/{id}/results``, as a JSON string) under this key, saving that request.
+EXT_WAIT_RESULT_KEY: Final = "aioruntime_result"
 
 HEALTH: Final = "/health"
 

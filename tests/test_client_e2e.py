@@ -113,7 +113,7 @@ async def test_preflight_checks_mirror_the_official_client(
 
 
 async def test_sampler_counts_equal_the_official_client(
-    manila: AsyncBackend, pm: Any, official: Any
+    manila: AsyncBackend, pm: Any, official: Any, emulator: EmulatorThread
 ) -> None:
     theta = Parameter("θ")
     qc = QuantumCircuit(2)
@@ -132,6 +132,10 @@ async def test_sampler_counts_equal_the_official_client(
     theirs = await official_call(official_run)
     assert ours[0].data.meas.get_counts() == theirs[0].data.meas.get_counts()
     assert sum(ours[0].data.meas.get_counts().values()) == 300
+    # The emulator's final wait answer carried the result: no GET /jobs/{id}/results.
+    mine = [r["path"] for r in emulator.requests if job.job_id() in r["path"]]
+    assert any(path.endswith("/wait") for path in mine)
+    assert not any(path.endswith("/results") for path in mine), mine
     assert ours[1].data.meas.shape == theirs[1].data.meas.shape == (3, 2)
     assert np.array_equal(ours[1].data.meas.array, theirs[1].data.meas.array)
     assert ours.metadata["version"] == 2
@@ -439,7 +443,10 @@ async def test_requests_match_the_official_client(
     ours = _by_endpoint(emulator.requests[middle:])
 
     extensions = {e for e in ours if "/aioruntime/" in e[1]}
-    assert set(theirs) - PREFLIGHT == set(ours) - extensions, set(theirs) ^ set(ours)
+    expected = set(theirs) - PREFLIGHT
+    if job_wait != "poll":  # the final wait answer carries the results: no GET /results
+        expected -= {("GET", "/api/v1/jobs/{id}/results")}
+    assert expected == set(ours) - extensions, set(theirs) ^ set(ours)
     if job_wait == "poll":
         assert not extensions
     else:

@@ -320,7 +320,11 @@ async def capabilities(request: web.Request) -> web.Response:
             "clock": str(config.clock),
             "lanes": config.lanes,
             "extensions": {
-                "job_wait": {"path": p.EXT_JOB_WAIT, "max_timeout": config.wait_max_s},
+                "job_wait": {
+                    "path": p.EXT_JOB_WAIT,
+                    "max_timeout": config.wait_max_s,
+                    "include_result": True,
+                },
                 "statistics": {"path": p.EXT_STATISTICS},
                 # POST /jobs with this header twice returns the first job: retrying is safe.
                 "idempotent_submit": {"header": p.HEADER_IDEMPOTENCY_KEY},
@@ -340,7 +344,15 @@ async def wait_job(request: web.Request) -> web.Response:
     if final is None:
         raise Refused(404, ErrorCode.NOT_FOUND, f"Job {rec.id} not found.")
     text = views.job_json_text(final, calibration_id=_calibration_of(request, final.backend))
-    return web.Response(text=text, content_type="application/json")
+    if final.state == JobState.COMPLETED and request.query.get("include") == "result":
+        # The result rides along (a JSON string): the client saves GET /jobs/{id}/results.
+        result = await store.result(final.id) or ""
+        if len(result) < _THREADED_CHARS:
+            field = json.dumps(result)
+        else:
+            field = await asyncio.to_thread(json.dumps, result)
+        text = f'{text[:-1]}, "{p.EXT_WAIT_RESULT_KEY}": {field}}}'
+    return await _text(text)
 
 
 async def statistics(request: web.Request) -> web.Response:
