@@ -121,6 +121,9 @@ class Config:
     job_max_execution_s: float = 3 * 3600.0
     #: Fair share between instances: their recent QPU use decays with this half-life (model s).
     fair_share_half_life_s: float = 3600.0
+    #: Run a job's three stages in one call on the QPU worker when it finds the QPU free under
+    #: the instant (or manual) clock. Tests of the stages one by one turn it off.
+    fast_path: bool = True
     #: Tests only: cap the SQLite database at this many pages (a full disk on demand).
     store_max_pages: int | None = None
     #: On SIGTERM, wait this long (wall seconds) for jobs in flight before exiting; what is

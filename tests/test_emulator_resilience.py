@@ -96,7 +96,9 @@ def test_killing_a_worker_mid_job_fails_only_that_job(emulator: EmulatorThread) 
         headers=admin,
         timeout=10,
     ).raise_for_status()
+    emulator.run(lambda: emulator.scheduler.ready.wait())  # every worker started
     job_id = api.submit()
+    # its worker is computing (the pre-processing stage stalls 30 s): a lane, or the QPU too
     emulator.until(lambda s: s.statistics().backend("ibm_manila").lanes.busy == 1)
     requests.delete(emulator.base_url + "/admin/faults", headers=admin, timeout=10)
     plane = emulator.scheduler.plane

@@ -76,9 +76,13 @@ def test_gauges_read_the_scheduler_at_scrape_time(emu: EmulatorThread) -> None:
     assert value(queued, "aioruntime_lanes_busy", backend=BACKEND) == 0
     assert value(queued, "aioruntime_lanes_capacity", backend=BACKEND) == 5
     assert value(queued, "aioruntime_backend_paused", backend=BACKEND) == 1
+
     # lanes open, the QPU still held: both pre-process, then wait for their turn
-    emu.call(lambda: emu.scheduler.resume(BACKEND))
-    emu.call(lambda: emu.scheduler.pause(BACKEND, lanes=False, qpu=True))
+    def lanes_only() -> None:  # at once, on the emulator's loop: no job slips through the QPU
+        emu.scheduler.resume(BACKEND)
+        emu.scheduler.pause(BACKEND, lanes=False, qpu=True)
+
+    emu.call(lanes_only)
     emu.until(lambda s: s.statistics().backend(BACKEND).qpu_ready == 2)
     _, waiting = scrape(emu)
     assert value(waiting, "aioruntime_jobs_queued", backend=BACKEND) == 0

@@ -140,6 +140,8 @@ async def make_rig() -> AsyncIterator[Callable[..., Any]]:
     stack: list[tuple[Store, Scheduler]] = []
 
     async def make(lanes: int = 2, **overrides: Any) -> Rig:
+        # The stages one by one (the fast path runs them in one call; its own test says so).
+        overrides.setdefault("fast_path", False)
         config = Config(lanes=lanes, clock=ClockSpec.parse("manual"), **overrides)
         clock = ManualClock()
         store = Store(":memory:")
@@ -406,3 +408,32 @@ async def test_idle_and_closed_sessions_cost_the_timers_nothing(
     await rig.advance(30 * 60 + 1)  # IBM closes sessions without jobs after 30 minutes
     await rig.until(lambda: all(s.closed for s in sessions))
     assert book.next_deadline() is None and not book._version
+
+
+async def test_the_fast_path_runs_the_stages_in_one_call_and_can_be_cancelled(
+    make_rig: Callable[..., Any],
+) -> None:
+    """A job that finds the QPU free under the instant/manual clock runs pre-processing,
+    sampling and post-processing in one call on the QPU worker; the result and the bill are
+    those of the three stages, and cancelling it stops that call."""
+    rig: Rig = await make_rig(fast_path=True)
+    rec = await rig.submit()
+    assert await rig.final(rec) == "Completed"
+    assert rig.plane.calls["run_whole"] == 1 and rig.plane.calls["preprocess"] == 0
+    done = rig.store.job(rec.id)
+    assert done is not None and done.usage_seconds and done.usage_seconds > 2.0
+    stages = list(done.stages)
+    assert stages == ["pre_start", "pre_end", "qpu_start", "qpu_end", "post_start", "post_end"]
+    assert rig.store.usage(DEFAULT_INSTANCE) == pytest.approx(done.usage_seconds)
+    assert await rig.store.result(rec.id)
+
+    rig.plane.hold("run_whole")
+    rig.plane.entered["run_whole"] = asyncio.Event()  # (the first job set it)
+    held = await rig.submit()
+    await asyncio.wait_for(rig.plane.entered["run_whole"].wait(), 60)
+    assert rig.s.qpus[BACKEND].current is not None  # it holds the QPU throughout
+    assert await rig.s.cancel(held) is True
+    assert await rig.final(held) == "Cancelled"
+    rig.plane.release("run_whole")
+    await rig.idle()
+    assert rig.s.qpus[BACKEND].current is None
