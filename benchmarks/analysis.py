@@ -9,8 +9,11 @@ L lanes (``timing-and-scheduling.md`` §5)::
     Q     = qpu_end - qpu_start      (the QPU span as measured: max(K x modelled, Aer time))
 
     job mode, one at a time      ≈ Σ (C + Q)                       = N·(C+Q) for equal jobs
-    concurrent lower bound       = max(C̄_pre + Σ Q + C̄_post, Σ C / L)
-                                 = max(C_pre + N·Q + C_post, N·C/L) for equal jobs
+    concurrent lower bound       = max(C̄_pre + Σ Q + C̄_post, Σ (C + Q) / L)
+                                 = max(C_pre + N·Q + C_post, N·(C+Q)/L) for equal jobs
+
+(§5 revised: a lane is a slot for a job in progress, held from its pre-processing to the end of
+its post-processing, so the L lanes are L servers of C + Q each, not of C.)
 
 where C̄ are means over the jobs. The QPU's busy fraction is the union of the QPU spans divided
 by the window from the first ``qpu_start`` to the last ``qpu_end``.
@@ -177,7 +180,7 @@ class Bound:
     c_post: float
     q: float
     qpu_path: float  # C_pre + N·Q + C_post
-    lane_path: float  # N·C / L
+    lane_path: float  # N·(C+Q) / L
 
     @property
     def value(self) -> float:
@@ -202,11 +205,11 @@ class Bound:
 
 
 def concurrent_bound(jobs: Sequence[JobTiming], lanes: int) -> Bound:
-    """``max(C̄_pre + Σ Q + C̄_post, Σ C / L)`` from measured stages (§5).
+    """``max(C̄_pre + Σ Q + C̄_post, Σ (C + Q) / L)`` from measured stages (§5, revised).
 
     The QPU serves one job at a time, so all the Q happen one after another, after at least one
-    pre-processing and before at least one post-processing; the L lanes together must do all
-    the classical work."""
+    pre-processing and before at least one post-processing; each of the L lanes holds one job
+    from its pre-processing to the end of its post-processing, its QPU time included."""
     if lanes < 1:
         raise ValueError("lanes must be at least 1")
     if not jobs:
@@ -221,13 +224,14 @@ def concurrent_bound(jobs: Sequence[JobTiming], lanes: int) -> Bound:
         c_post=c_post,
         q=total_q / n,
         qpu_path=c_pre + total_q + c_post,
-        lane_path=sum(j.c for j in jobs) / lanes,
+        lane_path=sum(j.c + j.q for j in jobs) / lanes,
     )
 
 
 def ideal_speedup(c: float, q: float, lanes: int) -> float:
-    """``(C + Q) / max(Q, C/L)``: the best speed-up of concurrent submission for large N."""
-    denominator = max(q, c / lanes)
+    """``(C + Q) / max(Q, (C+Q)/L)``: the best speed-up of concurrent submission for large N
+    (§5 revised: a lane is held for the job's whole C + Q)."""
+    denominator = max(q, (c + q) / lanes)
     return (c + q) / denominator if denominator > 0 else math.inf
 
 

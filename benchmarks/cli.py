@@ -35,7 +35,7 @@ class RunPlan:
     out_dir: Path = DEFAULT_OUT
     lanes: int = 5
     #: "thread": the emulator in this process (EmulatorThread); "process": its own process.
-    emulator: str = "thread"
+    emulator: str = "process"
     warm: bool = True
     progress: bool = True
     label: str = "full"
@@ -165,9 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--emulator",
         choices=PLACEMENTS,
-        default="thread",
-        help="run the emulator in a thread of this process (default) or in its own "
-        "process (its own GIL, as a remote service)",
+        default="process",
+        help="run the emulator in its own process, as users run it (default: its own GIL, "
+        "as a remote service), or in a thread of this process",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(

@@ -125,19 +125,20 @@ def test_job_mode_estimate_is_n_times_c_plus_q() -> None:
 
 
 def test_concurrent_bound_qpu_limited() -> None:
-    # C = 0.2, Q = 0.3, L = 5: the QPU path C_pre + N·Q + C_post = 0.1 + 3 + 0.1 wins over N·C/L.
+    # C = 0.2, Q = 0.3, L = 5: the QPU path C_pre + N·Q + C_post = 0.1 + 3 + 0.1 wins over
+    # N·(C+Q)/L (a lane is held for a job's whole C + Q: §5 revised).
     bound = concurrent_bound(uniform_jobs(10, c_pre=0.1, q=0.3, c_post=0.1), lanes=5)
     assert bound.qpu_path == pytest.approx(3.2)
-    assert bound.lane_path == pytest.approx(10 * 0.2 / 5)
+    assert bound.lane_path == pytest.approx(10 * (0.2 + 0.3) / 5)
     assert bound.value == pytest.approx(3.2)
     assert bound.limited_by == "qpu"
     assert bound.as_dict()["bound_s"] == pytest.approx(3.2)
 
 
 def test_concurrent_bound_lane_limited() -> None:
-    # C = 2.0, Q = 0.1, L = 5: N·C/L = 20·2/5 = 8 beats 1 + 2 + 1 = 4.
+    # C = 2.0, Q = 0.1, L = 5: N·(C+Q)/L = 20·2.1/5 = 8.4 beats 1 + 2 + 1 = 4.
     bound = concurrent_bound(uniform_jobs(20, c_pre=1.0, q=0.1, c_post=1.0), lanes=5)
-    assert bound.value == pytest.approx(8.0)
+    assert bound.value == pytest.approx(8.4)
     assert bound.limited_by == "lanes"
 
 
@@ -147,7 +148,7 @@ def test_concurrent_bound_uses_mean_classical_times_and_the_sum_of_qpu_times() -
     assert bound.c_pre == pytest.approx(2.0)  # (1 + 3) / 2
     assert bound.c_post == pytest.approx(1.0)
     assert bound.qpu_path == pytest.approx(2.0 + (1 + 2) + 1.0)
-    assert bound.lane_path == pytest.approx((2 + 4) / 1)
+    assert bound.lane_path == pytest.approx((2 + 1) + (4 + 2))
 
 
 def test_concurrent_bound_refuses_nonsense() -> None:
@@ -159,7 +160,7 @@ def test_concurrent_bound_refuses_nonsense() -> None:
 
 def test_ideal_speedup() -> None:
     assert ideal_speedup(c=0.2, q=0.3, lanes=5) == pytest.approx(0.5 / 0.3)
-    assert ideal_speedup(c=2.0, q=0.1, lanes=5) == pytest.approx(2.1 / 0.4)
+    assert ideal_speedup(c=2.0, q=0.1, lanes=5) == pytest.approx(5.0)  # = L: lanes of C + Q
     assert ideal_speedup(c=0.0, q=0.0, lanes=5) == math.inf
 
 
@@ -343,7 +344,7 @@ def test_plans_from_the_command_line(tmp_path: Path) -> None:
     assert not picked.overhead.official and not picked.two_vqe.official
     assert picked.out_dir == tmp_path
     assert full.jobs() > quick.jobs() > demo.jobs() > 0
-    assert full.emulator == "thread" and plan("--emulator", "process").emulator == "process"
+    assert full.emulator == "process" and plan("--emulator", "thread").emulator == "thread"
 
 
 def test_bad_arguments_fail_before_anything_starts(capsys: pytest.CaptureFixture[str]) -> None:

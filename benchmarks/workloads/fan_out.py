@@ -39,7 +39,7 @@ class Params:
     n: int = 1000
     shots: int = 100
     #: Targets (instant clock): zero errors, at least this many jobs/s.
-    min_jobs_per_s: float = 150.0
+    min_jobs_per_s: float = 300.0
 
 
 def jobs(params: Params) -> int:
@@ -153,7 +153,7 @@ def _result(
             )
         )
     notes = [
-        "bound_jobs_per_s: n / max(C_pre + ΣQ + C_post, ΣC/L) from the jobs' own stage times "
+        "bound_jobs_per_s: n / max(C_pre + ΣQ + C_post, Σ(C+Q)/L) from the jobs' own stage times "
         "(the most this run's QPU and lanes could have delivered); Q_p50_ms: median QPU span",
         "peak RSS = this process (the client; the emulator's event loop too when it runs in a "
         "thread) + all its child processes (the emulator's workers; its own process too with "

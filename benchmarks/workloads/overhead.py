@@ -37,7 +37,7 @@ class Params:
     warmup: int = 3
     shots: int = 100
     #: Target (instant clock): aioruntime median - Aer median ≤ this, in ms.
-    added_ms_max: float = 5.0
+    added_ms_max: float = 3.0
     official: bool = True
 
 
