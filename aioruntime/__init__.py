@@ -10,6 +10,11 @@
             job = await AsyncEstimatorV2(mode=session).run([(isa_circuit, observable)])
             result = await job
 
+IBM's executor path: :class:`AsyncExecutorSamplerV2` and :class:`AsyncExecutorEstimatorV2` (the
+client-side primitives), :class:`AsyncExecutor` (``QuantumProgram``) and
+:class:`AsyncNoiseLearnerV3`; their CPU work runs in worker processes (``_cpu.py``).
+Cost and time of a workload before it runs: :mod:`aioruntime.estimate`.
+
 The wire protocol lives in :mod:`aioruntime.protocol`; the exception tree is drawn in
 :mod:`aioruntime.errors`.
 """
@@ -17,6 +22,7 @@ The wire protocol lives in :mod:`aioruntime.protocol`; the exception tree is dra
 from __future__ import annotations
 
 from ._config import VERSION as __version__
+from ._cpu import CpuStatistics
 from ._wait import WaitStatistics
 from .backend import AsyncBackend
 from .errors import (
@@ -46,7 +52,10 @@ from .errors import (
     SessionNotFoundError,
     TransportError,
     UsageError,
+    WorkerDiedError,
 )
+from .executor import AsyncExecutor, AsyncNoiseLearnerV3
+from .executor_primitives import AsyncExecutorEstimatorV2, AsyncExecutorSamplerV2
 from .job import AsyncRuntimeJob
 from .primitives import AsyncEstimatorV2, AsyncSamplerV2
 from .service import AsyncRuntimeService, ServiceState, ServiceStatistics
@@ -58,6 +67,10 @@ __all__ = [
     "AsyncBackend",
     "AsyncBatch",
     "AsyncEstimatorV2",
+    "AsyncExecutor",
+    "AsyncExecutorEstimatorV2",
+    "AsyncExecutorSamplerV2",
+    "AsyncNoiseLearnerV3",
     "AsyncRuntimeJob",
     "AsyncRuntimeService",
     "AsyncSamplerV2",
@@ -67,6 +80,7 @@ __all__ = [
     "ClosedError",
     "ConnectError",
     "ConnectionLostError",
+    "CpuStatistics",
     "InputValueError",
     "InvalidStateError",
     "JobCancelledError",
@@ -90,5 +104,6 @@ __all__ = [
     "TransportError",
     "UsageError",
     "WaitStatistics",
+    "WorkerDiedError",
     "__version__",
 ]

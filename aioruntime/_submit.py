@@ -124,7 +124,7 @@ def job_body(
     if runtime.get("private"):
         rest["private"] = True
     head = json.dumps({"program_id": program_id})[:-1]
-    return f"{head}, \"params\": {params_json}, {json.dumps(rest)[1:]}"
+    return f'{head}, "params": {params_json}, {json.dumps(rest)[1:]}'
 
 
 async def post_job(
