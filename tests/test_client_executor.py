@@ -34,6 +34,8 @@ from aioruntime import (
     AsyncSession,
     BadRequestError,
     InputValueError,
+    JobCancelledError,
+    JobTimeoutError,
 )
 from aioruntime import protocol as p
 from emulator.testing import EmulatorThread
@@ -143,6 +145,26 @@ async def test_bad_input_is_refused_before_anything_is_sent(
     with pytest.raises(InputValueError):
         AsyncExecutorSamplerV2(mode=fez, options={"no_such_option": 1})
     assert len(emulator.requests) == before
+
+
+async def test_timeout_and_cancel_as_for_any_job(
+    emulator: EmulatorThread, service: AsyncRuntimeService
+) -> None:
+    manila = await service.backend("ibm_manila")
+    isa = generate_preset_pass_manager(optimization_level=1, target=manila.target).run(bell())
+    await in_thread(emulator.call, lambda: emulator.scheduler.pause("ibm_manila"))  # a gate
+    try:
+        job = await AsyncExecutorSamplerV2(mode=manila).run([isa], shots=10)
+        assert await job.status() == "QUEUED"
+        assert (await job.metrics())["position_in_queue"] == 1
+        with pytest.raises(JobTimeoutError):  # the gate holds it: the timeout must expire
+            await job.result(timeout=0.2)
+        await job.cancel()
+    finally:
+        await in_thread(emulator.call, lambda: emulator.scheduler.resume("ibm_manila"))
+    with pytest.raises(JobCancelledError):
+        await job
+    assert await job.status() == "CANCELLED" and await job.usage() == 0
 
 
 # -- the CPU pool ----------------------------------------------------------------------------------
