@@ -46,6 +46,7 @@ __all__ = [
     "prepare_noise_learner",
     "prepare_sampler",
     "unique_layers",
+    "warm",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -227,6 +228,15 @@ def prepare_noise_learner(
         items=len(instructions),
         shots=0,
     )
+
+
+def warm() -> None:
+    """Import what the other functions need (a worker's first call otherwise pays for it)."""
+    import qiskit_ibm_runtime.decoders.defaults
+    import qiskit_ibm_runtime.executor_estimator.prepare
+    import qiskit_ibm_runtime.executor_sampler.prepare
+    import qiskit_ibm_runtime.noise_learner_v3.params_converters
+    import qiskit_ibm_runtime.quantum_program.params_converters  # noqa: F401
 
 
 def decode_result(program_id: str, body: bytes) -> Any:
