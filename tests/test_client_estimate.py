@@ -36,13 +36,14 @@ asyncio_module = pytest.mark.asyncio(loop_scope="module")
 
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[EmulatorThread]:
-    with EmulatorThread(emulator_config(backends="ibm_fez")) as emu:
+    """One small device: what is checked here is arithmetic and billing, not width."""
+    with EmulatorThread(emulator_config(backends="ibm_manila")) as emu:
         yield emu
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def fez(service: AsyncRuntimeService) -> AsyncBackend:
-    return await service.backend("ibm_fez")
+async def backend(service: AsyncRuntimeService) -> AsyncBackend:
+    return await service.backend("ibm_manila")
 
 
 # -- the model -------------------------------------------------------------------------------------
@@ -79,8 +80,8 @@ def test_batch_wall_is_the_bound_of_section_5() -> None:
 # -- estimates against what the emulator bills ----------------------------------------------------
 
 
-def workload(fez: AsyncBackend) -> list[JobSpec]:
-    pm = generate_preset_pass_manager(optimization_level=1, target=fez.target, seed_transpiler=5)
+def workload(backend: AsyncBackend) -> list[JobSpec]:
+    pm = generate_preset_pass_manager(1, target=backend.target, seed_transpiler=5)
     isa, plain = pm.run(bell()), pm.run(bell(measure=False))
     obs = [SparsePauliOp(label).apply_layout(plain.layout) for label in ("ZZ", "XX")]
     program = QuantumProgram(shots=50)
@@ -106,18 +107,18 @@ async def run_for_real(spec: JobSpec, mode: Any) -> Any:
 
 @asyncio_module
 async def test_estimates_match_what_the_emulator_bills(
-    service: AsyncRuntimeService, fez: AsyncBackend
+    service: AsyncRuntimeService, backend: AsyncBackend
 ) -> None:
-    specs = workload(fez)
+    specs = workload(backend)
     before = (await service.usage())["usage_consumed_seconds"]
-    estimate = await estimate_workload(fez, specs, idle_s=5)
+    estimate = await estimate_workload(backend, specs, idle_s=5)
     assert (await service.usage())["usage_consumed_seconds"] == before  # dry runs: no bill
     assert [j.label for j in estimate.jobs] == ["twirled", "trex", "legacy", "program"]
     assert all(j.quantum_s > 2.0 and j.pre_s > 0 for j in estimate.jobs)
     print(estimate.table())
 
     # single jobs, for real
-    jobs = await asyncio.gather(*(run_for_real(spec, fez) for spec in specs))
+    jobs = await asyncio.gather(*(run_for_real(spec, backend) for spec in specs))
     await asyncio.gather(*jobs)
     billed = [await j.usage() for j in jobs]
     for measured, usage in zip(estimate.jobs, billed, strict=True):
@@ -127,7 +128,7 @@ async def test_estimates_match_what_the_emulator_bills(
     # as a batch, for real: the batch's usage and the instance's
     middle = (await service.usage())["usage_consumed_seconds"]
     assert middle - before == pytest.approx(sum(billed))
-    async with AsyncBatch(fez) as batch:
+    async with AsyncBatch(backend) as batch:
         jobs = await asyncio.gather(*(run_for_real(spec, batch) for spec in specs))
         await asyncio.gather(*jobs)
     after = (await service.usage())["usage_consumed_seconds"]
@@ -144,7 +145,7 @@ async def test_estimates_match_what_the_emulator_bills(
 
 def cli_args(emulator: EmulatorThread) -> list[str]:
     return [
-        *("--url", emulator.runtime_url, "--token", emulator.api_key),
+        *("--backend", "ibm_manila", "--url", emulator.runtime_url, "--token", emulator.api_key),
         *("--instance", emulator.instance, "--iam-url", emulator.base_url),
     ]
 
@@ -152,7 +153,7 @@ def cli_args(emulator: EmulatorThread) -> list[str]:
 def test_cli_prints_a_table(emulator: EmulatorThread, capsys: pytest.CaptureFixture[str]) -> None:
     estimate = main([*cli_args(emulator), "--workload", "sampler", "--jobs", "4", "--idle", "5"])
     out = capsys.readouterr().out
-    assert "ibm_fez: 4 job(s)" in out and "billed QPU s" in out
+    assert "ibm_manila: 4 job(s)" in out and "billed QPU s" in out
     for mode in ("jobs", "batch", "session"):
         assert f"\n{mode} " in out
     (measured,) = {j.job_ids: j for j in estimate.jobs}.values()  # one dry run for four jobs
@@ -186,3 +187,14 @@ def test_cli_reads_a_workload_file(
     assert '"billed_s"' in capsys.readouterr().out
     small, large = estimate.jobs
     assert large.quantum_s - small.quantum_s == pytest.approx(3900 * 345e-6, rel=0.1)
+
+
+def test_readme_example_runs(emulator: EmulatorThread) -> None:
+    """The README's executor-path example, as written (only the port differs)."""
+    from test_readme import python_blocks, run_block
+
+    (example,) = python_blocks("## IBM's executor path and cost estimates in aioruntime")
+    output = run_block(example, emulator)
+    batch, evs = output.strip().splitlines()
+    assert batch.startswith("as a batch: ") and float(batch.split()[3]) > 4 * 2.0
+    assert evs == "[1. 1.]"  # a noiseless Bell pair: <ZZ> = <XX> = 1

@@ -68,6 +68,13 @@ def isa_bell(pm: Any) -> QuantumCircuit:
     return pm.run(bell())
 
 
+@pytest.fixture(scope="module")
+def small_pm(manila: AsyncBackend) -> Any:
+    """ibm_manila (5 qubits): for what does not need a wide device, so the emulator's own work
+    stays small (ibm_fez dresses and measures all 156 qubits of every executor circuit)."""
+    return generate_preset_pass_manager(1, target=manila.target, seed_transpiler=7)
+
+
 def observables(isa: QuantumCircuit, labels: tuple[str, ...] = ("ZZ", "XX", "IZ")) -> list[Any]:
     return [SparsePauliOp(label).apply_layout(isa.layout) for label in labels]
 
@@ -173,15 +180,14 @@ async def test_timeout_and_cancel_as_for_any_job(
 # -- the CPU pool ----------------------------------------------------------------------------------
 
 
-async def test_concurrent_runs_prepare_in_parallel(
-    emulator: EmulatorThread, isa_bell: QuantumCircuit
-) -> None:
+async def test_concurrent_runs_prepare_in_parallel(emulator: EmulatorThread, small_pm: Any) -> None:
     """Eight twirled runs at once: their preparations run in two worker processes at a time
     (counted by the pool), never on the event loop, and every job completes."""
     async with service_for(emulator, cpu_workers=2) as svc:
-        fez = await svc.backend("ibm_fez")
-        sampler = AsyncExecutorSamplerV2(fez, {"twirling": {"enable_gates": True}})
-        jobs = await asyncio.gather(*(sampler.run([isa_bell], shots=64) for _ in range(8)))
+        backend = await svc.backend("ibm_manila")
+        sampler = AsyncExecutorSamplerV2(backend, {"twirling": {"enable_gates": True}})
+        isa = small_pm.run(bell())
+        jobs = await asyncio.gather(*(sampler.run([isa], shots=64) for _ in range(8)))
         results = await asyncio.gather(*jobs)
         cpu = svc.statistics().cpu
     assert cpu.workers == 2 and svc.statistics().cpu.workers == 0  # stopped with the service
@@ -195,10 +201,11 @@ async def test_concurrent_runs_prepare_in_parallel(
 
 
 async def test_session_jobs_and_usage(
-    emulator: EmulatorThread, service: AsyncRuntimeService, fez: AsyncBackend, isa_bell: Any
+    emulator: EmulatorThread, service: AsyncRuntimeService, manila: AsyncBackend, small_pm: Any
 ) -> None:
+    isa_bell = small_pm.run(bell())
     plain = isa_bell.remove_final_measurements(inplace=False)
-    async with AsyncSession(fez) as session:
+    async with AsyncSession(manila) as session:
         first = await (await AsyncExecutorSamplerV2(mode=session).run([isa_bell], shots=32))
         await in_thread(emulator.advance, 30)  # the user thinks for 30 s: the QPU stays reserved
         estimator = AsyncExecutorEstimatorV2(options={"default_shots": 64})  # the open session
@@ -213,10 +220,11 @@ async def test_session_jobs_and_usage(
 
 
 async def test_batch_bills_the_sum_of_its_jobs(
-    service: AsyncRuntimeService, fez: AsyncBackend, isa_bell: QuantumCircuit
+    service: AsyncRuntimeService, manila: AsyncBackend, small_pm: Any
 ) -> None:
+    isa_bell = small_pm.run(bell())
     before = (await service.usage())["usage_consumed_seconds"]
-    async with AsyncBatch(fez) as batch:
+    async with AsyncBatch(manila) as batch:
         sampler = AsyncExecutorSamplerV2(mode=batch)
         program = QuantumProgram(shots=16)
         program.append_circuit_item(isa_bell)
@@ -268,17 +276,15 @@ async def test_dry_run_in_a_session_is_refused_by_the_server(
 # -- PEC through the noise learner -----------------------------------------------------------------
 
 
-async def test_pec_learns_the_noise_first_and_once(
-    emulator: EmulatorThread, fez: AsyncBackend, pm: Any
-) -> None:
+async def test_pec_learns_the_noise_first_and_once(manila: AsyncBackend, small_pm: Any) -> None:
     qc = QuantumCircuit(3)
     qc.h(0)
     qc.cx(0, 1)
     qc.cx(1, 2)
-    isa = pm.run(qc)
+    isa = small_pm.run(qc)
     obs = observables(isa, ("ZZI", "IZZ", "XXX"))
     estimator = AsyncExecutorEstimatorV2(
-        fez,
+        manila,
         {
             "resilience": {"pec_mitigation": True},
             "default_shots": 512,

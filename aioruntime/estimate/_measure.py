@@ -20,7 +20,6 @@ layers again does (an optimizer loop).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -216,11 +215,11 @@ async def estimate_workload(
     Raises what a dry run raises: :class:`~aioruntime.InputValueError` for input the client
     refuses, :class:`~aioruntime.JobFailedError` for input the server refuses."""
     # One-off costs are paid before measuring, not charged to the first job: loading the
-    # twin's Target, starting the CPU pool's workers and their imports.
+    # twin's Target, starting a CPU-pool worker and its imports (one is enough: the
+    # measurements run one at a time).
     await mock_twin(backend)
     if any(spec.primitive.startswith("executor") for spec in specs):
-        context = backend.context
-        await asyncio.gather(*(context.run_cpu(warm) for _ in range(context.cpu.size)))
+        await backend.context.run_cpu(warm)
     measured: dict[int, list[JobEstimate]] = {}
     jobs: list[JobEstimate] = []
     for spec in specs:
@@ -233,11 +232,12 @@ async def estimate_workload(
     workers = cpu.size if cpu.kind == "process" else 1
     lane_count = lanes if lanes is not None else await _lanes(backend)
     notes = (
-        "QPU s: each job's modelled QPU time, what IBM bills for it. server s: the server's",
-        "classical processing before and after the QPU (a lane). client s: this client's own",
-        "work (preparing, post-processing). wall s: jobs and session run one job after another;",
-        f"batch is the bound of timing-and-scheduling.md §5 ({lane_count} lanes, {workers} client",
-        "worker(s)). Queueing behind other users' jobs is not included.",
+        "QPU s: each job's modelled QPU time (what IBM bills for it). server s: the server's",
+        "classical processing before and after the QPU. client s: this client's own work",
+        "(preparing, post-processing). wall s: jobs and session run one job after another;",
+        f"batch is the bound of timing-and-scheduling.md §5 with {lane_count} lanes and "
+        f"{workers} client workers.",
+        "Queueing behind other users' jobs is not included.",
     )
     return WorkloadEstimate(
         backend=backend.name,
