@@ -65,6 +65,10 @@ def test_session_bills_its_window_idle_included() -> None:
     assert session_bill([job(5.0)], idle_s=0) == 5.0
     assert session_bill(jobs, idle_s=10, max_ttl_s=20) == 20
     assert session_bill([], idle_s=10) == 0
+    # the estimator job that needs a noise model follows its learner at once: no idle between
+    learner = JobEstimate("noise", "noise-learner", 90.0, 0.2, 0.1)
+    pec = JobEstimate("pec", "executor", 3.0, 0.1, 0.1)
+    assert session_bill([learner, pec], idle_s=100) == pytest.approx(90.1 + 0.1 + 3.1)
 
 
 def test_batch_wall_is_the_bound_of_section_5() -> None:

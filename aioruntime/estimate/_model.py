@@ -27,6 +27,8 @@ How long it takes (``timing-and-scheduling.md`` §5, revised), with L lanes and 
   ``Σ client / W`` (the client's worker pool is W more servers);
 * **session**, jobs one after another with ``idle_s`` between them: Σ (client + C + Q) +
   (N - 1) · idle.
+
+A noise learner's job is followed at once by the estimator job that needs it: no idle time.
 """
 
 from __future__ import annotations
@@ -83,13 +85,19 @@ def session_bill(
         return 0.0
     billed = jobs[0].quantum_s + jobs[0].post_s
     for before, job in itertools.pairwise(jobs):
-        gap = before.client_post_s + idle_s + job.client_pre_s
+        gap = before.client_post_s + _idle_after(before, idle_s) + job.client_pre_s
         if gap < interactive_ttl_s:
             billed += gap + job.pre_s
         else:
             billed += interactive_ttl_s
         billed += job.quantum_s + job.post_s
     return min(max(billed, sum(j.quantum_s for j in jobs)), max_ttl_s)
+
+
+def _idle_after(job: JobEstimate, idle_s: float) -> float:
+    """The user's idle time after ``job``: none after a noise learner, whose estimator job
+    follows at once (``AsyncExecutorEstimatorV2.run`` submits it when the learner is done)."""
+    return 0.0 if job.program == "noise-learner" else idle_s
 
 
 def batch_wall(jobs: Sequence[JobEstimate], *, lanes: int, workers: int) -> float:
@@ -134,7 +142,7 @@ def modes(
             session_bill(
                 jobs, idle_s=idle_s, interactive_ttl_s=interactive_ttl_s, max_ttl_s=max_ttl_s
             ),
-            one_by_one + max(0, len(jobs) - 1) * idle_s,
+            one_by_one + sum(_idle_after(job, idle_s) for job in jobs[:-1]),
             f"one after another, {idle_s:g} s idle between; billed its active window "
             f"(TTL {interactive_ttl_s:g} s)",
         ),
