@@ -35,7 +35,9 @@ if TYPE_CHECKING:
     from qiskit.primitives.containers.sampler_pub import SamplerPubLike
     from qiskit.quantum_info import PauliLindbladMap
 
+    from .backend import AsyncBackend
     from .job import AsyncRuntimeJob
+    from .session import _ExecutionMode
 
 __all__ = ["AsyncExecutorEstimatorV2", "AsyncExecutorSamplerV2", "LayerNoiseModel"]
 
@@ -86,8 +88,12 @@ class AsyncExecutorEstimatorV2(_ClientSidePrimitive[EstimatorOptions]):
 
     _options_class = EstimatorOptions
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        mode: AsyncBackend | _ExecutionMode | None = None,
+        options: EstimatorOptions | dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(mode, options)
         self._learned: dict[str, tuple[CircuitInstruction, PauliLindbladMap]] = {}
         #: The noise-learner jobs this estimator ran, in order.
         self.noise_learner_jobs: list[AsyncRuntimeJob] = []
