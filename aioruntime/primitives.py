@@ -12,6 +12,9 @@ payloads never stall the event loop.
 ``await primitive.run(pubs)`` returns an :class:`~aioruntime.AsyncRuntimeJob` as soon as the
 server accepted the job (``POST /jobs``); ``await job`` then gives the ``PrimitiveResult``.
 
+Submission itself (the mode, a dry run's mock twin, the ``POST /jobs`` body, the checks below,
+the job handle) is shared with the executor path in ``_submit.py``.
+
 Pre-submission checks. The official client sends ``GET /instances/usage`` and
 ``GET /backends/{name}/status`` before **every** job, only to emit warnings. aioruntime skips
 them by default (two extra round trips per job, which matters when a hundred jobs are submitted
@@ -25,7 +28,6 @@ sending can be retried without risking a second job. The official client retries
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
@@ -47,8 +49,6 @@ if TYPE_CHECKING:
     from .backend import AsyncBackend
 
 __all__ = ["AsyncEstimatorV2", "AsyncSamplerV2"]
-
-log = logging.getLogger("aioruntime.primitives")
 
 OptionsT = TypeVar("OptionsT", SamplerOptions, EstimatorOptions)
 
