@@ -3,14 +3,14 @@
 The executor primitives do on the client what the legacy programs did on the server: the
 official ``prepare`` (samplomatic boxing and ``build``, ``qiskit_mitigation`` tasks, dynamical
 decoupling), the params encoding, and the result decoders with their post-processors (TREX,
-ZNE, PEC). That is pure-Python work that holds the GIL: measured on this project's 2-core
-machine, the official executor Estimator ``prepare`` + encoding of a 6-qubit ``ibm_fez`` PUB
-takes about 0.15 s of CPU, and 10 of them take the same wall time on 1 or 2 threads (the CPU
-time of the threads together never exceeds the wall time: one thread runs at a time). Threads
-would keep the loop responsive but serialize every ``run()`` behind the GIL. So by default
-(``cpu_pool="process"``) the work runs in worker processes, one call per process at a time,
-``cpu_workers`` at once (default: the cores, at most 4): N concurrent ``run()`` calls prepare
-on that many cores.
+ZNE, PEC). That is mostly pure-Python work that holds the GIL. Measured on this project's
+shared 2-core machine (load average about 7 from other work; best of six rounds of 16 official
+executor Estimator ``prepare`` + encodings of a 6-qubit ``ibm_fez`` PUB, about 0.12 s of CPU
+each): one thread 8.4 per second, two threads 7.1 (no gain: one runs at a time), one worker
+process 7.9, two worker processes 13.4 (1.7 times). Threads would keep the loop responsive but
+serialize every ``run()`` behind the GIL. So by default (``cpu_pool="process"``) the work runs
+in worker processes, one call per process at a time, ``cpu_workers`` at once (default: the
+cores, at most 4): N concurrent ``run()`` calls prepare on that many cores.
 
 Workers are ``python -m aioruntime._cpu_worker`` children with the parent's ``sys.path``,
 started on first use (a fresh interpreter: the caller's ``__main__`` is never re-run, unlike
