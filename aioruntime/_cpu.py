@@ -82,6 +82,7 @@ class CpuStatistics:
     #: Calls in progress now, and the most that were at once since the service opened.
     running: int
     peak_running: int
+    #: Calls started; of those, calls that returned a value (not raised, not cancelled).
     calls: int
     completed: int
     #: Calls a worker could not load, run in a thread instead.
