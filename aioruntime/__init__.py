@@ -10,6 +10,11 @@
             job = await AsyncEstimatorV2(mode=session).run([(isa_circuit, observable)])
             result = await job
 
+IBM's executor path: :class:`AsyncExecutorSamplerV2` and :class:`AsyncExecutorEstimatorV2` (the
+client-side primitives), :class:`AsyncExecutor` (``QuantumProgram``) and
+:class:`AsyncNoiseLearnerV3`; their CPU work runs in worker processes (``_cpu.py``).
+Cost and time of a workload before it runs: :mod:`aioruntime.estimate`.
+
 The wire protocol lives in :mod:`aioruntime.protocol`; the exception tree is drawn in
 :mod:`aioruntime.errors`.
 """
@@ -27,6 +32,10 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "AsyncBackend": ("backend", "AsyncBackend"),
     "AsyncBatch": ("session", "AsyncBatch"),
     "AsyncEstimatorV2": ("primitives", "AsyncEstimatorV2"),
+    "AsyncExecutor": ("executor", "AsyncExecutor"),
+    "AsyncExecutorEstimatorV2": ("executor_primitives", "AsyncExecutorEstimatorV2"),
+    "AsyncExecutorSamplerV2": ("executor_primitives", "AsyncExecutorSamplerV2"),
+    "AsyncNoiseLearnerV3": ("executor", "AsyncNoiseLearnerV3"),
     "AsyncRuntimeJob": ("job", "AsyncRuntimeJob"),
     "AsyncRuntimeService": ("service", "AsyncRuntimeService"),
     "AsyncSamplerV2": ("primitives", "AsyncSamplerV2"),
@@ -36,6 +45,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "ClosedError": ("errors", "ClosedError"),
     "ConnectError": ("errors", "ConnectError"),
     "ConnectionLostError": ("errors", "ConnectionLostError"),
+    "CpuStatistics": ("_cpu", "CpuStatistics"),
     "InputValueError": ("errors", "InputValueError"),
     "InvalidStateError": ("errors", "InvalidStateError"),
     "JobCancelledError": ("errors", "JobCancelledError"),
@@ -59,6 +69,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "TransportError": ("errors", "TransportError"),
     "UsageError": ("errors", "UsageError"),
     "WaitStatistics": ("_wait", "WaitStatistics"),
+    "WorkerDiedError": ("errors", "WorkerDiedError"),
     "__version__": ("_config", "VERSION"),
 }
 
@@ -79,6 +90,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from ._config import VERSION as __version__
+    from ._cpu import CpuStatistics
     from ._wait import WaitStatistics
     from .backend import AsyncBackend
     from .errors import (
@@ -108,7 +120,10 @@ if TYPE_CHECKING:
         SessionNotFoundError,
         TransportError,
         UsageError,
+        WorkerDiedError,
     )
+    from .executor import AsyncExecutor, AsyncNoiseLearnerV3
+    from .executor_primitives import AsyncExecutorEstimatorV2, AsyncExecutorSamplerV2
     from .job import AsyncRuntimeJob
     from .primitives import AsyncEstimatorV2, AsyncSamplerV2
     from .service import AsyncRuntimeService, ServiceState, ServiceStatistics
@@ -120,6 +135,10 @@ __all__ = [
     "AsyncBackend",
     "AsyncBatch",
     "AsyncEstimatorV2",
+    "AsyncExecutor",
+    "AsyncExecutorEstimatorV2",
+    "AsyncExecutorSamplerV2",
+    "AsyncNoiseLearnerV3",
     "AsyncRuntimeJob",
     "AsyncRuntimeService",
     "AsyncSamplerV2",
@@ -129,6 +148,7 @@ __all__ = [
     "ClosedError",
     "ConnectError",
     "ConnectionLostError",
+    "CpuStatistics",
     "InputValueError",
     "InvalidStateError",
     "JobCancelledError",
@@ -152,5 +172,6 @@ __all__ = [
     "TransportError",
     "UsageError",
     "WaitStatistics",
+    "WorkerDiedError",
     "__version__",
 ]

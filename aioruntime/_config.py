@@ -86,6 +86,11 @@ class ClientConfig:
     connect_retries: int = 3
     backoff_s: float = 0.5
     client_application: str = f"aioruntime-{VERSION}"
+    #: Where the executor primitives' CPU work runs (``aioruntime/_cpu.py``): worker
+    #: processes (parallel across cores) or threads; and how many calls at once (0: the
+    #: machine's cores, at most 4).
+    cpu_pool: Literal["process", "thread"] = "process"
+    cpu_workers: int = 0
 
     def __post_init__(self) -> None:
         if self.max_concurrent_waits < 1:
@@ -101,6 +106,10 @@ class ClientConfig:
             raise InputValueError("poll_rate must be positive")
         if self.job_wait not in ("auto", "poll"):
             raise InputValueError("job_wait must be 'auto' or 'poll'")
+        if self.cpu_pool not in ("process", "thread"):
+            raise InputValueError("cpu_pool must be 'process' or 'thread'")
+        if self.cpu_workers < 0:
+            raise InputValueError("cpu_workers must be 0 (automatic) or more")
 
     @classmethod
     def build(

@@ -7,8 +7,11 @@ Backends, jobs, sessions and primitives each hold one :class:`ClientContext`, ne
 * ``api``: the :class:`~aioruntime._http.ApiClient` (headers, token, retries, errors) over the
   service's transport;
 * ``waits``: the shared, bounded :class:`~aioruntime._wait.JobWaits`;
-* :meth:`run_sync` / :meth:`decode`: CPU-bound work (codec, Target building) in worker threads,
-  at most a few at once;
+* :meth:`run_sync` / :meth:`decode`: short CPU-bound work (codec, Target building) in worker
+  threads, at most a few at once;
+* :meth:`run_cpu`: the executor primitives' heavy CPU work (preparation, post-processing) in the
+  :class:`~aioruntime._cpu.CpuPool`: worker processes, started on first use (see ``_cpu.py``
+  for why not threads);
 * :meth:`spawn` / :meth:`cleanup`: background tasks the service waits for when it closes, and
   bounded clean-up requests that survive the caller's cancellation;
 * the lifecycle (:class:`ServiceState`, :meth:`require_open`), since all of the above stop
@@ -34,6 +37,7 @@ import anyio.to_thread
 
 from . import protocol as p
 from ._config import ClientConfig
+from ._cpu import CpuPool, CpuStatistics
 from ._http import ApiClient
 from ._tasks import _retrieve
 from ._transport import AsyncTransport
@@ -69,6 +73,8 @@ class ClientContext:
         self._state = ServiceState.UNOPENED
         self._background: set[asyncio.Task[Any]] = set()
         self._codec_limiter: anyio.CapacityLimiter | None = None
+        workers = config.cpu_workers or max(1, min(4, os.cpu_count() or 1))
+        self.cpu = CpuPool(config.cpu_pool, workers)
 
     @property
     def state(self) -> ServiceState:
@@ -109,7 +115,10 @@ class ClientContext:
                 if pending:
                     await asyncio.wait(pending)
         finally:
-            await self.api.aclose()
+            try:
+                await self.cpu.aclose()
+            finally:
+                await self.api.aclose()
 
     def require_open(self) -> None:
         """Raise :class:`ServiceClosedError`, with what to do, unless open."""
@@ -131,6 +140,16 @@ class ClientContext:
     async def decode(self, body: bytes | str) -> Any:
         """``protocol.loads`` (the official RuntimeDecoder) in a worker thread."""
         return await self.run_sync(p.loads, body)
+
+    async def run_cpu(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` (a module-level function) in the CPU pool: in parallel with other calls,
+        never on the loop. Cancelling the caller stops the computation. Raises what ``fn``
+        raises, or :class:`~aioruntime.errors.WorkerDiedError`."""
+        self.require_open()
+        return await self.cpu.run(fn, *args)
+
+    def cpu_statistics(self) -> CpuStatistics:
+        return self.cpu.statistics()
 
     # -- background tasks --------------------------------------------------------------------
 

@@ -3,7 +3,9 @@
 Four families that never mix: the request got no HTTP answer (:class:`TransportError`); the
 server answered with an error status (:class:`ApiError`, carrying the HTTP status and the IBM
 error code); a job ended without a result, or waiting for it gave up (:class:`JobError`,
-carrying the job id); or the caller misused the API and nothing was sent (:class:`UsageError`)::
+carrying the job id); or the caller misused the API and nothing was sent (:class:`UsageError`).
+Apart from them, :class:`WorkerDiedError`: a client worker process died while it prepared or
+post-processed a job (the executor primitives' CPU work, see ``aioruntime/_cpu.py``)::
 
     AioRuntimeError
     ├── TransportError                  no usable HTTP answer (connect, reset, bad body)
@@ -26,12 +28,14 @@ carrying the job id); or the caller misused the API and nothing was sent (:class
     │   └── ClosedError                     the service or session is closed
     │       ├── ServiceClosedError
     │       └── SessionClosedError
-    └── JobError                        the job's outcome: .job_id
-        ├── JobFailedError                  Failed (or ERROR): .reason .reason_code
-        │   └── JobMaxTimeoutError              ran longer than max_execution_time (1305)
-        ├── JobCancelledError               the job was cancelled; it has no result
-        └── JobTimeoutError                 result(timeout=...) expired; the job keeps running
-                                            (also TimeoutError)
+    ├── JobError                        the job's outcome: .job_id
+    │   ├── JobFailedError                  Failed (or ERROR): .reason .reason_code
+    │   │   └── JobMaxTimeoutError              ran longer than max_execution_time (1305)
+    │   ├── JobCancelledError               the job was cancelled; it has no result
+    │   └── JobTimeoutError                 result(timeout=...) expired; the job keeps running
+    │                                       (also TimeoutError)
+    └── WorkerDiedError                 a client worker process died during a call (also
+                                        RuntimeError); a job being prepared was not sent
 
 How they line up with ``qiskit_ibm_runtime.exceptions`` (0.51.0):
 
@@ -84,6 +88,7 @@ __all__ = [
     "SessionNotFoundError",
     "TransportError",
     "UsageError",
+    "WorkerDiedError",
     "api_error_class",
 ]
 
@@ -298,3 +303,12 @@ class JobTimeoutError(JobError, TimeoutError):
     def __init__(self, message: str, *, job_id: str, timeout: float) -> None:
         super().__init__(message, job_id=job_id)
         self.timeout = timeout
+
+
+# -- the client's own worker processes -----------------------------------------------------------
+
+
+class WorkerDiedError(AioRuntimeError, RuntimeError):
+    """A worker process of the client died while it ran a call (killed, out of memory, a crash
+    in native code). Only that call fails; the pool starts a fresh worker for the next one.
+    When the call was a job's preparation, nothing was submitted."""

@@ -219,7 +219,8 @@ class AsyncRuntimeJob:
         )
 
     async def result(self, timeout: float | None = None) -> PrimitiveResult:  # noqa: ASYNC109
-        """Wait for the job and return its ``PrimitiveResult`` (decoded off the event loop).
+        """Wait for the job and return its ``PrimitiveResult`` (decoded off the event loop; an
+        ``Executor`` job gives a ``QuantumProgramResult``, a noise learner's its results).
 
         Raises :class:`JobFailedError` / :class:`JobMaxTimeoutError` / :class:`JobCancelledError`
         for unsuccessful jobs, and :class:`JobTimeoutError` when ``timeout`` seconds pass first
@@ -245,7 +246,7 @@ class AsyncRuntimeJob:
         async with self._result_lock:  # concurrent awaiters of this handle decode once
             if self._result is _UNSET and self._result_text is not None:
                 # The emulator's wait answered with the result (``include=result``).
-                self._result = await self._context.decode(self._result_text)
+                self._result = await self._decode(self._result_text)
                 self._result_text = None
             if self._result is _UNSET:
                 response = await self._context.api.request(
@@ -254,8 +255,18 @@ class AsyncRuntimeJob:
                     accept_json=False,
                     errors={404: (JobNotFoundError, {"job_id": self._job_id})},
                 )
-                self._result = await self._context.decode(response.body) if response.body else None
+                self._result = await self._decode(response.body) if response.body else None
         return self._result
+
+    async def _decode(self, body: bytes | str) -> Any:
+        """The result as the official ``RuntimeJobV2.result()`` decodes it: for ``executor`` and
+        ``noise-learner`` jobs the program's decoder chain and post-processing (TREX, ZNE, PEC…)
+        in the CPU pool; otherwise the ``RuntimeDecoder`` in a thread."""
+        from ._executor_work import CLIENT_DECODED_PROGRAMS, decode_result
+
+        if self._program_id in CLIENT_DECODED_PROGRAMS:
+            return await self._context.run_cpu(decode_result, self._program_id, body)
+        return await self._context.decode(body)
 
     async def _raise_for_outcome(self) -> None:
         if self._status == "CANCELLED":

@@ -12,6 +12,9 @@ payloads never stall the event loop.
 ``await primitive.run(pubs)`` returns an :class:`~aioruntime.AsyncRuntimeJob` as soon as the
 server accepted the job (``POST /jobs``); ``await job`` then gives the ``PrimitiveResult``.
 
+Submission itself (the mode, a dry run's mock twin, the ``POST /jobs`` body, the checks below,
+the job handle) is shared with the executor path in ``_submit.py``.
+
 Pre-submission checks. The official client sends ``GET /instances/usage`` and
 ``GET /backends/{name}/status`` before **every** job, only to emit warnings. aioruntime skips
 them by default (two extra round trips per job, which matters when a hundred jobs are submitted
@@ -25,10 +28,6 @@ sending can be retried without risking a second job. The official client retries
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import uuid
-import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
@@ -38,46 +37,24 @@ from qiskit.primitives.containers.sampler_pub import SamplerPub
 from qiskit_ibm_runtime.options import EstimatorOptions, SamplerOptions
 
 from . import protocol as p
-from .errors import BackendNotFoundError, InputValueError, ProgramNotFoundError
+from ._submit import job_body, mock_twin, post_job, resolve_mode
+from .errors import InputValueError
 from .job import AsyncRuntimeJob
-from .session import _ExecutionMode, current_mode
+from .session import _ExecutionMode
 
 if TYPE_CHECKING:
     from qiskit.primitives.containers.estimator_pub import EstimatorPubLike
     from qiskit.primitives.containers.sampler_pub import SamplerPubLike
 
-    from ._context import ClientContext
     from .backend import AsyncBackend
 
-__all__ = ["AsyncEstimatorV2", "AsyncSamplerV2", "preflight"]
-
-log = logging.getLogger("aioruntime.primitives")
+__all__ = ["AsyncEstimatorV2", "AsyncSamplerV2"]
 
 OptionsT = TypeVar("OptionsT", SamplerOptions, EstimatorOptions)
 
 
 def _input_error(exc: Exception) -> InputValueError:
     return InputValueError(str(exc))
-
-
-async def preflight(context: ClientContext, backend: AsyncBackend) -> None:
-    """The official client's checks before every job (only with ``preflight_checks``): warn
-    when the instance has used up its time or the backend is not active. Never raises for
-    what it finds; request failures propagate."""
-    usage, status = await asyncio.gather(context.api.get_json(p.INSTANCES_USAGE), backend.status())
-    if (usage or {}).get("usage_limit_reached"):
-        warnings.warn(
-            "This instance has met its usage limit; workloads will not run until time is "
-            "made available.",
-            UserWarning,
-            stacklevel=3,
-        )
-    if status["operational"] and status["status_msg"] != "active":
-        warnings.warn(
-            f"The backend {backend.name} currently has a status of {status['status_msg']}.",
-            UserWarning,
-            stacklevel=3,
-        )
 
 
 class _AsyncPrimitive(Generic[OptionsT]):
@@ -90,41 +67,7 @@ class _AsyncPrimitive(Generic[OptionsT]):
         mode: AsyncBackend | _ExecutionMode | None = None,
         options: dict[str, Any] | OptionsT | None = None,
     ) -> None:
-        from .backend import AsyncBackend
-
-        context = current_mode()
-        if mode is None:
-            if context is None:
-                raise InputValueError(
-                    "A mode is required: an AsyncBackend (job mode), an AsyncSession or an "
-                    "AsyncBatch (or build the primitive inside `async with AsyncSession(...)`)."
-                )
-            mode = context
-        if isinstance(mode, AsyncBackend) and context is not None:
-            # As the official get_mode_service_backend: a backend inside an open session block
-            # runs in that session.
-            if context.backend_object.name != mode.name:
-                raise InputValueError(
-                    "The backend passed in to the primitive is different from the session "
-                    "backend. Leave mode empty to use the session backend."
-                )
-            log.warning(
-                "A backend was passed in as the mode but a session context manager is open, "
-                "so this job will run inside that %s instead of in job mode.",
-                type(context).__name__,
-            )
-            mode = context
-        if isinstance(mode, _ExecutionMode):
-            self._mode: _ExecutionMode | None = mode
-            self._backend: AsyncBackend = mode.backend_object
-        elif isinstance(mode, AsyncBackend):
-            self._mode = None
-            self._backend = mode
-        else:
-            raise InputValueError(
-                "mode must be an AsyncBackend, AsyncSession or AsyncBatch, "
-                f"got {type(mode).__name__}"
-            )
+        self._mode, self._backend = resolve_mode(mode)
         self._set_options(options)
 
     def __repr__(self) -> str:
@@ -175,9 +118,9 @@ class _AsyncPrimitive(Generic[OptionsT]):
         pass
 
     def _prepare(
-        self, pubs: list[Any], default: Any, options: OptionsT, session_id: str | None
+        self, pubs: list[Any], default: Any, options: OptionsT
     ) -> tuple[str, dict[str, Any]]:
-        """Coerce, validate and encode the request body (runs in a worker thread).
+        """Coerce, validate and encode the request's ``params`` (runs in a worker thread).
 
         Mirrors ``BasePrimitiveV2._run`` and ``QiskitRuntimeService._run`` / ``program_run``."""
         from qiskit_ibm_runtime.exceptions import IBMInputValueError
@@ -211,64 +154,19 @@ class _AsyncPrimitive(Generic[OptionsT]):
             if isinstance(exc, InputValueError):
                 raise
             raise _input_error(exc) from exc
-        # Same keys, same order, same conditions as the official ``Runtime.program_run``.
-        payload: dict[str, Any] = {"program_id": self._program_id, "params": inputs}
-        if runtime.get("image"):
-            payload["runtime"] = runtime["image"]
-        if runtime.get("log_level"):
-            payload["log_level"] = runtime["log_level"]
-        payload["backend"] = backend.name
-        if session_id:
-            payload["session_id"] = session_id
-        if runtime.get("job_tags"):
-            payload["tags"] = runtime["job_tags"]
-        if runtime.get("max_execution_time"):
-            payload["cost"] = runtime["max_execution_time"]
-        if runtime.get("private"):
-            payload["private"] = True
-        return p.dumps(payload), runtime
+        return p.dumps(inputs), runtime
 
-    async def _submit(self, pubs: Iterable[Any], default: Any) -> AsyncRuntimeJob:
+    async def _submit(self, pubs: Iterable[Any], default: Any, dry_run: bool) -> AsyncRuntimeJob:
         context = self._backend.context
         context.require_open()
         pub_list = list(pubs)
         options = replace(self._options)  # a snapshot: later changes don't affect this job
+        # As the official ``_run``: validated against the chosen backend, sent to its twin.
+        target = await mock_twin(self._backend) if dry_run else self._backend
         session_id = await self._mode._session_id_for_job() if self._mode is not None else None
-        body, runtime = await context.run_sync(
-            self._prepare, pub_list, default, options, session_id
-        )
-        if context.config.preflight_checks:
-            await preflight(context, self._backend)
-        # No Accept header: the official ``program_run`` sends only Content-Type (spec 1.3 lists
-        # Accept on POST /jobs too, but that is the client's header leak; the client wins).
-        response = await context.api.request(
-            "POST",
-            p.JOBS,
-            body=body,
-            accept_json=False,
-            read_timeout=context.config.submit_timeout_s,
-            errors={404: (ProgramNotFoundError, {})},
-            idempotency_key=uuid.uuid4().hex,
-        )
-        answer = response.json() or {}
-        backend_name = str(answer.get("backend") or self._backend.name)
-        backend = self._backend
-        if backend_name != self._backend.name:  # the server moved it: load that backend
-            try:
-                backend = await self._backend.service.backend(backend_name)
-            except BackendNotFoundError:
-                pass
-        return AsyncRuntimeJob(
-            context=context,
-            job_id=str(answer["id"]),
-            program_id=self._program_id,
-            backend=backend,
-            backend_name=backend_name,
-            session_id=str(answer.get("session_id") or session_id or "") or None,
-            tags=list(runtime.get("job_tags") or []),
-            private=bool(runtime.get("private")),
-            image=runtime.get("image"),
-        )
+        params, runtime = await context.run_sync(self._prepare, pub_list, default, options)
+        body = job_body(self._program_id, params, runtime, target.name, session_id)
+        return await post_job(context, target, self._program_id, body, runtime, session_id)
 
 
 class AsyncSamplerV2(_AsyncPrimitive[SamplerOptions]):
@@ -280,12 +178,14 @@ class AsyncSamplerV2(_AsyncPrimitive[SamplerOptions]):
     _program_id = "sampler"
 
     async def run(
-        self, pubs: Iterable[SamplerPubLike], *, shots: int | None = None
+        self, pubs: Iterable[SamplerPubLike], *, shots: int | None = None, dry_run: bool = False
     ) -> AsyncRuntimeJob:
         """Submit; returns the job once the server accepted it. ``shots`` applies to PUBs
-        without their own. Raises :class:`InputValueError` for invalid PUBs or options (no
-        request is sent) and :class:`SessionClosedError` in a closed session."""
-        return await self._submit(pubs, shots)
+        without their own. ``dry_run``: run on the backend's mock twin (``mock_fez`` for
+        ``ibm_fez``): validated and costed, nothing runs on the QPU, nothing is billed, the
+        result holds random data. Raises :class:`InputValueError` for invalid PUBs or options
+        (no request is sent) and :class:`SessionClosedError` in a closed session."""
+        return await self._submit(pubs, shots, dry_run)
 
     def _coerce(self, pubs: list[Any], default: Any) -> list[Any]:
         from qiskit_ibm_runtime.utils import validate_classical_registers
@@ -303,13 +203,17 @@ class AsyncEstimatorV2(_AsyncPrimitive[EstimatorOptions]):
     _program_id = "estimator"
 
     async def run(
-        self, pubs: Iterable[EstimatorPubLike], *, precision: float | None = None
+        self,
+        pubs: Iterable[EstimatorPubLike],
+        *,
+        precision: float | None = None,
+        dry_run: bool = False,
     ) -> AsyncRuntimeJob:
         """Submit; returns the job once the server accepted it. ``precision`` applies to PUBs
-        without their own and must be > 0."""
+        without their own and must be > 0. ``dry_run`` as for :meth:`AsyncSamplerV2.run`."""
         if precision is not None and precision <= 0:
             raise InputValueError("The precision value must be strictly greater than 0.")
-        return await self._submit(pubs, precision)
+        return await self._submit(pubs, precision, dry_run)
 
     def _coerce(self, pubs: list[Any], default: Any) -> list[Any]:
         from qiskit_ibm_runtime.utils import validate_estimator_pubs

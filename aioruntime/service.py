@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 from . import protocol as p
 from ._context import ClientContext, ServiceState
+from ._cpu import CpuStatistics
 from ._http import ClientConfig, TransportStatistics
 from ._listing import JobList, job_filters
 from ._transport import AsyncTransport
@@ -53,6 +54,8 @@ class ServiceStatistics:
     transport: TransportStatistics
     waits: WaitStatistics
     backends_cached: int
+    #: The CPU pool of the executor primitives' preparation and post-processing.
+    cpu: CpuStatistics
 
 
 class AsyncRuntimeService:
@@ -67,6 +70,10 @@ class AsyncRuntimeService:
     this service (backends, sessions, primitives, jobs). The service closes it in
     :meth:`aclose`. Methods raise :class:`ServiceClosedError` before :meth:`open` /
     ``async with`` and after :meth:`aclose`.
+
+    ``cpu_pool="process"`` (default) or ``"thread"`` and ``cpu_workers=N`` (0: the cores, at
+    most 4): where and how wide the executor primitives' client-side preparation and
+    post-processing run (``aioruntime/_cpu.py``; the workers stop with the service).
     """
 
     def __init__(
@@ -161,6 +168,7 @@ class AsyncRuntimeService:
             transport=self._context.api.statistics(),
             waits=self._context.waits.statistics(),
             backends_cached=len(self._backends),
+            cpu=self._context.cpu_statistics(),
         )
 
     # -- backends ----------------------------------------------------------------------------

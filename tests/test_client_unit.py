@@ -98,6 +98,7 @@ def test_handles_reach_the_service_only_through_its_context() -> None:
 
 def test_exception_tree_families_do_not_mix() -> None:
     families = [errors_module.TransportError, ApiError, JobError, UsageError]
+    families.append(errors_module.WorkerDiedError)  # the client's own worker processes
     classes = [
         obj
         for obj in vars(errors_module).values()
