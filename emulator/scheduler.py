@@ -51,7 +51,7 @@ from .sessions import SessionBook
 from .store import JobFinal, JobRecord, SessionRecord, StorageError, Store
 from .supervise import Supervisor
 from .timing import TimingParams
-from .workers import ProcessPlane, WorkerDied, WorkerPlane
+from .workers import WorkerDied, WorkerPlane, create_plane
 
 __all__ = ["BackendStatistics", "LaneStatistics", "Scheduler", "Statistics"]
 
@@ -178,12 +178,7 @@ class Scheduler:
         self.store = store
         self.clock = clock
         self.devices = {d.name: d for d in devices}
-        # Mock twins (dry runs, ``Device.mock``) have lanes but add no workers: they never use
-        # a QPU and share the lane workers.
-        served = sum(not d.mock for d in devices)
-        self.plane: WorkerPlane = plane or ProcessPlane(
-            backends=served, lanes=config.lanes, memory_mb=config.worker_memory_mb
-        )
+        self.plane: WorkerPlane = plane or create_plane(config, devices)
         self.timing = TimingParams()
         self.faults = faults or Faults()
         self.supervisor = Supervisor(on_fatal=self._fatal)
