@@ -57,6 +57,12 @@ log = logging.getLogger("emulator.rayplane")
 
 #: Seconds between warnings while Ray cannot place the actors (no node has the resources).
 _PLACEMENT_WARNING_S = 30.0
+#: Actors a call may try when the ones it gets die before they start (as WorkerPool's).
+_SPARE_ATTEMPTS = 4
+
+
+class _NeverRan(Exception):
+    """The call's actor died before it started: the call never ran."""
 
 
 class _WorkerBody:
@@ -242,32 +248,54 @@ class RayPlane:
     async def lane(self, func: Callable[..., T], *args: Any) -> T:
         await self._connect()
         async with self._slots:
-            actor = self._checkout()
-            try:
-                return await self._call(actor, func, args)
-            finally:
-                if actor.alive and not self._closed:
-                    self._idle.append(actor)
+            return await self._call(self._checkout, func, args)
 
     async def qpu(self, backend: str, func: Callable[..., T], *args: Any) -> T:
         await self._connect()
-        return await self._call(self._qpu_actor(backend), func, args)
+        return await self._call(lambda: self._qpu_actor(backend), func, args)
 
-    async def _call(self, actor: _Actor, func: Callable[..., T], args: tuple[Any, ...]) -> T:
+    async def _call(
+        self, pick: Callable[[], _Actor], func: Callable[..., T], args: tuple[Any, ...]
+    ) -> T:
+        """``func(*args)`` on the actor ``pick()`` gives. A call that was still queued behind
+        its actor's start when the actor died never ran (the process plane's "no ACK"): it
+        goes to another actor. One that may have run fails with WorkerDied."""
+        reason = "no Ray actor could be started"
+        for _ in range(_SPARE_ATTEMPTS):
+            actor = pick()
+            try:
+                return await self._call_on(actor, func, args)
+            except _NeverRan as exc:
+                reason = str(exc)
+                log.warning("a call went to a Ray actor that never started (%s); retrying", exc)
+        raise WorkerDied(f"no Ray actor could take the call: {reason}")
+
+    async def _call_on(self, actor: _Actor, func: Callable[..., T], args: tuple[Any, ...]) -> T:
         ref = actor.handle.call.remote(func, *args)
         try:
             result: T = await ref
         except RayTaskError as exc:  # the function raised: re-raise what it raised
+            self._release(actor)
             cause = exc.cause
             raise cause if isinstance(cause, Exception) else RuntimeError(str(exc)) from None
         except RayError as exc:  # the actor, its process or its node is gone
             reason = _reason(exc)
             self._retire(actor, reason)
+            if actor.ready is not None and not actor.ready.done():  # it fails soon after
+                await asyncio.wait([actor.ready], timeout=_PLACEMENT_WARNING_S)
+            if actor.ready is not None and actor.ready.done() and not actor.ready.cancelled():
+                if actor.ready.exception() is not None:
+                    raise _NeverRan(reason) from None
             raise WorkerDied(reason) from None
         except BaseException:  # cancelled (a job cancel, the simulation budget): stop it
             self._retire(actor, "its call was cancelled", kill=True)
             raise
+        self._release(actor)
         return result
+
+    def _release(self, actor: _Actor) -> None:
+        if actor.alive and actor.role == "lane" and not self._closed:
+            self._idle.append(actor)
 
     # -- actors ------------------------------------------------------------------------------
 

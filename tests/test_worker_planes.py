@@ -1,9 +1,8 @@
 """The worker-plane contract, on both planes: local processes and Ray actors.
 
 Every test runs once per plane (``plane`` is parametrized over ``process`` and ``ray``). Calls
-that must be caught mid-way stop at a :class:`Gate`, a TCP server of the test's: the call
-connects and says which process runs it, then waits for the gate. The test so knows, without
-polling or sleeping, that the call runs and where; it lets the call through, or kills that
+that must be caught mid-way stop at a :class:`gates.Gate`: the test knows, without polling or
+sleeping, that the call runs and in which process; it lets the call through, or kills that
 process, or cancels the call and sees the connection drop when the process is gone (the
 computation stopped, not just the awaiting task).
 """
@@ -14,64 +13,18 @@ import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import plane_funcs
 import psutil
 import pytest
 import pytest_asyncio
+from gates import WAIT_S, Gate
 
 from emulator.validation import JobInputError
 from emulator.workers import ProcessPlane, WorkerDied, WorkerPlane
 
 QPU = "ibm_manila"
-#: A bound on every wait: a hang fails by name instead of at pytest's timeout.
-WAIT_S = 120
-
-
-@dataclass(eq=False)
-class Arrival:
-    """A call waiting at the gate: its worker's pid and its tag."""
-
-    pid: int
-    tag: str
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-
-    def release(self) -> None:
-        self.writer.write(b"g")
-
-    async def gone(self) -> None:
-        """Return once the worker process that ran the call has closed the connection."""
-        async with asyncio.timeout(WAIT_S):
-            assert await self.reader.read() == b""
-
-
-class Gate:
-    def __init__(self) -> None:
-        self._arrivals: asyncio.Queue[Arrival] = asyncio.Queue()
-        self._writers: list[asyncio.StreamWriter] = []
-        self.port = 0
-
-    async def __aenter__(self) -> Gate:
-        self._server = await asyncio.start_server(self._arrive, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for writer in self._writers:
-            writer.close()
-        self._server.close()
-
-    async def _arrive(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.append(writer)
-        pid, tag = (await reader.readline()).decode().split()
-        await self._arrivals.put(Arrival(int(pid), tag, reader, writer))
-
-    async def next(self) -> Arrival:
-        async with asyncio.timeout(WAIT_S):
-            return await self._arrivals.get()
 
 
 @pytest_asyncio.fixture(params=["process", "ray"])
