@@ -154,6 +154,7 @@ def test_sigkill_of_a_ray_emulator_requeues_and_a_restart_finishes(
     the next start re-queues and finishes every job."""
     port = free_port()
     args = ("--workers", "ray", "--ray-address", ray_cluster.address, "--clock", "scaled:0.1")
+    args += ("--lanes", "1")  # one lane and one QPU actor per start: the cheapest emulator
     first = Server(tmp_path, port, *args).start()
     try:
         api = Api(first.base_url, "k1")
