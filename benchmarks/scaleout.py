@@ -90,7 +90,9 @@ def run(
     t0 = time.perf_counter()
     with EmulatorProcess(*args) as emu:
         started = time.perf_counter() - t0
-        asyncio.run(_round(emu, names, 1))  # unmeasured: every lane and QPU once
+        # unmeasured, at full concurrency: every backend's lanes and QPU start (Ray starts an
+        # actor in seconds, at most as many at once per node as it has CPUs)
+        asyncio.run(_round(emu, names, per_backend))
         for n in _counts(backends):
             measured = asyncio.run(_round(emu, names[:n], per_backend))
             bound = n / (scale * measured["q_s"])
@@ -107,6 +109,92 @@ def run(
             print(_row(rows[-1]), flush=True)
         emu.stop()
     return rows
+
+
+def actor_memory(workers: str) -> list[dict[str, Any]]:
+    """RSS of each worker of an emulator serving the default backends: warmed, then after one
+    noisy (``full``) Bell job per backend (Aer and the noise model loaded)."""
+    import psutil
+
+    from emulator.config import Config
+    from emulator.testing import EmulatorThread
+
+    from .circuits import trivial_pub
+
+    def snapshot(emu: EmulatorThread) -> dict[int, tuple[str, int]]:
+        plane: Any = emu.scheduler.plane
+        if workers == "ray":
+            roles = {a["pid"]: a["role"] for a in plane.statistics()["actors"]}
+        else:
+            roles = {pid: "lane" for pid in plane.lane_pool.pids}
+            roles |= {pid: "qpu" for pid in plane.qpu_pool.pids}
+        return {pid: (role, psutil.Process(pid).memory_info().rss) for pid, role in roles.items()}
+
+    async def one_job_each(emu: EmulatorThread) -> None:
+        from aioruntime import AsyncSamplerV2
+
+        async with aio_service(emu) as service:
+            jobs = []
+            for name in ("ibm_fez", "ibm_torino", "ibm_manila"):
+                backend = await service.backend(name)
+                sampler = AsyncSamplerV2(
+                    mode=backend, options={"simulator": {"noise_level": "full"}}
+                )
+                jobs.append(await sampler.run([trivial_pub(backend.target)], shots=100))
+            await asyncio.gather(*jobs)
+
+    config = Config(port=0, workers=workers, data_dir=Path(":memory:"))
+    with EmulatorThread(config) as emu:
+        emu.run(emu.scheduler.warm, timeout=600)
+        warmed = snapshot(emu)
+        asyncio.run(one_job_each(emu))
+        used = snapshot(emu)
+    return [
+        {
+            "workers": workers,
+            "pid": pid,
+            "role": role,
+            "warmed_mib": rss / 2**20,
+            "after_a_job_mib": used.get(pid, (role, 0))[1] / 2**20,
+        }
+        for pid, (role, rss) in sorted(warmed.items(), key=lambda kv: kv[1][0])
+    ]
+
+
+def call_overhead(workers: str, calls: int) -> dict[str, float]:
+    """Median wall ms of one plane call, one at a time, on a warmed plane (no emulator): a
+    trivial call, and one carrying 100 kB each way (a prepared job's order of size)."""
+    import operator
+
+    from emulator.workers import ProcessPlane
+
+    async def measure() -> dict[str, float]:
+        plane: Any
+        if workers == "ray":
+            from emulator.rayplane import RayPlane
+
+            plane = RayPlane(backends={"b0": "manila"}, lanes=1)
+        else:
+            plane = ProcessPlane(backends=1, lanes=1)
+        try:
+            await plane.warm(("manila",))
+            out = {}
+            payload = b"x" * 100_000
+            for name, func, args in [
+                ("trivial_ms", operator.add, (1, 2)),
+                ("100kB_ms", operator.concat, (payload, b"")),
+            ]:
+                times = []
+                for _ in range(calls):
+                    t0 = time.perf_counter()
+                    await plane.lane(func, *args)
+                    times.append((time.perf_counter() - t0) * 1e3)
+                out[name] = statistics.median(times)
+            return out
+        finally:
+            await plane.aclose()
+
+    return asyncio.run(measure())
 
 
 def _row(r: dict[str, Any]) -> str:
@@ -126,11 +214,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lanes", type=int, default=2, help="lanes per backend (default 2)")
     p.add_argument("--ray-address", default=None, help="with ray: join this cluster")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument(
+        "--memory", action="store_true", help="instead: RSS of each worker, default backends"
+    )
+    p.add_argument(
+        "--calls", type=int, default=0, help="instead: median time of N plane calls, per plane"
+    )
     args = p.parse_args(argv)
     planes = [w.strip() for w in args.workers.split(",") if w.strip()]
     if unknown := set(planes) - set(WORKERS):
         print(f"error: unknown worker plane(s) {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
+    if args.calls:
+        for workers in planes:
+            times = call_overhead(workers, args.calls)
+            print(f"{workers:>8} " + ", ".join(f"{k} {v:.2f}" for k, v in times.items()))
+        return 0
+    if args.memory:
+        print(f"{'workers':>8} {'role':>12} {'warmed MiB':>11} {'after a job':>12}")
+        for workers in planes:
+            for r in actor_memory(workers):
+                print(
+                    f"{workers:>8} {r['role']:>12} {r['warmed_mib']:>11.0f} "
+                    f"{r['after_a_job_mib']:>12.0f}",
+                    flush=True,
+                )
+        return 0
     print(
         f"scale-out, {args.clock}, {args.lanes} lanes, {args.jobs} jobs per backend; load "
         f"{machine.load()}"

@@ -194,7 +194,8 @@ class RayPlane:
     def _init(self) -> None:
         if not ray.is_initialized():
             options: dict[str, Any] = {"address": self._address}
-            if self._address is None:  # a local instance, on loopback only, as the emulator
+            if self._address is None:
+                _loopback_only()
                 options = {"address": "local", "_node_ip_address": "127.0.0.1"}
             log.info("joining Ray at %s", options["address"])
             ray.init(
@@ -411,6 +412,18 @@ class RayPlane:
         while not predicate(self):
             self._changed.clear()
             await self._changed.wait()
+
+
+def _loopback_only() -> None:
+    """Make the local Ray instance listen on loopback only, as the emulator does by default.
+
+    Ray 2.60 binds a local instance's servers to every interface whatever ``_node_ip_address``
+    says, unless told the machine is a cluster of one (its switch for Windows and macOS, read at
+    import, hence the constant too); its worker processes inherit the variable."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 #: The fields of Ray's actor error that identify it rather than say what happened.
