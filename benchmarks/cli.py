@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import machine
-from .harness import PLACEMENTS, Bench, Progress, running_emulator, warm_up
+from .harness import PLACEMENTS, WORKERS, Bench, Progress, running_emulator, warm_up
 from .report import WorkloadResult, render_results, run_stamp, write_json
 from .workloads import batch_n, fan_out, overhead, two_vqe
 
@@ -36,6 +36,8 @@ class RunPlan:
     lanes: int = 5
     #: "thread": the emulator in this process (EmulatorThread); "process": its own process.
     emulator: str = "process"
+    #: The emulator's worker plane: "process" (local worker processes) or "ray" (Ray actors).
+    workers: str = "process"
     warm: bool = True
     progress: bool = True
     label: str = "full"
@@ -98,6 +100,7 @@ def run_plan(plan: RunPlan) -> RunOutcome:
     info: dict[str, Any] = {
         "plan": plan.label,
         "emulator": plan.emulator,
+        "workers": plan.workers,
         "machine": machine.describe(),
         "source": machine.source(),
         "load_before": machine.load(),
@@ -107,7 +110,9 @@ def run_plan(plan: RunPlan) -> RunOutcome:
         for clock in plan.clocks:
             progress.describe(f"starting the emulator [{clock}]")
             t0 = time.perf_counter()
-            with running_emulator(clock, lanes=plan.lanes, where=plan.emulator) as emu:
+            with running_emulator(
+                clock, lanes=plan.lanes, where=plan.emulator, workers=plan.workers
+            ) as emu:
                 started = time.perf_counter() - t0
                 progress.describe(f"warming the workers [{clock}]")
                 warmed = warm_up(emu) if plan.warm else 0.0
@@ -169,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the emulator in its own process, as users run it (default: its own GIL, "
         "as a remote service), or in a thread of this process",
     )
+    p.add_argument(
+        "--workers",
+        choices=WORKERS,
+        default="process",
+        help="the emulator's worker plane: local worker processes (default) or Ray actors on "
+        "a local Ray instance (needs pip install 'aioruntime[ray]')",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--no-warm-up",
@@ -190,6 +202,7 @@ def plan_from_args(args: argparse.Namespace) -> RunPlan:
         "progress": not args.no_progress,
         "warm": not args.no_warm_up,
         "emulator": args.emulator,
+        "workers": args.workers,
     }
     if args.workloads:
         changes["workloads"] = tuple(w.strip() for w in args.workloads.split(",") if w.strip())
@@ -225,7 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     desc = machine.describe()
     print(
         f"benchmarks ({plan.label}): workloads {', '.join(plan.workloads)}; clocks "
-        f"{', '.join(plan.clocks)}; emulator in a {plan.emulator}; machine: "
+        f"{', '.join(plan.clocks)}; emulator in a {plan.emulator}, {plan.workers} workers; "
+        "machine: "
         f"{desc['nproc']} cores, {desc['cpu_model']}, "
         f"{desc['memory_gib']:.1f} GiB; load {machine.load()}",
         flush=True,

@@ -74,9 +74,22 @@ class Progress:
 PLACEMENTS = ("thread", "process")
 
 
+#: The worker planes (``--workers``): local worker processes, or Ray actors on a local Ray
+#: instance the emulator starts (``emulator/rayplane.py``).
+WORKERS = ("process", "ray")
+
+
 @contextlib.contextmanager
-def running_emulator(clock: str, *, lanes: int = 5, where: str = "thread") -> Iterator[Any]:
-    """The emulator serving ``ibm_fez`` under ``clock``, in memory, on a free port."""
+def running_emulator(
+    clock: str,
+    *,
+    lanes: int = 5,
+    where: str = "thread",
+    workers: str = "process",
+    backends: str = BACKEND,
+) -> Iterator[Any]:
+    """The emulator serving ``backends`` (``ibm_fez``) under ``clock``, in memory, on a free
+    port, its CPU work on the ``workers`` plane."""
     from emulator.config import ClockSpec, Config
     from emulator.testing import EmulatorProcess, EmulatorThread
 
@@ -84,15 +97,17 @@ def running_emulator(clock: str, *, lanes: int = 5, where: str = "thread") -> It
         config = Config(
             port=0,
             clock=ClockSpec.parse(clock),
-            backends=BACKEND,
+            backends=backends,
             lanes=lanes,
             data_dir=Path(":memory:"),
+            workers=workers,
         )
         with EmulatorThread(config) as emu:
             yield emu
     elif where == "process":
         proc = EmulatorProcess(
-            "--clock", clock, "--backends", BACKEND, "--lanes", str(lanes), "--ephemeral"
+            *("--clock", clock, "--backends", backends, "--lanes", str(lanes), "--ephemeral"),
+            *("--workers", workers),
         )
         proc.start()
         try:
@@ -182,7 +197,8 @@ def cpu_snapshot() -> dict[str, float]:
     for child in me.children(recursive=True):
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             times = child.cpu_times()
-            worker = "emulator.worker" in " ".join(child.cmdline())
+            cmdline = " ".join(child.cmdline())
+            worker = "emulator.worker" in cmdline or cmdline.startswith("ray::")  # Ray actors
             where = "workers" if worker else "emulator process"
             out[where] = out.get(where, 0.0) + times.user + times.system
     return out

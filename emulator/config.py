@@ -19,6 +19,7 @@ import click
 
 from aioruntime.protocol import DEFAULT_INSTANCE
 
+from . import rayspec
 from .noise import NoiseLevel
 from .noise_cache import default_cache_dir
 from .simulation import DEFAULT_BUDGET_S, DEFAULT_MAX_MEMORY_MB, SimulationSettings
@@ -139,6 +140,14 @@ class Config:
     wait_max_s: float = 60.0
     #: Keep a log of every request (method, path, headers, body keys) for protocol tests.
     record_requests: bool = False
+    #: Where CPU work runs: "process" (local worker processes) or "ray" (Ray actors,
+    #: :mod:`emulator.rayplane`); the ``ray_*`` fields are the Ray plane's (:mod:`.rayspec`).
+    workers: str = "process"
+    #: Ray cluster to join (``--ray-address``, else ``RAY_ADDRESS``); None: a local instance.
+    ray_address: str | None = None
+    ray_lane_resources: str = ""
+    ray_qpu_resources: tuple[str, ...] = ()
+    ray_runtime_env: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "noise", _noise_level(self.noise))
@@ -158,6 +167,12 @@ class Config:
             for crn in key.instances:
                 if crn not in self.instances:
                     raise ValueError(f"--api-key binds to {crn!r}, which is not an --instance")
+        if self.workers not in ("process", "ray"):
+            raise ValueError(f"--workers must be process or ray, got {self.workers!r}")
+        if self.workers == "ray":
+            rayspec.check_config(
+                self.ray_lane_resources, self.ray_qpu_resources, self.ray_runtime_env
+            )
 
     @property
     def simulation(self) -> SimulationSettings:
@@ -244,7 +259,13 @@ class _CommaList(click.ParamType):  # type: ignore[type-arg]
     envvar_list_splitter = ","
 
     def split_envvar_value(self, rv: str) -> Sequence[str]:
-        return [item for item in rv.split(",") if item]
+        return [item for item in rv.split(self.envvar_list_splitter) if item]
+
+
+class _SemicolonList(_CommaList):
+    """The same, for values that contain commas themselves (``--ray-qpu-resources``)."""
+
+    envvar_list_splitter = ";"
 
 
 def _options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -353,6 +374,42 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
             default=4096,
             show_default=True,
             help="MiB one job stage may add to a worker process's address space (0: no limit)",
+        ),
+        click.option(
+            "--workers",
+            type=click.Choice(["process", "ray"]),
+            default="process",
+            show_default=True,
+            help="where CPU work runs: local worker processes, or Ray actors (pip install "
+            "'aioruntime[ray]')",
+        ),
+        click.option(
+            "--ray-address",
+            envvar=[ENV_PREFIX + "RAY_ADDRESS", "RAY_ADDRESS"],
+            default=None,
+            help="with --workers ray: the Ray cluster to join, e.g. ray://head:10001 or "
+            "head:6379 (default: RAY_ADDRESS, else a local Ray instance started with the "
+            "emulator)",
+        ),
+        click.option(
+            "--ray-lane-resources",
+            default="",
+            help="with --workers ray: Ray resources of each lane actor, e.g. "
+            "num_cpus:1,memory:2GiB",
+        ),
+        click.option(
+            "--ray-qpu-resources",
+            type=_SemicolonList(),
+            multiple=True,
+            help="with --workers ray: Ray resources of the QPU actors, [BACKEND=]KEY:VALUE,..., "
+            "repeatable, e.g. ibm_fez=num_cpus:4,memory:8GiB,big:1 (environment: ';' between "
+            "specs)",
+        ),
+        click.option(
+            "--ray-runtime-env",
+            default="",
+            help="with --workers ray: a JSON runtime_env merged over the default, which ships "
+            "this emulator's code to the actors as py_modules",
         ),
         click.option(
             "--token-secret",

@@ -52,7 +52,7 @@ from .sessions import SessionBook
 from .store import JobFinal, JobRecord, SessionRecord, StorageError, Store
 from .supervise import Supervisor
 from .timing import TimingParams
-from .workers import ProcessPlane, WorkerDied, WorkerPlane
+from .workers import WorkerDied, WorkerPlane, create_plane
 
 __all__ = ["BackendStatistics", "LaneStatistics", "Scheduler", "Statistics"]
 
@@ -182,12 +182,7 @@ class Scheduler:
         self.store = store
         self.clock = clock
         self.devices = {d.name: d for d in devices}
-        # Mock twins (dry runs, ``Device.mock``) have lanes but add no workers: they never use
-        # a QPU and share the lane workers.
-        served = sum(not d.mock for d in devices)
-        self.plane: WorkerPlane = plane or ProcessPlane(
-            backends=served, lanes=config.lanes, memory_mb=config.worker_memory_mb
-        )
+        self.plane: WorkerPlane = plane or create_plane(config, devices)
         self.timing = TimingParams()
         self.faults = faults or Faults()
         self.supervisor = Supervisor(on_fatal=self._fatal)
@@ -270,11 +265,14 @@ class Scheduler:
         log.info("starting %s workers and loading %s", self.plane.kind, ", ".join(sources))
         await self.plane.warm(sources)
         self.ready.set()
+        self._moved()  # wakes ``until`` waiters that wait for the workers
         log.info("workers ready in %.1f s", time.monotonic() - started)
 
     def start_warming(self) -> None:
-        """:meth:`warm` in the background, so that the server answers while workers start."""
-        self.supervisor.spawn(self.warm(), name="warm-workers")
+        """:meth:`warm` in the background, so that the server answers while workers start. A
+        warm-up that fails (a worker or Ray node lost while starting) is tried again; one that
+        keeps failing stops the emulator, loudly."""
+        self.supervisor.service(self.warm, name="warm-workers")
 
     async def drain(self) -> None:
         """Stop accepting jobs and wait for every job in flight (queued ones included)."""

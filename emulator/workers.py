@@ -32,13 +32,25 @@ import pickle
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any, BinaryIO, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar
 
 import anyio
 
 from .zygote import Zygote, shared_zygote
 
-__all__ = ["LANE_NICENESS", "ProcessPlane", "WorkerDied", "WorkerPlane", "WorkerPool", "serve"]
+if TYPE_CHECKING:
+    from .backends import Device
+    from .config import Config
+
+__all__ = [
+    "LANE_NICENESS",
+    "ProcessPlane",
+    "WorkerDied",
+    "WorkerPlane",
+    "WorkerPool",
+    "create_plane",
+    "serve",
+]
 
 T = TypeVar("T")
 
@@ -282,6 +294,26 @@ class ProcessPlane:
     async def aclose(self) -> None:
         await self.lane_pool.aclose()
         await self.qpu_pool.aclose()
+
+
+def create_plane(config: Config, devices: list[Device]) -> WorkerPlane:
+    """The plane ``config.workers`` names, for the devices served. Mock twins (dry runs,
+    ``Device.mock``) add no workers: they never use a QPU and share the lane workers."""
+    served = {d.name: d.source for d in devices if not d.mock}
+    if config.workers == "ray":
+        from . import rayspec
+        from .rayplane import RayPlane  # Ray is an optional extra: imported only when chosen
+
+        return RayPlane(
+            backends=served,
+            lanes=config.lanes,
+            memory_mb=config.worker_memory_mb,
+            address=config.ray_address,
+            lane_resources=rayspec.Resources.parse(config.ray_lane_resources),
+            qpu_resources=rayspec.parse_qpu_resources(config.ray_qpu_resources),
+            runtime_env=rayspec.parse_runtime_env(config.ray_runtime_env),
+        )
+    return ProcessPlane(backends=len(served), lanes=config.lanes, memory_mb=config.worker_memory_mb)
 
 
 # ---------------------------------------------------------------------------------------------

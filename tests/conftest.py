@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import pytest_asyncio
 from hypothesis import settings
+from ray_helpers import ray_cluster  # noqa: F401 (a session fixture: Ray starts only if used)
 
 from emulator.config import ClockSpec, Config
 from emulator.testing import EmulatorThread
@@ -62,6 +63,17 @@ def make_emulator() -> Iterator[Callable[..., EmulatorThread]]:
     yield make
     for emu in reversed(started):
         emu.stop()
+
+
+@pytest.fixture
+def workers(request: pytest.FixtureRequest) -> str:
+    """The worker plane a test's emulator uses: ``process`` unless the test parametrizes it
+    (``@pytest.mark.parametrize("workers", ["process", "ray"], indirect=True)``); ``ray``
+    joins the session's Ray cluster."""
+    kind: str = getattr(request, "param", "process")
+    if kind == "ray":
+        request.getfixturevalue("ray_cluster")
+    return kind
 
 
 @pytest.fixture(scope="module")

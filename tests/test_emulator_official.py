@@ -189,8 +189,9 @@ def test_cancel_queued_job(make_emulator: Any) -> None:
     assert SamplerV2(mode=backend).run([isa], shots=10).result()[0].data.meas.num_shots == 10
 
 
-def test_twelve_jobs_five_lanes_one_qpu(make_emulator: Any) -> None:
-    emu = make_emulator(backends="ibm_fez")
+@pytest.mark.parametrize("workers", ["process", "ray"], indirect=True)  # also on Ray actors
+def test_twelve_jobs_five_lanes_one_qpu(make_emulator: Any, workers: str) -> None:
+    emu = make_emulator(backends="ibm_fez", workers=workers)
     service = emu.official_service()
     backend = service.backend("ibm_fez")
     isa = generate_preset_pass_manager(optimization_level=1, target=backend.target).run(bell())

@@ -49,8 +49,12 @@ class Rig:
 
 
 @pytest.fixture
-def rig(make_emulator: Any) -> Rig:
-    return Rig(make_emulator(backends=BACKEND, clock="manual"))
+def rig(make_emulator: Any, workers: str) -> Rig:
+    return Rig(make_emulator(backends=BACKEND, clock="manual", workers=workers))
+
+
+#: Also on the Ray worker plane (``conftest.workers``): one session and one batch test.
+ON_BOTH_PLANES = pytest.mark.parametrize("workers", ["process", "ray"], indirect=True)
 
 
 def qpu_span(job: Any) -> tuple[datetime, datetime]:
@@ -103,6 +107,7 @@ def test_details_has_every_documented_key(rig: Rig) -> None:
     assert 0 < details["active_timeout"] <= 600
 
 
+@ON_BOTH_PLANES
 def test_active_session_owns_the_qpu_until_its_ttl_runs_out(rig: Rig) -> None:
     other = rig.emu.official_service()  # another client, job mode
     other_backend = other.backend(BACKEND)
@@ -181,6 +186,7 @@ def test_job_after_close_is_refused(rig: Rig) -> None:
     assert "closed" in resp.json()["errors"][0]["message"]
 
 
+@ON_BOTH_PLANES
 def test_batch_overlaps_classical_work_and_runs_back_to_back(rig: Rig) -> None:
     outsider_service = rig.emu.official_service()
     # no `with Batch`: inside it the official client would pull the outsider's job into the batch

@@ -1,0 +1,153 @@
+"""The worker-plane contract, on both planes: local processes and Ray actors.
+
+Every test runs once per plane (``plane`` is parametrized over ``process`` and ``ray``). Calls
+that must be caught mid-way stop at a :class:`gates.Gate`: the test knows, without polling or
+sleeping, that the call runs and in which process; it lets the call through, or kills that
+process, or cancels the call and sees the connection drop when the process is gone (the
+computation stopped, not just the awaiting task).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import plane_funcs
+import psutil
+import pytest
+import pytest_asyncio
+from gates import WAIT_S, Gate
+
+from emulator.validation import JobInputError
+from emulator.workers import ProcessPlane, WorkerDied, WorkerPlane
+
+QPU = "ibm_manila"
+
+
+@pytest_asyncio.fixture(params=["process", "ray"])
+async def plane(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[WorkerPlane]:
+    """Two lanes and one QPU (``ibm_manila``), workers started on first use."""
+    made: WorkerPlane
+    if request.param == "ray":
+        request.getfixturevalue("ray_cluster")
+        from emulator.rayplane import RayPlane
+
+        made = RayPlane(backends={QPU: "manila"}, lanes=2)
+    else:
+        tests = str(Path(__file__).parent)
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+        made = ProcessPlane(backends=1, lanes=2)
+    try:
+        yield made
+    finally:
+        await made.aclose()
+
+
+def worker_pids(plane: WorkerPlane) -> list[int]:
+    if isinstance(plane, ProcessPlane):
+        return plane.lane_pool.pids + plane.qpu_pool.pids
+    return [a["pid"] for a in plane.statistics()["actors"]]
+
+
+async def test_calls_run_on_workers_two_lanes_at_once(plane: WorkerPlane) -> None:
+    assert await plane.lane(plane_funcs.add, 2, 3) == 5
+    assert await plane.qpu(QPU, plane_funcs.add, 1, 1) == 2
+    assert await plane.lane(plane_funcs.pid) != os.getpid()
+    async with Gate() as gate:
+        calls = [
+            asyncio.ensure_future(plane.lane(plane_funcs.wait_at_gate, gate.port, tag))
+            for tag in ("a", "b")
+        ]
+        arrivals = [await gate.next(), await gate.next()]  # both run before either may finish
+        assert arrivals[0].pid != arrivals[1].pid
+        for arrival in arrivals:
+            arrival.release()
+        assert await asyncio.gather(*calls) == ["a", "b"]
+
+
+async def test_exceptions_propagate_as_raised_and_the_worker_stays(plane: WorkerPlane) -> None:
+    first = await plane.lane(plane_funcs.pid)
+    with pytest.raises(ValueError, match=r"^boom$") as info:
+        await plane.lane(plane_funcs.fail, "boom")
+    assert type(info.value) is ValueError
+    with pytest.raises(JobInputError) as refused:
+        await plane.qpu(QPU, plane_funcs.refuse, 1234, "no such thing")
+    assert (refused.value.code, refused.value.message) == (1234, "no such thing")
+    assert await plane.lane(plane_funcs.pid) == first  # an exception is not a dead worker
+
+
+async def test_cancelling_a_call_stops_its_computation(plane: WorkerPlane) -> None:
+    async with Gate() as gate:
+        # a lane call whose task is cancelled (a job cancel)
+        call = asyncio.ensure_future(plane.lane(plane_funcs.wait_at_gate, gate.port, "lane"))
+        arrival = await gate.next()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await arrival.gone()
+        # a QPU call stopped by a timeout (the scheduler's --sim-budget)
+        timeouts: list[asyncio.Timeout] = []
+
+        async def budgeted() -> str:
+            async with asyncio.timeout(None) as timeout:
+                timeouts.append(timeout)
+                return await plane.qpu(QPU, plane_funcs.wait_at_gate, gate.port, "qpu")
+
+        call = asyncio.ensure_future(budgeted())
+        stopped = await gate.next()
+        timeouts[0].reschedule(asyncio.get_running_loop().time())
+        with pytest.raises(TimeoutError):
+            await call
+        await stopped.gone()
+    # both were replaced: the next calls run, in other processes
+    assert await plane.lane(plane_funcs.pid) not in (arrival.pid, stopped.pid)
+    assert await plane.qpu(QPU, plane_funcs.pid) not in (arrival.pid, stopped.pid)
+
+
+async def test_a_worker_killed_mid_call_fails_only_that_call(plane: WorkerPlane) -> None:
+    async with Gate() as gate:
+        calls = {
+            tag: asyncio.ensure_future(plane.lane(plane_funcs.wait_at_gate, gate.port, tag))
+            for tag in ("a", "b")
+        }
+        doomed, survivor = await gate.next(), await gate.next()
+        os.kill(doomed.pid, signal.SIGKILL)
+        with pytest.raises(WorkerDied) as died:
+            await calls[doomed.tag]
+        assert str(died.value)  # with a reason
+        survivor.release()
+        assert await calls[survivor.tag] == survivor.tag
+        assert await plane.lane(plane_funcs.add, 1, 2) == 3  # a replacement serves
+
+        call = asyncio.ensure_future(plane.qpu(QPU, plane_funcs.wait_at_gate, gate.port, "q"))
+        arrival = await gate.next()
+        os.kill(arrival.pid, signal.SIGKILL)
+        with pytest.raises(WorkerDied):
+            await call
+    assert await plane.qpu(QPU, plane_funcs.pid) != arrival.pid
+
+
+async def test_start_up_warms_the_workers_and_shutdown_stops_them(plane: WorkerPlane) -> None:
+    await plane.warm(("manila",))
+    stats = plane.statistics()
+    assert stats["kind"] == plane.kind
+    # The QPU worker is up; lane workers: Ray starts the pool, the process plane forks one and
+    # the rest on demand (milliseconds each, from its zygote).
+    assert stats["qpu_workers"] == 1 and 1 <= stats["lane_workers"] <= 2
+    assert stats["alive"] == stats["lane_workers"] + stats["qpu_workers"]
+    pids = worker_pids(plane)
+    assert len(pids) == stats["alive"]
+    assert await plane.lane(plane_funcs.pid) in pids
+    assert await plane.qpu(QPU, plane_funcs.pid) in pids
+    await plane.aclose()
+    assert plane.statistics()["alive"] == 0
+    procs = [psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)]
+    _, alive = await asyncio.to_thread(psutil.wait_procs, procs, WAIT_S)
+    assert not alive, alive
+    with pytest.raises(RuntimeError, match="closed"):
+        await plane.lane(plane_funcs.add, 1, 1)
