@@ -29,6 +29,12 @@ from emulator.testing import EmulatorThread
 if TYPE_CHECKING:
     from aioruntime import AsyncBackend, AsyncRuntimeService
 
+# Worker processes (forked from a zygote that may be shared by the whole session) import the
+# functions some tests send them (``plane_funcs``) from this directory.
+_TESTS = str(Path(__file__).parent)
+if _TESTS not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_TESTS, os.environ.get("PYTHONPATH")]))
+
 # Property-based tests draw the same examples on every run ("ci", the default), so a failure in
 # CI reproduces locally; HYPOTHESIS_PROFILE=explore draws fresh ones (and keeps a database).
 settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)

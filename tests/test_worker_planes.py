@@ -13,7 +13,6 @@ import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import plane_funcs
 import psutil
@@ -28,9 +27,7 @@ QPU = "ibm_manila"
 
 
 @pytest_asyncio.fixture(params=["process", "ray"])
-async def plane(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[WorkerPlane]:
+async def plane(request: pytest.FixtureRequest) -> AsyncIterator[WorkerPlane]:
     """Two lanes and one QPU (``ibm_manila``), workers started on first use."""
     made: WorkerPlane
     if request.param == "ray":
@@ -39,8 +36,7 @@ async def plane(
 
         made = RayPlane(backends={QPU: "manila"}, lanes=2)
     else:
-        tests = str(Path(__file__).parent)
-        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+        # conftest puts this directory on the workers' PYTHONPATH (plane_funcs)
         made = ProcessPlane(backends=1, lanes=2)
     try:
         yield made
