@@ -290,13 +290,16 @@ async def test_pec_learns_the_noise_first_and_once(manila: AsyncBackend, small_p
         manila,
         {
             "resilience": {"pec_mitigation": True},
-            "default_shots": 512,
-            "twirling": {"num_randomizations": 8},
+            "default_shots": 1024,
+            "twirling": {"num_randomizations": 64},
         },
     )
     result = await (await estimator.run([(isa, obs)]))
-    # PEC inverts the device's noise on noiseless data: the values overshoot only slightly
-    assert result[0].data.evs == pytest.approx([1.0, 1.0, 1.0], abs=0.25)
+    # PEC inverts the device's noise on noiseless data, unbiased but noisy: each randomization
+    # draws a sign (about 3% negative here, gamma 1.07), and one negative among 8 moved a value
+    # by 0.27. With 64 the sign noise is about 0.05 per value: 0.3 is six of it.
+    evs = result[0].data.evs
+    assert evs == pytest.approx([1.0, 1.0, 1.0], abs=0.3), evs
     (learner,) = estimator.noise_learner_jobs
     assert learner.primitive_id == "noise-learner" and await learner.usage() > 60
     # an optimizer's next step: same layers, nothing more to learn
