@@ -16,7 +16,6 @@ import zlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import anyio.to_process
 import numpy as np
 import pytest
 from circuits import bell, params_json, sampler_params, to_isa
@@ -42,6 +41,7 @@ from emulator.classical import (
 )
 from emulator.simulation import NoiseLevel, SimulationSettings
 from emulator.timing import TimingParams, circuit_duration_s
+from emulator.workers import ProcessPlane
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 T1 = T0 + timedelta(seconds=3)
@@ -634,19 +634,26 @@ def test_stage_outputs_pickle(isa_bell: QuantumCircuit, isa_bell_state: QuantumC
 
 
 async def test_stages_run_in_worker_processes(isa_bell: QuantumCircuit) -> None:
+    """The stages and what they exchange cross process boundaries: run them on the emulator's
+    own worker plane (anyio's ``to_process`` would re-run the parent's ``__main__``, which is
+    not importable under every test runner)."""
     params = sampler_params([(isa_bell, None, 300)], {"simulator": {"seed_simulator": 9}})
-    prepared = await anyio.to_process.run_sync(
-        functools.partial(preprocess, timing=TimingParams(), max_executions=10_000),
-        "sampler",
-        params,
-        "fez",
-    )
-    assert isinstance(prepared, PreparedJob)
-    sampled = await anyio.to_process.run_sync(sample, prepared)
-    assert isinstance(sampled, Sampled)
-    text = await anyio.to_process.run_sync(postprocess, prepared, sampled, T0, T1)
-    counts = loads(text)[0].data.meas.get_counts()
-    assert sum(counts.values()) == 300 and set(counts) <= {"00", "11"}
-    with pytest.raises(JobInputError) as info:
-        await anyio.to_process.run_sync(preprocess, "sampler", "{", "fez")
+    plane = ProcessPlane(backends=1, lanes=1)
+    try:
+        prepared = await plane.lane(
+            functools.partial(preprocess, timing=TimingParams(), max_executions=10_000),
+            "sampler",
+            params,
+            "fez",
+        )
+        assert isinstance(prepared, PreparedJob)
+        sampled = await plane.qpu("ibm_fez", sample, prepared)
+        assert isinstance(sampled, Sampled)
+        text = await plane.lane(postprocess, prepared, sampled, T0, T1)
+        counts = loads(text)[0].data.meas.get_counts()
+        assert sum(counts.values()) == 300 and set(counts) <= {"00", "11"}
+        with pytest.raises(JobInputError) as info:
+            await plane.lane(preprocess, "sampler", "{", "fez")
+    finally:
+        await plane.aclose()
     assert info.value.code == ErrorCode.VALIDATION
