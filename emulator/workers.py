@@ -139,6 +139,7 @@ class WorkerPool:
         self._zygote = zygote or shared_zygote()
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
+        self._busy: set[_Worker] = set()  # acknowledged a call, not answered yet
         self._closed = False
 
     async def run(self, func: Callable[..., T], *args: Any) -> T:
@@ -161,7 +162,11 @@ class WorkerPool:
                 if ack != b"ACK":
                     await self._discard(worker)
                     raise WorkerDied(f"a worker process answered {ack!r} instead of ACK")
-                return await self._answer(worker)  # type: ignore[no-any-return]
+                self._busy.add(worker)
+                try:
+                    return await self._answer(worker)  # type: ignore[no-any-return]
+                finally:
+                    self._busy.discard(worker)
             raise WorkerDied("no worker process could be started")
 
     async def _answer(self, worker: _Worker) -> Any:
@@ -221,6 +226,11 @@ class WorkerPool:
     @property
     def pids(self) -> list[int]:
         return [w.pid for w in self._all if w.alive]
+
+    @property
+    def busy_pids(self) -> list[int]:
+        """The workers running a call now (they acknowledged it and have not answered)."""
+        return [w.pid for w in self._busy if w.alive]
 
     async def aclose(self) -> None:
         """Stop every worker (closing stdin lets idle ones exit; busy ones are killed)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -98,11 +99,17 @@ def test_killing_a_worker_mid_job_fails_only_that_job(emulator: EmulatorThread) 
     ).raise_for_status()
     emulator.run(lambda: emulator.scheduler.ready.wait())  # every worker started
     job_id = api.submit()
-    # its worker is computing (the pre-processing stage stalls 30 s): a lane, or the QPU too
-    emulator.until(lambda s: s.statistics().backend("ibm_manila").lanes.busy == 1)
+    # its worker is computing (it acknowledged the call; the stage stalls 30 s): a lane worker,
+    # or the QPU worker on the fast path. Until then a kill would only make the pool resend the
+    # call to a fresh worker (nothing ran), and the job would complete.
+    plane: Any = emulator.scheduler.plane
+    busy = lambda: plane.lane_pool.busy_pids + plane.qpu_pool.busy_pids  # noqa: E731
+    deadline = time.monotonic() + 120
+    while not emulator.call(busy):
+        assert time.monotonic() < deadline, "the job's call never reached a worker"
+        time.sleep(0.02)
     requests.delete(emulator.base_url + "/admin/faults", headers=admin, timeout=10)
-    plane = emulator.scheduler.plane
-    workers = emulator.call(lambda: plane.lane_pool.pids + plane.qpu_pool.pids)  # type: ignore[attr-defined]
+    workers = emulator.call(lambda: plane.lane_pool.pids + plane.qpu_pool.pids)
     assert workers
     for pid in workers:  # the stalled one is among them; idle ones are replaced as well
         os.kill(pid, signal.SIGKILL)
