@@ -18,9 +18,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m benchmarks --demo
 
-## The whole test suite (the dashboard's tests drive Debian's headless Chromium).
+## The whole test suite (the dashboard's tests drive Debian's headless Chromium), two test
+## processes, a module per process at a time (module-scoped emulators stay whole).
 test: $(STAMP) chromium
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 ## The unit layer only (no emulator started, nothing slow): the edit-test loop, under a minute.
 test-fast: $(STAMP)
