@@ -112,8 +112,10 @@ def run(
 
 
 def actor_memory(workers: str) -> list[dict[str, Any]]:
-    """RSS of each worker of an emulator serving the default backends: warmed, then after one
-    noisy (``full``) Bell job per backend (Aer and the noise model loaded)."""
+    """RSS and PSS of each worker of an emulator serving the default backends: warmed, then
+    after one noisy (``full``) Bell job per backend (Aer and the noise model loaded). PSS counts
+    shared pages proportionally: the process plane's workers share their zygote's pages, Ray's
+    actors import everything each on their own."""
     import psutil
 
     from emulator.config import Config
@@ -121,14 +123,18 @@ def actor_memory(workers: str) -> list[dict[str, Any]]:
 
     from .circuits import trivial_pub
 
-    def snapshot(emu: EmulatorThread) -> dict[int, tuple[str, int]]:
+    def snapshot(emu: EmulatorThread) -> dict[int, tuple[str, int, int]]:
         plane: Any = emu.scheduler.plane
         if workers == "ray":
             roles = {a["pid"]: a["role"] for a in plane.statistics()["actors"]}
         else:
             roles = {pid: "lane" for pid in plane.lane_pool.pids}
             roles |= {pid: "qpu" for pid in plane.qpu_pool.pids}
-        return {pid: (role, psutil.Process(pid).memory_info().rss) for pid, role in roles.items()}
+        out = {}
+        for pid, role in roles.items():
+            info = psutil.Process(pid).memory_full_info()
+            out[pid] = (role, info.rss, info.pss)
+        return out
 
     async def one_job_each(emu: EmulatorThread) -> None:
         from aioruntime import AsyncSamplerV2
@@ -155,9 +161,11 @@ def actor_memory(workers: str) -> list[dict[str, Any]]:
             "pid": pid,
             "role": role,
             "warmed_mib": rss / 2**20,
-            "after_a_job_mib": used.get(pid, (role, 0))[1] / 2**20,
+            "warmed_pss_mib": pss / 2**20,
+            "after_a_job_mib": used.get(pid, (role, 0, 0))[1] / 2**20,
+            "after_a_job_pss_mib": used.get(pid, (role, 0, 0))[2] / 2**20,
         }
-        for pid, (role, rss) in sorted(warmed.items(), key=lambda kv: kv[1][0])
+        for pid, (role, rss, pss) in sorted(warmed.items(), key=lambda kv: kv[1][0])
     ]
 
 
@@ -231,12 +239,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{workers:>8} " + ", ".join(f"{k} {v:.2f}" for k, v in times.items()))
         return 0
     if args.memory:
-        print(f"{'workers':>8} {'role':>12} {'warmed MiB':>11} {'after a job':>12}")
+        print(
+            f"{'workers':>8} {'role':>12} {'warmed RSS':>11} {'PSS':>6} {'after a job RSS':>16} "
+            f"{'PSS':>6}  (MiB)"
+        )
         for workers in planes:
             for r in actor_memory(workers):
                 print(
                     f"{workers:>8} {r['role']:>12} {r['warmed_mib']:>11.0f} "
-                    f"{r['after_a_job_mib']:>12.0f}",
+                    f"{r['warmed_pss_mib']:>6.0f} {r['after_a_job_mib']:>16.0f} "
+                    f"{r['after_a_job_pss_mib']:>6.0f}",
                     flush=True,
                 )
         return 0
