@@ -204,6 +204,7 @@ class Scheduler:
         self._progress = asyncio.Event()
         #: Set once the workers are started and have the served devices loaded.
         self.ready = asyncio.Event()
+        self._warm_lock = asyncio.Lock()
         self.fatal: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
         store.on_job_change = self._on_job_change
 
@@ -260,13 +261,16 @@ class Scheduler:
     async def warm(self) -> None:
         """Start the worker processes and load the served devices into them (jobs that arrive
         meanwhile wait for their workers; ``ready`` is set when this is done)."""
-        started = time.monotonic()
-        sources = tuple(sorted({d.source for d in self.devices.values()}))
-        log.info("starting %s workers and loading %s", self.plane.kind, ", ".join(sources))
-        await self.plane.warm(sources)
-        self.ready.set()
-        self._moved()  # wakes ``until`` waiters that wait for the workers
-        log.info("workers ready in %.1f s", time.monotonic() - started)
+        async with self._warm_lock:  # a second caller waits for the first warm-up, once
+            if self.ready.is_set():
+                return
+            started = time.monotonic()
+            sources = tuple(sorted({d.source for d in self.devices.values()}))
+            log.info("starting %s workers and loading %s", self.plane.kind, ", ".join(sources))
+            await self.plane.warm(sources)
+            self.ready.set()
+            self._moved()  # wakes ``until`` waiters that wait for the workers
+            log.info("workers ready in %.1f s", time.monotonic() - started)
 
     def start_warming(self) -> None:
         """:meth:`warm` in the background, so that the server answers while workers start. A
