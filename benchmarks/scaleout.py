@@ -143,15 +143,16 @@ def actor_memory(workers: str) -> list[dict[str, Any]]:
             jobs = []
             for name in ("ibm_fez", "ibm_torino", "ibm_manila"):
                 backend = await service.backend(name)
+                # the job's noise level goes as an experimental option (see the README)
                 sampler = AsyncSamplerV2(
-                    mode=backend, options={"simulator": {"noise_level": "full"}}
+                    mode=backend, options={"experimental": {"noise_level": "full"}}
                 )
                 jobs.append(await sampler.run([trivial_pub(backend.target)], shots=100))
             await asyncio.gather(*jobs)
 
     config = Config(port=0, workers=workers, data_dir=Path(":memory:"))
     with EmulatorThread(config) as emu:
-        emu.run(emu.scheduler.warm, timeout=600)
+        emu.run(emu.scheduler.warm, timeout=600)  # joins the background warm-up, if running
         warmed = snapshot(emu)
         asyncio.run(one_job_each(emu))
         used = snapshot(emu)
