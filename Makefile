@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## The main job: the emulator in-process plus the headline benchmark, printing its table.
+## The main job: the emulator in its own process plus the headline benchmark, printing its table.
 demo: $(STAMP)
 	$(PY) -m benchmarks --demo
 
