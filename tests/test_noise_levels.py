@@ -5,7 +5,6 @@ and a job over the simulation budget refused before it reaches the QPU."""
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -149,11 +148,9 @@ def test_pauli_keeps_the_error_rates_of_full(backend: Any) -> None:
 def test_a_job_over_budget_fails_before_the_qpu(emu: EmulatorThread, backend: Any) -> None:
     """20 qubits x 1000 shots at ``full``: about 10 minutes of trajectories, over the 20 s
     budget; refused by pre-processing with the cheaper choices named."""
-    start = time.monotonic()
     job = sampler(backend, "full").run([isa(backend, ghz(20))], shots=1000)
     with pytest.raises(RuntimeJobFailureError) as info:
         job.result()
-    assert time.monotonic() - start < 60  # not the ~10 minutes the simulation would take
     message = str(info.value)
     assert "1001" in message and "budget of 20 s" in message
     assert "'pauli' noise level" in message and "fewer shots" in message
