@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,12 @@ def test_a_full_disk_refuses_work_and_recovers(make_emulator: Any) -> None:
     api = Api(emu.base_url, emu.api_key)
     emu.call(lambda: emu.scheduler.pause(BACKEND, lanes=False, qpu=True))
     waiting = [api.submit() for _ in range(3)]  # accepted, held before the QPU
+    # each took a lane and its Running state is saved before the disk fills (a job whose start
+    # cannot be saved stays Queued, rightly, and is not what this test is about)
+    deadline = time.monotonic() + 120
+    while any(api("GET", f"/jobs/{j}").json()["state"]["status"] != "Running" for j in waiting):
+        assert time.monotonic() < deadline, "the three jobs never all started"
+        time.sleep(0.02)
     admin = {"Authorization": f"Bearer {emu.config.admin_key}"}
     faults = emu.base_url + "/admin/faults"
     requests.put(faults, json={"disk_full": True}, headers=admin, timeout=30).raise_for_status()
