@@ -546,7 +546,7 @@ class Scheduler:
     async def _stages(self, live: _Live) -> str:
         """Pre-process, QPU, post-process; returns the encoded result. Raises :class:`_Failed`
         for a job that ends unsuccessfully."""
-        rec, device = live.rec, live.backend.device
+        rec = live.rec
         params = live.params_json
         if params is None:
             params = await self.store.params(rec.id) or "{}"
@@ -563,14 +563,7 @@ class Scheduler:
             return await self._run_whole(live, params)
         try:
             prepared = await self.plane.lane(
-                worker.preprocess,
-                rec.program_id,
-                params,
-                device.source,
-                self.timing,
-                self.config.max_executions_per_job,
-                self.faults.plan.worker_delay_ms / 1000,
-                self.config.simulation,
+                worker.preprocess, *self._preprocess_args(live, params)
             )
         except classical.JobInputError as exc:
             raise _Failed(JobState.FAILED, exc.code, exc.message) from None
@@ -604,6 +597,18 @@ class Scheduler:
         self._stage(live, "post_end")
         return result
 
+    def _preprocess_args(self, live: _Live, params: str) -> tuple[Any, ...]:
+        """What ``worker.preprocess`` takes (and ``worker.run_whole`` before its time limit)."""
+        return (
+            live.rec.program_id,
+            params,
+            live.backend.device.source,
+            self.timing,
+            self.config.max_executions_per_job,
+            self.faults.plan.worker_delay_ms / 1000,
+            self.config.simulation,
+        )
+
     def _can_run_whole(self, live: _Live, params: str) -> bool:
         """The fast path: the QPU is free and no one waits for it, under a clock that adds no
         hold (so nothing stands between the stages), for a job whose pre-processing is light:
@@ -626,7 +631,7 @@ class Scheduler:
         """Pre-process, sample and post-process in one call on the backend's QPU worker, holding
         the QPU throughout (:func:`emulator.worker.run_whole`): two worker round trips fewer
         than the three stages, for a job that would have taken the idle QPU anyway."""
-        rec, device = live.rec, live.backend.device
+        rec = live.rec
         limit = min(rec.cost or self.config.job_max_execution_s, self.config.job_max_execution_s)
         async with self._qpu_turn(live):
             budget = self.config.sim_budget_s
@@ -635,13 +640,7 @@ class Scheduler:
                     whole = await self.plane.qpu(
                         rec.backend,
                         worker.run_whole,
-                        rec.program_id,
-                        params,
-                        device.source,
-                        self.timing,
-                        self.config.max_executions_per_job,
-                        self.faults.plan.worker_delay_ms / 1000,
-                        self.config.simulation,
+                        *self._preprocess_args(live, params),
                         limit,
                     )
             except TimeoutError:

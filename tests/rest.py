@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import requests
+from circuits import bell
 from qiskit import QuantumCircuit
 from qiskit.transpiler import generate_preset_pass_manager
 
@@ -19,11 +20,9 @@ __all__ = ["Api", "Server", "free_port", "isa_bell"]
 
 
 def isa_bell(source: str = "manila") -> QuantumCircuit:
-    qc = QuantumCircuit(2)
-    qc.h(0)
-    qc.cx(0, 1)
-    qc.measure_all()
-    return generate_preset_pass_manager(optimization_level=1, target=device_target(source)).run(qc)
+    return generate_preset_pass_manager(optimization_level=1, target=device_target(source)).run(
+        bell()
+    )
 
 
 class Api:

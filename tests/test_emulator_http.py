@@ -11,6 +11,7 @@ import pytest
 import requests
 from qiskit import QuantumCircuit
 from qiskit.transpiler import generate_preset_pass_manager
+from rest import isa_bell
 
 from aioruntime import protocol as p
 from emulator.backends import device_target
@@ -43,14 +44,6 @@ class Raw:
 @pytest.fixture(scope="module")
 def raw(emulator: EmulatorThread) -> Raw:
     return Raw(emulator)
-
-
-def isa_bell(source: str = "manila") -> QuantumCircuit:
-    qc = QuantumCircuit(2)
-    qc.h(0)
-    qc.cx(0, 1)
-    qc.measure_all()
-    return generate_preset_pass_manager(optimization_level=1, target=device_target(source)).run(qc)
 
 
 def sampler_body(circuit: Any, shots: Any = 100, **extra: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
+from circuits import bell
 from ibm_quantum_schemas.common import F64CompressedTensorModel
 from qiskit import QuantumCircuit
 from qiskit.circuit import Parameter
@@ -33,15 +34,6 @@ from samplomatic.transpiler import generate_boxing_pass_manager
 from aioruntime import protocol as p
 from aioruntime.protocol import ErrorCode
 from emulator.testing import EmulatorThread
-
-
-def bell(measure: bool = True) -> QuantumCircuit:
-    qc = QuantumCircuit(2)
-    qc.h(0)
-    qc.cx(0, 1)
-    if measure:
-        qc.measure_all()
-    return qc
 
 
 @pytest.fixture(scope="module")

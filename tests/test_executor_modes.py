@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from circuits import bell
 from conftest import emulator_config
-from qiskit import QuantumCircuit
 from qiskit.quantum_info import SparsePauliOp
 from qiskit.transpiler import generate_preset_pass_manager
 from qiskit_ibm_runtime import Batch, Session
@@ -25,15 +25,6 @@ from qiskit_ibm_runtime.executor_sampler import SamplerV2
 from emulator.testing import EmulatorThread
 
 BACKEND = "ibm_fez"
-
-
-def bell(measure: bool = True) -> QuantumCircuit:
-    qc = QuantumCircuit(2)
-    qc.h(0)
-    qc.cx(0, 1)
-    if measure:
-        qc.measure_all()
-    return qc
 
 
 class Rig:
