@@ -272,6 +272,21 @@ class RayPlane:
         raise WorkerDied(f"no Ray actor could take the call: {reason}")
 
     async def _call_on(self, actor: _Actor, func: Callable[..., T], args: tuple[Any, ...]) -> T:
+        # A call is sent only once its actor's warm-up has answered. Queueing it behind the
+        # warm-up instead (Ray runs one caller's calls in order) saves a round trip on an
+        # actor's first call, but then a death cannot be placed: the warm-up's answer can
+        # still be on its way when the call has started (the actor's reply goes out on Ray's
+        # I/O thread while the next task runs), so the warm-up failing does not prove that
+        # the call never ran; a call retried on that guess ran twice (it hung a test).
+        ready = actor.ready
+        if ready is not None:
+            if not ready.done():
+                await asyncio.wait([ready])  # a caller's cancel leaves the start alone
+            error = None if ready.cancelled() else ready.exception()
+            if ready.cancelled() or error is not None:
+                reason = "its start was cancelled" if error is None else _reason(error)
+                self._retire(actor, reason, kill=True)
+                raise _NeverRan(reason)  # nothing was sent: another actor takes the call
         ref = actor.handle.call.remote(func, *args)
         try:
             result: T = await ref
@@ -282,11 +297,6 @@ class RayPlane:
         except RayError as exc:  # the actor, its process or its node is gone
             reason = _reason(exc)
             self._retire(actor, reason)
-            if actor.ready is not None and not actor.ready.done():  # it fails soon after
-                await asyncio.wait([actor.ready], timeout=_PLACEMENT_WARNING_S)
-            if actor.ready is not None and actor.ready.done() and not actor.ready.cancelled():
-                if actor.ready.exception() is not None:
-                    raise _NeverRan(reason) from None
             raise WorkerDied(reason) from None
         except BaseException:  # cancelled (a job cancel, the simulation budget): stop it
             self._retire(actor, "its call was cancelled", kill=True)
@@ -333,8 +343,7 @@ class RayPlane:
         }
         handle = _WorkerActor.options(**options).remote(nice, self._memory_mb)
         actor = _Actor(handle, role)
-        # Calls queue behind the warm-up (one caller's actor calls run in order), so nothing
-        # waits for it; it reports where the actor runs.
+        # The warm-up reports where the actor runs; calls wait for it (see _call_on).
         actor.ready = asyncio.wrap_future(handle.warm.remote(sources).future())
         actor.ready.add_done_callback(lambda f: self._on_ready(actor, f))
         watch = asyncio.wrap_future(handle.watch.remote().future())
