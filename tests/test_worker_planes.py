@@ -14,6 +14,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 
+import click
 import plane_funcs
 import psutil
 import pytest
@@ -147,3 +148,54 @@ async def test_start_up_warms_the_workers_and_shutdown_stops_them(plane: WorkerP
     assert not alive, alive
     with pytest.raises(RuntimeError, match="closed"):
         await plane.lane(plane_funcs.add, 1, 1)
+
+
+async def test_cpu_slots_bound_the_lane_calls_at_once_and_the_rest_wait_in_order() -> None:
+    """Process plane only (Ray places calls on the cluster's CPUs itself): three lanes, one CPU
+    slot. One call runs in one lane worker; the two others wait, not in workers, and run in the
+    order they came once the one before them finishes."""
+    plane = ProcessPlane(backends=1, lanes=3, cpu_slots=1)
+    try:
+        async with Gate() as gate:
+            calls = {}
+            for tag in ("a", "b", "c"):
+                calls[tag] = asyncio.ensure_future(
+                    plane.lane(plane_funcs.wait_at_gate, gate.port, tag)
+                )
+                await asyncio.sleep(0)  # each call queues before the next is made
+            first = await gate.next()
+            assert first.tag == "a"
+            # b and c queued before a reached its worker (a fork and a gate connection later)
+            stats = plane.statistics()
+            assert stats["cpu_slots"] == 1 and stats["lane_calls_waiting"] == 2
+            assert len(plane.lane_pool.busy_pids) == 1 and stats["lane_workers"] == 1
+            for expected in ("b", "c"):
+                first.release()
+                assert await calls[first.tag] == first.tag
+                first = await gate.next()
+                assert first.tag == expected
+            first.release()
+            assert await calls["c"] == "c"
+        assert plane.lane_pool.pids == [first.pid]  # one slot: one lane worker ever started
+    finally:
+        await plane.aclose()
+
+
+def test_the_emulator_takes_one_cpu_slot_per_cpu_unless_told() -> None:
+    """``--cpu-slots`` (or ``AIORUNTIME_EMULATOR_CPU_SLOTS``); 0, the default, is one per CPU
+    this process may use, never more than the lanes of the backends served."""
+    from emulator.backends import resolve_devices
+    from emulator.config import from_args
+    from emulator.workers import available_cpus, create_plane
+
+    devices = resolve_devices("ibm_fez,ibm_manila")  # 2 backends x 5 lanes
+    plane = create_plane(from_args([]), devices)
+    assert isinstance(plane, ProcessPlane)
+    assert plane.statistics()["cpu_slots"] == min(10, available_cpus())
+    plane = create_plane(from_args(["--cpu-slots", "3"]), devices)
+    assert isinstance(plane, ProcessPlane) and plane.statistics()["cpu_slots"] == 3
+    plane = create_plane(from_args(["--cpu-slots", "64", "--lanes", "2"]), devices)
+    assert isinstance(plane, ProcessPlane) and plane.statistics()["cpu_slots"] == 4
+    with pytest.raises(click.UsageError) as bad:
+        from_args(["--cpu-slots", "-1"])
+    assert "'--cpu-slots'" in bad.value.format_message()
