@@ -134,11 +134,12 @@ class Config:
     #: What one stage of one job may add to a worker process's address space, MiB (0: no
     #: limit). 4096 lets a 27-qubit dense statevector (2 GiB) through, not a 28-qubit one.
     worker_memory_mb: int = 4096
-    #: Lane stages (pre- and post-processing) that run at once on the process plane, at most;
-    #: the others wait, in order, for one to finish (``--cpu-slots``; 0: the CPUs this process
-    #: may use). Lanes stay slots for jobs in progress (§4): five jobs hold lanes, but on two
-    #: cores five stages at once only share the cores, so the first job reaches the idle QPU
-    #: later and none finishes sooner. The Ray plane places stages on the cluster's CPUs itself.
+    #: Lane stages (pre- and post-processing) that run at once, at most; the others wait, in
+    #: order, for one to finish (``--cpu-slots``; 0: on the process plane, the CPUs this
+    #: process may use; on Ray, no bound). Lanes stay slots for jobs in progress (§4): five
+    #: jobs hold lanes, but on two cores five stages at once only share the cores, so the first
+    #: job reaches the idle QPU later and none finishes sooner. It also bounds the lane
+    #: workers (processes or Ray actors) started.
     cpu_slots: int = 0
     max_pending_jobs_per_instance: int = 10_000
     max_executions_per_job: int = 10_000_000
@@ -386,7 +387,7 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
             type=click.IntRange(min=0),
             default=0,
             show_default=True,
-            help="lane stages that run at once on local worker processes (0: one per CPU)",
+            help="lane stages that run at once (0: one per CPU; with --workers ray, no bound)",
         ),
         click.option(
             "--workers",

@@ -130,17 +130,23 @@ class RayPlane:
         lane_resources: Resources | None = None,
         qpu_resources: Mapping[str, Resources] | None = None,
         runtime_env: Mapping[str, Any] | None = None,
+        cpu_slots: int = 0,
     ) -> None:
-        """``backends``: served backend name → device source (``emulator.backends``)."""
+        """``backends``: served backend name → device source (``emulator.backends``).
+        ``cpu_slots`` (0: no bound) bounds the lane calls at once, and so the lane actors, as
+        on the process plane: for a small cluster, where each actor's imports cost seconds."""
         self._backends = dict(backends)
-        self._lanes = lanes
+        slots = max(1, lanes * len(self._backends))
+        if cpu_slots > 0:
+            slots = min(slots, cpu_slots)
+        self._lanes = min(lanes, slots)  # lane actors started by warm() and kept
         self._memory_mb = memory_mb
         self._address = address
         self._lane_resources = lane_resources or Resources()
         self._qpu_resources = dict(qpu_resources or {})
         self._runtime_env = code_runtime_env(runtime_env)
         self._sources: tuple[str, ...] = tuple(sorted(set(self._backends.values())))
-        self._slots = asyncio.Semaphore(max(1, lanes * len(self._backends)))
+        self._slots = asyncio.Semaphore(slots)
         self._idle: list[_Actor] = []
         self._lane_actors: set[_Actor] = set()
         self._qpus: dict[str, _Actor] = {}

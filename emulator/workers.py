@@ -346,6 +346,7 @@ def create_plane(config: Config, devices: list[Device]) -> WorkerPlane:
             lane_resources=rayspec.Resources.parse(config.ray_lane_resources),
             qpu_resources=rayspec.parse_qpu_resources(config.ray_qpu_resources),
             runtime_env=rayspec.parse_runtime_env(config.ray_runtime_env),
+            cpu_slots=config.cpu_slots,  # 0: no bound (the cluster's CPUs are Ray's business)
         )
     return ProcessPlane(
         backends=len(served),

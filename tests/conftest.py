@@ -44,6 +44,10 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 def emulator_config(**overrides: Any) -> Config:
     values: dict[str, Any] = {"port": 0, "data_dir": Path(":memory:"), "record_requests": True}
+    if overrides.get("workers") == "ray":
+        # One lane actor per CPU of the test cluster (tests/ray_helpers.py: two nodes of one
+        # CPU each), not five: each actor imports qiskit and Aer, seconds of CPU apiece.
+        values["cpu_slots"] = 2
     if isinstance(overrides.get("clock"), str):
         overrides["clock"] = ClockSpec.parse(overrides["clock"])
     values.update(overrides)

@@ -23,6 +23,7 @@ from qiskit_ibm_runtime.exceptions import (
 from emulator.backends import device_target
 from emulator.testing import EmulatorThread
 from emulator.timing import TimingParams, circuit_duration_s, quantum_seconds
+from emulator.workers import available_cpus
 
 
 @pytest.fixture(scope="module")
@@ -203,8 +204,12 @@ def test_twelve_jobs_five_lanes_one_qpu(make_emulator: Any, workers: str) -> Non
     for job in jobs:
         assert job.result()[0].data.meas.num_shots == 20
     stats = emu.statistics().backend("ibm_fez")
-    assert stats.lanes.peak_busy == 5
+    assert stats.lanes.peak_busy == 5  # five jobs held lanes at once ...
     assert stats.qpu_peak == 1
+    # ... while their stages ran in as many workers as the emulator has CPU slots (one per
+    # CPU here, two on the tests' Ray cluster; conftest.emulator_config)
+    plane = emu.scheduler.plane.statistics()
+    assert 1 <= plane["lane_workers"] <= (emu.config.cpu_slots or available_cpus())
     assert stats.completed == 12
     # QPU spans never overlap
     spans = sorted(
