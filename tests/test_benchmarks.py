@@ -434,3 +434,25 @@ def test_tiny_run_against_the_real_emulator(tmp_path: Path) -> None:
     latest = json.loads((tmp_path / "latest.json").read_text())
     assert latest["run"]["machine"]["nproc"] >= 1
     assert "== targets" in outcome.table
+
+
+def test_tree_memory_counts_a_process_and_its_children() -> None:
+    """``benchmarks.startup``'s memory at rest: RSS and PSS summed over a process tree (PSS
+    never above RSS); a child process adds itself."""
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks.startup import tree_memory
+
+    alone = tree_memory(os.getpid())
+    assert alone["processes"] >= 1 and 0 < alone["pss_MiB"] <= alone["rss_MiB"]
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=-1)
+    try:
+        with_child = tree_memory(os.getpid())
+        assert with_child["processes"] == alone["processes"] + 1
+        assert with_child["rss_MiB"] > alone["rss_MiB"]
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait()
