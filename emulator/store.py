@@ -33,7 +33,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -177,7 +177,10 @@ Op = tuple[str, Sequence[Any]]
 
 
 def _encode(record: JobRecord | SessionRecord) -> str:
-    return json.dumps(asdict(record), separators=(",", ":"))
+    # The fields by name, not dataclasses.asdict: that deep-copies every list and dict first,
+    # and was a third of the cost of storing a change (profile of a 1000-job fan-out).
+    names = _JOB_META if isinstance(record, JobRecord) else _SESSION_META
+    return json.dumps({n: getattr(record, n) for n in names}, separators=(",", ":"))
 
 
 def _known(data: dict[str, Any], names: list[str]) -> dict[str, Any]:

@@ -319,6 +319,38 @@ def test_tokens_name_their_key_are_revoked_with_it_and_survive_restarts(tmp_path
     assert authenticate(again, f"Bearer {token}").instances == (p.DEFAULT_INSTANCE,)
 
 
+def test_a_token_checked_once_still_expires_and_a_forged_one_never_passes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Authentication verifies a token's signature once and keeps its claims
+    (``emulator.auth._verified``); its expiry is still checked on every request, and a token
+    whose signature fails is refused every time, not remembered."""
+    import time
+    import types
+
+    import jwt
+
+    from emulator import auth
+    from emulator.auth import AuthError, authenticate, issue_token
+    from emulator.config import ApiKey, Config
+
+    config = Config(api_keys=(ApiKey("k1"),), token_secret="s" * 32, token_ttl_s=60)
+    token, iat, exp = issue_token(config, "k1")
+    assert exp - iat == 60
+    for _ in range(2):  # verified, then from the cache
+        assert authenticate(config, f"Bearer {token}").instances == config.instances
+    later = types.SimpleNamespace(time=lambda: time.time() + 61)  # this module's clock only
+    monkeypatch.setattr(auth, "time", later)
+    with pytest.raises(AuthError, match="expired"):
+        authenticate(config, f"Bearer {token}")
+    monkeypatch.undo()
+    claims = jwt.decode(token, options={"verify_signature": False})
+    forged = jwt.encode(claims, "f" * 32, algorithm="HS256")  # the same claims, another key
+    for _ in range(2):
+        with pytest.raises(AuthError, match="invalid token"):
+            authenticate(config, f"Bearer {forged}")
+
+
 def test_tags_are_capped_as_ibm_caps_them(emulator: EmulatorThread) -> None:
     headers = {**token_headers(emulator), "Content-Type": "application/json"}
     body: dict[str, Any] = {
