@@ -147,6 +147,7 @@ class RayPlane:
         self._runtime_env = code_runtime_env(runtime_env)
         self._sources: tuple[str, ...] = tuple(sorted(set(self._backends.values())))
         self._slots = asyncio.Semaphore(slots)
+        self._slot_count = slots
         self._idle: list[_Actor] = []
         self._lane_actors: set[_Actor] = set()
         self._qpus: dict[str, _Actor] = {}
@@ -414,6 +415,7 @@ class RayPlane:
             "alive": len(actors),
             "lane_workers": lanes,
             "qpu_workers": len(actors) - lanes,
+            "cpu_slots": self._slot_count,
             "where": f"Ray actors on {len(nodes)} node(s) of {self.cluster or 'Ray'}",
             "cluster": self.cluster,
             "nodes": [{"node_id": k, **v} for k, v in sorted(nodes.items())],

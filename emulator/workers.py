@@ -193,6 +193,9 @@ class WorkerPool:
             if worker.alive:
                 return worker
             await self._discard(worker)
+        return await self._fork()
+
+    async def _fork(self) -> _Worker:
         # The worker dies with its zygote, which dies with this process (see emulator.worker);
         # --memory-mb: what one job stage may add to its address space.
         argv = ["--nice", str(self._nice), "--memory-mb", str(self._memory_mb)]
@@ -216,12 +219,13 @@ class WorkerPool:
     async def warm(self, sources: tuple[str, ...], *, count: int) -> None:
         """Load ``sources`` into the zygote, then start ``count`` workers (forked with them)."""
         await anyio.to_thread.run_sync(self._zygote.warm, sources)
-        workers = []
-        try:
-            for _ in range(min(count, int(self._limiter.total_tokens))):
-                workers.append(await self._checkout())
-        finally:
-            self._idle.extend(w for w in workers if w.alive)
+        # Each fork under one of the pool's places, as a call forks its worker: with calls
+        # arriving while the pool warms, it never holds more than ``size`` workers.
+        while len(self._all) < min(count, self.size):
+            async with self._limiter:
+                if self._closed or len(self._all) >= min(count, self.size):
+                    break
+                self._idle.append(await self._fork())
 
     @property
     def size(self) -> int:

@@ -209,7 +209,8 @@ def test_twelve_jobs_five_lanes_one_qpu(make_emulator: Any, workers: str) -> Non
     # ... while their stages ran in as many workers as the emulator has CPU slots (one per
     # CPU here, two on the tests' Ray cluster; conftest.emulator_config)
     plane = emu.scheduler.plane.statistics()
-    assert 1 <= plane["lane_workers"] <= (emu.config.cpu_slots or available_cpus())
+    assert plane["cpu_slots"] == (emu.config.cpu_slots or available_cpus())
+    assert 1 <= plane["lane_workers"] <= plane["cpu_slots"]
     assert stats.completed == 12
     # QPU spans never overlap
     spans = sorted(
