@@ -176,6 +176,23 @@ def emulator_memory() -> dict[str, Any]:
     }
 
 
+def tree_memory(pid: int) -> dict[str, float]:
+    """RSS and PSS (MiB) of the process ``pid`` and all its descendants, and their count. PSS
+    divides shared pages among their sharers: the emulator's workers fork from one zygote and
+    share its pages, which RSS counts once per worker."""
+    root = psutil.Process(pid)
+    rss = pss = 0
+    procs = [root, *root.children(recursive=True)]
+    for proc in procs:
+        try:
+            info = proc.memory_full_info()
+        except psutil.Error:  # gone meanwhile
+            continue
+        rss += info.rss
+        pss += info.pss
+    return {"rss_MiB": rss / 2**20, "pss_MiB": pss / 2**20, "processes": float(len(procs))}
+
+
 def cpu_snapshot() -> dict[str, float]:
     """CPU seconds (user + system) used so far, by where they were spent: this process's main
     thread (the client's event loop), its ``emulator-loop`` thread (the emulator's event loop),

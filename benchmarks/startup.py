@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import machine
-from .harness import aio_service
+from .harness import aio_service, tree_memory
 
 TARGETS = {"health_s": 3.0, "first_job_s": 5.0, "rss_MiB": 1024.0, "pss_MiB": 1024.0}
 UNITS = {"rss_MiB": "MiB", "pss_MiB": "MiB", "loaded_rss_MiB": "MiB", "loaded_pss_MiB": "MiB"}
@@ -51,23 +51,6 @@ REPORTED = (
     "loaded_pss_MiB",
     "loaded_processes",
 )
-
-
-def tree_memory(pid: int) -> dict[str, float]:
-    """RSS and PSS (MiB) of the process ``pid`` and all its descendants, and their count."""
-    import psutil
-
-    root = psutil.Process(pid)
-    rss = pss = 0
-    procs = [root, *root.children(recursive=True)]
-    for proc in procs:
-        try:
-            info = proc.memory_full_info()
-        except psutil.NoSuchProcess:
-            continue
-        rss += info.rss
-        pss += info.pss
-    return {"rss_MiB": rss / 2**20, "pss_MiB": pss / 2**20, "processes": float(len(procs))}
 
 
 def _health(base_url: str) -> dict[str, Any] | None:

@@ -632,7 +632,7 @@ class Scheduler:
         the QPU throughout (:func:`emulator.worker.run_whole`): two worker round trips fewer
         than the three stages, for a job that would have taken the idle QPU anyway."""
         rec = live.rec
-        limit = min(rec.cost or self.config.job_max_execution_s, self.config.job_max_execution_s)
+        limit = self._limit_s(rec)
         async with self._qpu_turn(live):
             budget = self.config.sim_budget_s
             try:
@@ -664,6 +664,11 @@ class Scheduler:
         self._stage(live, "post_end")
         return whole.result
 
+    def _limit_s(self, rec: JobRecord) -> float:
+        """The job's maximum execution time (model seconds): its own, within IBM's cap."""
+        cap = self.config.job_max_execution_s
+        return min(rec.cost or cap, cap)
+
     def _stage(self, live: _Live, stage: str, at: datetime | None = None) -> None:
         """Record that the job reached ``stage`` (now, or ``at``) and tell the observers."""
         live.stages[stage] = (at or utcnow()).isoformat()
@@ -674,7 +679,7 @@ class Scheduler:
     ) -> tuple[worker.Opaque, datetime, datetime]:
         """The job's QPU turn: Aer within the wall budget, then the clock's hold."""
         rec = live.rec
-        limit = min(rec.cost or self.config.job_max_execution_s, self.config.job_max_execution_s)
+        limit = self._limit_s(rec)
         async with self._qpu_turn(live):
             span_start = utcnow()
             self._stage(live, "qpu_start", span_start)

@@ -144,8 +144,6 @@ class Whole:
     #: Wall-clock instants (``time.time()``) of ``pre_end``, ``qpu_start``, ``qpu_end``,
     #: ``post_start`` (the job's ``pre_start`` is the scheduler's).
     stamps: dict[str, float]
-    #: Wall seconds the simulation took.
-    sim_s: float
 
 
 def run_whole(
@@ -168,17 +166,17 @@ def run_whole(
     prepared = preprocess(program_id, params, source, timing, max_executions, stall_s, settings)
     stamps = {"pre_end": time.time()}
     if prepared.quantum_seconds > limit_s:
-        return Whole(prepared, None, stamps, 0.0)
+        return Whole(prepared, None, stamps)
     if prepared.dry_run:  # no QPU span: mock data
         stamps["post_start"] = time.time()
         now = datetime.now(UTC)
-        return Whole(prepared, postprocess(prepared.job, None, now, now), stamps, 0.0)
+        return Whole(prepared, postprocess(prepared.job, None, now, now), stamps)
     stamps["qpu_start"] = time.time()
     sampled = sample(prepared.job)
     stamps["qpu_end"] = stamps["post_start"] = time.time()
     start, stop = (datetime.fromtimestamp(stamps[k], UTC) for k in ("qpu_start", "qpu_end"))
     result = postprocess(prepared.job, sampled, start, stop)
-    return Whole(prepared, result, stamps, stamps["qpu_end"] - stamps["qpu_start"])
+    return Whole(prepared, result, stamps)
 
 
 def estimate(

@@ -221,9 +221,10 @@ class WorkerPool:
         await anyio.to_thread.run_sync(self._zygote.warm, sources)
         # Each fork under one of the pool's places, as a call forks its worker: with calls
         # arriving while the pool warms, it never holds more than ``size`` workers.
-        while len(self._all) < min(count, self.size):
+        target = min(count, self.size)
+        while len(self._all) < target:
             async with self._limiter:
-                if self._closed or len(self._all) >= min(count, self.size):
+                if self._closed or len(self._all) >= target:
                     break
                 self._idle.append(await self._fork())
 

@@ -443,7 +443,7 @@ def test_tree_memory_counts_a_process_and_its_children() -> None:
     import subprocess
     import sys
 
-    from benchmarks.startup import tree_memory
+    from benchmarks.harness import tree_memory
 
     alone = tree_memory(os.getpid())
     assert alone["processes"] >= 1 and 0 < alone["pss_MiB"] <= alone["rss_MiB"]

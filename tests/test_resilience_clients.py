@@ -17,6 +17,7 @@ from qiskit.transpiler import generate_preset_pass_manager
 
 from aioruntime import AsyncRuntimeService, AsyncSamplerV2, JobNotFoundError, NotAuthorizedError
 from aioruntime import protocol as p
+from benchmarks.harness import tree_memory
 from emulator.backends import device_target
 from emulator.config import ApiKey
 from emulator.testing import EmulatorProcess, EmulatorThread
@@ -35,15 +36,9 @@ def isa_bell() -> QuantumCircuit:
 
 
 def tree_pss(root: psutil.Process) -> int:
-    """The memory of the emulator's process tree, counted proportionally: the workers fork from
-    one zygote and share its pages, which RSS would count once per worker."""
-    total = 0
-    for proc in [root, *root.children(recursive=True)]:
-        try:
-            total += proc.memory_full_info().pss
-        except psutil.Error:
-            pass
-    return int(total)
+    """The memory of the emulator's process tree in bytes, counted proportionally
+    (:func:`benchmarks.harness.tree_memory`)."""
+    return int(tree_memory(root.pid)["pss_MiB"] * 2**20)
 
 
 def wait_warm(emu: EmulatorProcess) -> None:
