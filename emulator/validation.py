@@ -13,7 +13,7 @@ import math
 from numbers import Integral, Real
 from typing import TYPE_CHECKING, Any
 
-from aioruntime.protocol import DecodeLimitError, DecodeLimits, ErrorCode, loads
+from aioruntime.protocol import CircuitMemo, DecodeLimitError, DecodeLimits, ErrorCode, loads
 
 from . import estimation
 from .backends import DeviceLimits
@@ -31,6 +31,11 @@ DEFAULT_PRECISION = 0.015625
 #: What decoding one job's ``params`` may take: all its compressed values (arrays, QPY circuits)
 #: together inflate to at most 256 MiB, and it nests at most as deep as a request body may.
 JOB_DECODE_LIMITS = DecodeLimits(max_inflated_bytes=256 * 2**20, max_depth=64)
+#: This process's recently decoded circuits (a worker decodes the jobs of one emulator): an
+#: optimizer's or a repeated job's circuit is decoded once, not per job. Nothing downstream
+#: changes a decoded circuit: compaction and the estimator's basis changes build new ones
+#: (``tests/test_classical.py`` checks that a job leaves its decoded circuit as it was).
+CIRCUITS = CircuitMemo()
 #: Options the emulator accepts but does not act on (reported in ``PreparedJob.metadata``).
 _IGNORED_OPTIONS = (
     "dynamical_decoupling",
@@ -64,7 +69,7 @@ class JobInputError(Exception):
 def _decode(params_json: str | bytes) -> dict[str, Any]:
     """``params`` decoded with the official RuntimeDecoder, or a clear ``JobInputError``."""
     try:
-        params = loads(params_json, limits=JOB_DECODE_LIMITS)
+        params = loads(params_json, limits=JOB_DECODE_LIMITS, memo=CIRCUITS)
     except DecodeLimitError as exc:
         raise JobInputError(
             ErrorCode.VALIDATION, f"Cannot decode the job parameters: {exc}."

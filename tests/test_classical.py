@@ -616,6 +616,104 @@ def test_job_input_error_pickles() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Decoding: a repeated circuit is decoded once
+# ---------------------------------------------------------------------------------------------
+
+
+def _qpy_payloads(params: str) -> list[str]:
+    """The QPY payloads (``QuantumCircuit`` values) of a job's ``params`` text."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("__type__") == "QuantumCircuit":
+                found.append(node["__value__"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(json.loads(params))
+    return found
+
+
+def test_a_repeated_circuit_is_decoded_once_and_left_as_it_was() -> None:
+    """An optimizer's loop: one parametrized circuit, new values each job. The second job's
+    circuit is the first one's object (no QPY load), its results are its own values', and
+    neither job changed the shared circuit (the memo's one rule)."""
+    from emulator import validation
+
+    theta = Parameter("theta")
+    circuit = QuantumCircuit(1, 1)
+    circuit.ry(theta, 0)
+    circuit.measure(0, 0)
+    isa = to_isa(circuit)
+    memo = validation.CIRCUITS
+    hits, misses = memo.hits, memo.misses
+    values = [0.0, math.pi] * 3
+    counts, payloads = [], []
+    for value in values:
+        params = sampler_params([(isa, [value], 200)])
+        _, result = run("sampler", params)
+        counts.append(result[0].data.c.get_counts())
+        payloads += _qpy_payloads(params)
+    assert counts == [{"0": 200}, {"1": 200}] * 3
+    # QPY writes the layout's registers in a set's order: one circuit, one or two payloads,
+    # each decoded once.
+    assert memo.misses - misses == len(set(payloads)) <= 2
+    assert memo.hits - hits == len(values) - len(set(payloads))
+    payload = payloads[-1]
+    shared = memo.get(payload, lambda: pytest.fail("the circuit was forgotten"))
+    assert shared == isa and shared.layout == isa.layout
+    # An estimator job on the same circuit (basis changes, compaction) leaves it as it was too.
+    est = QuantumCircuit(1)
+    est.ry(theta, 0)
+    isa_est = to_isa(est)
+    params = estimator_params([(isa_est, observable("X", isa_est), [0.3])])
+    for _ in range(2):
+        run("estimator", params)
+    (payload,) = _qpy_payloads(params)
+    assert memo.get(payload, lambda: pytest.fail("forgotten")) == isa_est
+
+
+def test_the_circuit_memo_is_bounded_and_remembers_no_failure() -> None:
+    from aioruntime.protocol import CircuitMemo
+
+    memo = CircuitMemo(entries=2, max_payload=10)
+    made: list[str] = []
+
+    def decode(text: str) -> Any:
+        def run() -> object:
+            made.append(text)
+            return object()
+
+        return run
+
+    a = memo.get("a", decode("a"))
+    assert memo.get("a", decode("a")) is a and made == ["a"]
+    memo.get("b", decode("b"))
+    memo.get("a", decode("a"))  # a is now the most recent: c pushes b out
+    memo.get("c", decode("c"))
+    assert made == ["a", "b", "c"]
+    assert memo.get("a", decode("a")) is a and made == ["a", "b", "c"]
+    memo.get("b", decode("b"))
+    assert made == ["a", "b", "c", "b"]
+    # a payload over max_payload is decoded every time, never held
+    memo.get("x" * 11, decode("long"))
+    memo.get("x" * 11, decode("long"))
+    assert made[-2:] == ["long", "long"]
+
+    def broken() -> Any:
+        raise ValueError("bad QPY")
+
+    for _ in range(2):
+        with pytest.raises(ValueError, match="bad QPY"):
+            memo.get("d", broken)
+    assert (memo.hits, memo.misses) == (3, 8)
+
+
+# ---------------------------------------------------------------------------------------------
 # Worker processes
 # ---------------------------------------------------------------------------------------------
 
