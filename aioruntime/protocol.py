@@ -17,6 +17,8 @@ import functools
 import json
 import threading
 import urllib.parse
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -303,26 +305,29 @@ class CircuitMemo:
     """
 
     def __init__(self, entries: int = 16, max_payload: int = 64 * 1024) -> None:
-        from collections import OrderedDict
-
         self.entries = entries
         self.max_payload = max_payload
-        self._circuits: OrderedDict[str, Any] = OrderedDict()
+        # One memo per thread: a circuit is never shared between threads (a process's worker
+        # runs one call at a time; the tests' in-thread planes run several).
+        self._local = threading.local()
         self.hits = 0
         self.misses = 0
 
-    def get(self, payload: str, decode: Any) -> Any:
+    def get(self, payload: str, decode: Callable[[], Any]) -> Any:
         """The circuit of ``payload``: remembered, or ``decode()`` (and remembered if small)."""
-        if (found := self._circuits.get(payload)) is not None:
-            self._circuits.move_to_end(payload)
+        circuits: OrderedDict[str, Any] | None = getattr(self._local, "circuits", None)
+        if circuits is None:
+            circuits = self._local.circuits = OrderedDict()
+        if (found := circuits.get(payload)) is not None:
+            circuits.move_to_end(payload)
             self.hits += 1
             return found
         self.misses += 1
         circuit = decode()
         if len(payload) <= self.max_payload and self.entries > 0:
-            self._circuits[payload] = circuit
-            while len(self._circuits) > self.entries:
-                self._circuits.popitem(last=False)
+            circuits[payload] = circuit
+            while len(circuits) > self.entries:
+                circuits.popitem(last=False)
         return circuit
 
 

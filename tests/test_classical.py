@@ -11,6 +11,7 @@ import functools
 import json
 import math
 import pickle
+import threading
 import time
 import zlib
 from datetime import UTC, datetime, timedelta
@@ -711,6 +712,12 @@ def test_the_circuit_memo_is_bounded_and_remembers_no_failure() -> None:
         with pytest.raises(ValueError, match="bad QPY"):
             memo.get("d", broken)
     assert (memo.hits, memo.misses) == (3, 8)
+    # each thread decodes its own: a circuit is never shared between threads
+    other: list[Any] = []
+    thread = threading.Thread(target=lambda: other.append(memo.get("a", decode("a"))))
+    thread.start()
+    thread.join()
+    assert other[0] is not a and memo.get("a", decode("a")) is a
 
 
 # ---------------------------------------------------------------------------------------------

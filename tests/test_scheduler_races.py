@@ -248,11 +248,16 @@ async def test_resume_and_cancel_back_to_back_leave_nothing_stuck(
     rig: Rig = await make_rig(lanes=1)
     rig.s.pause(BACKEND)
     jobs = [await rig.submit() for _ in range(8)]
+    # No job gets past its pre-processing while the cancels run (without the gate, a job
+    # given the lane could complete during the store writes of the cancels before it).
+    rig.plane.hold("preprocess")
     rig.s.resume(BACKEND)  # grants a lane at once, synchronously
     results = [await rig.s.cancel(rec) for rec in jobs]
     assert results == [True] * 8
     assert [await rig.final(rec) for rec in jobs] == ["Cancelled"] * 8
+    rig.plane.release("preprocess")
     await rig.idle()
+    assert rig.plane.calls["sample"] == 0
 
 
 async def test_at_most_lanes_jobs_run_and_the_rest_queue_in_order(
