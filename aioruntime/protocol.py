@@ -39,6 +39,7 @@ __all__ = [
     "dumps",
     "error_body",
     "loads",
+    "loads_nowait",
     "nesting_exceeds",
     "parse_bool",
     "path",
@@ -286,6 +287,19 @@ def loads(
         if memo is None:
             return json.loads(text, cls=RuntimeDecoder)
         return json.loads(text, cls=_memo_decoder(), memo=memo)
+
+
+def loads_nowait(text: str | bytes) -> tuple[bool, Any]:
+    """:func:`loads` unless another thread is decoding: ``(True, value)``, or ``(False, None)``
+    at once instead of waiting for the decoder's lock (for a caller that must not block)."""
+    from qiskit_ibm_runtime.json import RuntimeDecoder
+
+    if not _DECODE_LOCK.acquire(blocking=False):
+        return False, None
+    try:
+        return True, json.loads(text, cls=RuntimeDecoder)
+    finally:
+        _DECODE_LOCK.release()
 
 
 class CircuitMemo:

@@ -498,3 +498,91 @@ def test_faulty_qubits_are_checked_with_the_official_code_once_per_backend() -> 
     IBMBackend.check_faulty(_FaultyProperties([5], []), qc)  # qubit 5 unused: fine
     with pytest.raises(ValueError, match="faulty qubit 0"):
         IBMBackend.check_faulty(_FaultyProperties([0], []), qc)
+
+
+# -- small work on the loop ------------------------------------------------------------------------
+
+
+def test_the_inline_budget_caps_the_loops_share() -> None:
+    from aioruntime._context import InlineBudget
+
+    budget = InlineBudget(window_s=3600, share_s=0.001)  # one window for the whole test
+    assert budget.allows()
+    budget.charge(0.0004)
+    assert budget.allows()
+    budget.charge(0.0007)  # 1.1 ms spent: the rest of this window goes to threads
+    assert not budget.allows() and not budget.allows()
+    assert (budget.inlined, budget.deferred) == (2, 2)
+    fresh = InlineBudget(window_s=0.0, share_s=0.001)  # every call opens a new window
+    fresh.charge(1.0)
+    assert fresh.allows()
+
+
+def test_only_few_short_pubs_are_small() -> None:
+    from qiskit import QuantumCircuit
+    from qiskit.circuit import Parameter
+    from qiskit.quantum_info import SparsePauliOp
+
+    from aioruntime.primitives import _is_small
+
+    bell = QuantumCircuit(2)
+    bell.h(0)
+    bell.cx(0, 1)
+    theta = Parameter("t")
+    ansatz = QuantumCircuit(1)
+    ansatz.ry(theta, 0)
+    long = QuantumCircuit(1)
+    for _ in range(65):
+        long.x(0)
+
+    class Dense:
+        def __array__(self, *args: Any) -> Any:
+            raise AssertionError("never converted")
+
+    assert _is_small([bell]) and _is_small([(bell, None, 100)])
+    assert _is_small([(ansatz, SparsePauliOp("Z"), [0.5])])
+    assert not _is_small([bell] * 5)
+    assert not _is_small([long])
+    assert not _is_small([(ansatz, [[0.1]] * 65)])  # nested values: not looked into
+    assert not _is_small([(ansatz, list(range(65)))])
+    assert not _is_small([(ansatz, [SparsePauliOp("Z")] * 2, [0.5])])
+    assert not _is_small([(ansatz, Dense(), [0.5])])
+    assert not _is_small(["not a circuit"])
+
+
+async def test_small_results_decode_on_the_loop_unless_a_thread_decodes(
+    fake: FakeRuntime,
+) -> None:
+    """A small body decodes on the loop; while another thread holds the decoder's lock the
+    loop never waits for it, the body goes to a thread; a big body always does."""
+    import threading
+
+    async with fake.service() as service:
+        context = service.context
+        inline = context.inline
+        before = inline.inlined
+        result = await context.decode(EMPTY_RESULT)
+        assert isinstance(result, PrimitiveResult) and inline.inlined == before + 1
+
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with p._DECODE_LOCK:
+                held.set()
+                release.wait(30)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        held.wait(30)
+        waiting = asyncio.create_task(context.decode(EMPTY_RESULT))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not waiting.done()  # in a thread, behind the lock; the loop still runs
+        release.set()
+        assert isinstance(await waiting, PrimitiveResult)
+        holder.join(30)
+        assert inline.inlined == before + 1
+
+        big = p.dumps({"padding": "x" * 20_000})
+        assert (await context.decode(big))["padding"] == "x" * 20_000
+        assert inline.inlined == before + 1
