@@ -6,12 +6,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast lint install chromium emulator bench-quick clean
 
-# uv installs the same packages as pip, in parallel: 13 s against 75 s on the 2-core machine with
-# empty caches (benchmarks/README.md). pip stays the fallback where uv cannot be had.
+# uv installs the same packages as pip, in parallel: 25 s against 75 s on the 2-core machine with
+# empty caches (benchmarks/README.md). --compile-bytecode as pip does: without the .pyc files, and
+# with PYTHONDONTWRITEBYTECODE set (as on these machines), every process (each test process,
+# worker, Ray actor) compiles qiskit again at import, which made the suite 50% slower.
+# pip stays the fallback where uv cannot be had.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	( $(PY) -m pip install --quiet uv && \
-	  $(VENV)/bin/uv pip install --quiet --python $(PY) -e ".[test,bench]" ) || \
+	  $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -e ".[test,bench]" ) || \
 	( echo "uv failed: installing with pip" && $(PY) -m pip install --quiet -e ".[test,bench]" )
 	touch $(STAMP)
 
