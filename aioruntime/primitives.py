@@ -82,6 +82,8 @@ def _is_small(pubs: list[Any]) -> bool:
             circuit, extras = pub, []
         if not isinstance(circuit, QuantumCircuit) or len(circuit.data) > _SMALL_INSTRUCTIONS:
             return False
+        if circuit.has_control_flow_op():  # one instruction may hold a long body
+            return False
         if not all(_small_value(extra) for extra in extras):
             return False
     return True

@@ -548,6 +548,11 @@ def test_only_few_short_pubs_are_small() -> None:
     assert not _is_small([(ansatz, [SparsePauliOp("Z")] * 2, [0.5])])
     assert not _is_small([(ansatz, Dense(), [0.5])])
     assert not _is_small(["not a circuit"])
+    dynamic = QuantumCircuit(1, 1)
+    with dynamic.if_test((dynamic.clbits[0], 1)):
+        for _ in range(100):
+            dynamic.x(0)
+    assert len(dynamic.data) == 1 and not _is_small([dynamic])
 
 
 async def test_small_results_decode_on_the_loop_unless_a_thread_decodes(
