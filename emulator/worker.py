@@ -75,12 +75,19 @@ class Opaque:
 
 
 @dataclass(frozen=True, slots=True)
-class Prepared:
-    """What the scheduler needs of a pre-processed job, and the job itself (opaque)."""
+class Planned:
+    """What the scheduler needs of a pre-processed job."""
 
     quantum_seconds: float
     dry_run: bool
     notes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared(Planned):
+    """A pre-processed job for the next stage's worker: what the scheduler needs, and the job
+    itself (opaque)."""
+
     job: Opaque
 
 
@@ -145,15 +152,6 @@ def _preprocess(
             max_executions=max_executions,
             settings=settings or SimulationSettings(),
         )
-
-
-@dataclass(frozen=True, slots=True)
-class Planned:
-    """What the scheduler needs of a pre-processed job that stays in the worker."""
-
-    quantum_seconds: float
-    dry_run: bool
-    notes: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
