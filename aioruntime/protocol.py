@@ -303,7 +303,7 @@ def loads_nowait(text: str | bytes) -> tuple[bool, Any]:
 
 
 class CircuitMemo:
-    """The circuits a process decoded last, by their QPY payload (the base64 text of a
+    """The circuits each thread decoded last, by their QPY payload (the base64 text of a
     ``QuantumCircuit`` value, compared whole): decoding the same payload again returns the
     same ``QuantumCircuit`` object, so **whoever decodes with a memo must never change a
     decoded circuit** (the emulator's pipeline builds new circuits from them).
