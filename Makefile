@@ -29,9 +29,10 @@ demo: $(STAMP)
 test: $(STAMP) chromium
 	$(PY) -m pytest -n 2 --dist loadfile
 
-## The unit layer only (no emulator started, nothing slow): the edit-test loop, under a minute.
+## The unit layer only (no emulator or Ray cluster started, nothing slow): the edit-test loop,
+## well under a minute.
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not e2e and not slow" -q
+	$(PY) -m pytest -m "not e2e and not slow and not ray" -q
 
 ## Style and types: ruff (lint and format) and mypy --strict over the packages and the tests.
 lint: $(STAMP)

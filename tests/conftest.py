@@ -119,10 +119,23 @@ def _starts_emulators(path: str) -> bool:
     return "EmulatorThread(" in source or "EmulatorProcess(" in source or "Server(" in source
 
 
+def _uses_ray(item: pytest.Item, fixtures: set[str]) -> bool:
+    """Whether the test joins the session's Ray cluster: by the fixture, or as the ``ray``
+    case of a plane or workers parameter (whose fixture joins it)."""
+    if "ray_cluster" in fixtures:
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and "ray" in callspec.params.values()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark end-to-end tests (a real emulator over loopback) ``e2e``; ``make test-fast`` runs
-    the others, the unit layer, in well under a minute."""
+    """Mark end-to-end tests (a real emulator over loopback) ``e2e`` and the tests on a Ray
+    cluster ``ray``; ``make test-fast`` runs the others, the unit layer, in well under a minute
+    (the Ray plane's contract tests alone took 38 s of it: a cluster and actors that import
+    qiskit)."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         if fixtures & _EMULATOR_FIXTURES or _starts_emulators(str(item.path)):
             item.add_marker(pytest.mark.e2e)
+        if _uses_ray(item, fixtures):
+            item.add_marker(pytest.mark.ray)
