@@ -47,7 +47,7 @@ from ray.exceptions import RayError, RayTaskError
 
 from . import worker
 from .rayspec import Resources, code_runtime_env
-from .workers import LANE_NICENESS, WorkerDied
+from .workers import LANE_NICENESS, WorkerDied, lane_slots
 
 __all__ = ["RayPlane"]
 
@@ -136,9 +136,7 @@ class RayPlane:
         ``cpu_slots`` (0: no bound) bounds the lane calls at once, and so the lane actors, as
         on the process plane: for a small cluster, where each actor's imports cost seconds."""
         self._backends = dict(backends)
-        slots = max(1, lanes * len(self._backends))
-        if cpu_slots > 0:
-            slots = min(slots, cpu_slots)
+        slots = lane_slots(lanes, len(self._backends), cpu_slots)
         self._lanes = min(lanes, slots)  # lane actors started by warm() and kept
         self._memory_mb = memory_mb
         self._address = address

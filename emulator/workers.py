@@ -300,7 +300,7 @@ class ProcessPlane:
     ) -> None:
         self._lanes = lanes
         self._backends = backends
-        size = backends * lanes if cpu_slots < 1 else min(backends * lanes, cpu_slots)
+        size = lane_slots(lanes, backends, cpu_slots)
         self.lane_pool = WorkerPool(size=size, nice=LANE_NICENESS, memory_mb=memory_mb)
         self.qpu_pool = WorkerPool(size=backends, memory_mb=memory_mb)
 
@@ -359,6 +359,13 @@ def create_plane(config: Config, devices: list[Device]) -> WorkerPlane:
         memory_mb=config.worker_memory_mb,
         cpu_slots=config.cpu_slots or available_cpus(),
     )
+
+
+def lane_slots(lanes: int, backends: int, cpu_slots: int) -> int:
+    """Lane calls that may run at once on a plane: every backend's lanes, within ``cpu_slots``
+    (0: no bound), at least one."""
+    slots = max(1, lanes * backends)
+    return min(slots, cpu_slots) if cpu_slots > 0 else slots
 
 
 def available_cpus() -> int:

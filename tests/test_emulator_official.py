@@ -207,7 +207,7 @@ def test_twelve_jobs_five_lanes_one_qpu(make_emulator: Any, workers: str) -> Non
     assert stats.lanes.peak_busy == 5  # five jobs held lanes at once ...
     assert stats.qpu_peak == 1
     # ... while their stages ran in as many workers as the emulator has CPU slots (one per
-    # CPU here, two on the tests' Ray cluster; conftest.emulator_config)
+    # CPU here, one on the tests' Ray cluster; conftest.emulator_config)
     plane = emu.scheduler.plane.statistics()
     assert plane["cpu_slots"] == (emu.config.cpu_slots or available_cpus())
     assert 1 <= plane["lane_workers"] <= plane["cpu_slots"]
