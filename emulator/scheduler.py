@@ -680,18 +680,19 @@ class Scheduler:
         """The job's QPU turn: Aer within the wall budget, then the clock's hold."""
         rec = live.rec
         limit = self._limit_s(rec)
-        async with self._qpu_turn(live):
-            span_start = utcnow()
+        async with self._qpu_turn(live) as turn:
+            # The span starts at the grant (see QPU.dispatch), and the clock's hold counts
+            # from it, not from when this task next ran.
+            span_start, t0 = turn.start or (utcnow(), time.monotonic())
             self._stage(live, "qpu_start", span_start)
             if prepared.quantum_seconds > limit:
-                await asyncio.sleep(self.clock.hold_s(limit, 0.0))
+                await asyncio.sleep(self.clock.hold_s(limit, time.monotonic() - t0))
                 self._stage(live, "qpu_end")
                 raise _ran_too_long(prepared.quantum_seconds, limit)
             budget = self.config.sim_budget_s
             realtime = self.clock.name == "realtime"
             if realtime:
                 budget = min(budget, limit)
-            t0 = time.monotonic()
             try:
                 async with asyncio.timeout(budget):
                     sampled = await self.plane.qpu(rec.backend, worker.sample, prepared.job)
@@ -715,15 +716,17 @@ class Scheduler:
             if hold > 0:
                 await asyncio.sleep(hold)
             span_stop = utcnow()
-            self._stage(live, "qpu_end", span_stop)
+            turn.end = (span_stop, time.monotonic())  # the next job's turn starts here
             live.charged = prepared.quantum_seconds
             self.fair.charge(rec.instance, prepared.quantum_seconds)
             if self.clock.name not in ("instant", "manual"):
                 live.lag_s = max(0.0, aer_s - self.clock.hold_s(prepared.quantum_seconds, 0.0))
+        # Told once the next job has the QPU: telling the observers first delayed its turn.
+        self._stage(live, "qpu_end", span_stop)
         return sampled, span_start, span_stop
 
     @asynccontextmanager
-    async def _qpu_turn(self, live: _Live) -> AsyncIterator[None]:
+    async def _qpu_turn(self, live: _Live) -> AsyncIterator[Turn]:
         """Hold the QPU of the job's backend; waits for the turn the QPU's rules give it."""
         qpu = live.backend.qpu
         turn = live.turn = qpu.request(live.rec.seq, live.rec.id, live.rec.session_id)
@@ -737,7 +740,7 @@ class Scheduler:
             raise
         live.reached_qpu = True
         try:
-            yield
+            yield turn
         finally:
             qpu.release(turn)
             self._dispatch()

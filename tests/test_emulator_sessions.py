@@ -208,6 +208,20 @@ def test_batch_overlaps_classical_work_and_runs_back_to_back(rig: Rig) -> None:
     assert batch.usage() == pytest.approx(sum(j.usage() for j in jobs))
 
 
+def test_the_qpu_goes_from_job_to_job_without_a_gap(rig: Rig) -> None:
+    """Jobs waiting for the QPU take it the instant the one before leaves it: each span
+    starts exactly where the previous one stopped (the event loop's latency in between is not
+    idle QPU time)."""
+    batch = Batch(backend=rig.backend)
+    rig.emu.call(lambda: rig.emu.scheduler.pause(BACKEND, lanes=False, qpu=True))
+    jobs = [rig.run(batch) for _ in range(4)]
+    rig.emu.until(lambda s: s.statistics().backend(BACKEND).qpu_ready == 4)  # pre-processed
+    rig.resume()
+    spans = sorted(qpu_span(j) for j in jobs)
+    assert all(a[0] < a[1] == b[0] < b[1] for a, b in itertools.pairwise(spans))
+    batch.close()
+
+
 def test_usage_session_includes_idle_batch_equals_sum(rig: Rig) -> None:
     session = Session(backend=rig.backend)
     s_jobs = [rig.run(session)]

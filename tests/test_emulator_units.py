@@ -1,4 +1,4 @@
-"""Unit tests of the emulator's small parts: config, clock, auth."""
+"""Unit tests of the emulator's small parts: config, clock, auth, the QPU's hand-over."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from emulator.auth import AuthError, authenticate, issue_token
 from emulator.clock import ManualClock, ScaledClock, make_clock
 from emulator.config import ApiKey, ClockSpec, Config, from_args
 from emulator.noise import NoiseLevel
+from emulator.qpu import QPU
 
 OTHER = "crn:v1:bluemix:public:quantum-computing:us-east:a/other::"
 
@@ -149,6 +150,40 @@ def test_scaled_and_instant_holds() -> None:
     assert ScaledClock(0.01).hold_s(2.0, 1.0) == 0.0  # Aer slower than the model: no extra hold
     assert make_clock(ClockSpec.parse("instant")).hold_s(100.0, 0.0) == 0.0
     assert make_clock(ClockSpec.parse("manual")).name == "manual"
+
+
+class _NoSessions:
+    def activate(self, session_id: str) -> bool:
+        return False
+
+    def holds(self, session_id: str) -> bool:
+        return False
+
+
+async def test_the_qpu_hands_over_at_the_end_of_the_span() -> None:
+    """A turn granted as another is given back starts where that one's span ended; with no
+    such end (a job that failed on the QPU), or with no one waiting then, a grant is stamped
+    when it happens."""
+    qpu = QPU("b", _NoSessions())
+    first = qpu.request(1, "j1", None)
+    second = qpu.request(2, "j2", None)
+    assert qpu.dispatch() is first and first.start is not None
+    first.end = (first.start[0], first.start[1] + 5.0)
+    qpu.release(first)
+    assert qpu.dispatch() is second and second.start == first.end
+    await asyncio.sleep(0)  # the granted futures are set
+    assert first.granted.done() and second.granted.done()
+
+    third = qpu.request(3, "j3", None)
+    qpu.release(second)  # ended without a span end (failed on the QPU)
+    assert qpu.dispatch() is third and third.start != first.end
+    assert third.start is not None and third.start[1] <= time.monotonic()
+
+    third.end = (third.start[0], third.start[1] + 1.0)
+    qpu.release(third)
+    assert qpu.dispatch() is None  # nobody waits: the hand-over is dropped
+    fourth = qpu.request(4, "j4", None)
+    assert qpu.dispatch() is fourth and fourth.start != third.end
 
 
 def test_tokens_expire_and_are_bound() -> None:
