@@ -111,6 +111,7 @@ def run_plan(plan: RunPlan) -> RunOutcome:
         "machine": machine.describe(),
         "source": machine.source(),
         "load_before": machine.load(),
+        "cpu_probe_before_ms": machine.cpu_probe_ms(),
     }
     t_run = time.perf_counter()
     try:
@@ -142,7 +143,12 @@ def run_plan(plan: RunPlan) -> RunOutcome:
                     results.append(result)
     finally:
         progress.close()
-    info.update(startup=startup, total_s=time.perf_counter() - t_run, load_after=machine.load())
+    info.update(
+        startup=startup,
+        total_s=time.perf_counter() - t_run,
+        load_after=machine.load(),
+        cpu_probe_after_ms=machine.cpu_probe_ms(),
+    )
     files = write_json(results, plan.out_dir, stamp=stamp, run_info=info)
     table = render_results(results)
     return RunOutcome(results, files, info, table)
@@ -269,7 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         f"\nemulator {starts}; total {outcome.info['total_s']:.1f} s; "
-        f"load before/after {outcome.info['load_before']} / {outcome.info['load_after']}"
+        f"load before/after {outcome.info['load_before']} / {outcome.info['load_after']}; "
+        f"CPU probe before/after {outcome.info['cpu_probe_before_ms']:.1f} / "
+        f"{outcome.info['cpu_probe_after_ms']:.1f} ms (benchmarks.machine.cpu_probe_ms)"
     )
     for result in outcome.results:
         for artifact in result.artifacts:

@@ -433,6 +433,8 @@ def test_tiny_run_against_the_real_emulator(tmp_path: Path) -> None:
         assert any(n.startswith(f"{workload}_instant_") and n.endswith(".json") for n in names)
     latest = json.loads((tmp_path / "latest.json").read_text())
     assert latest["run"]["machine"]["nproc"] >= 1
+    # the machine's speed around the run, beside its load
+    assert latest["run"]["cpu_probe_before_ms"] > 0 and latest["run"]["cpu_probe_after_ms"] > 0
     assert "== targets" in outcome.table
 
 
