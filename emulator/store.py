@@ -18,7 +18,8 @@ Three promises, which the rest of the emulator builds on:
 
 Job and session *metadata* are also kept in memory (a few hundred bytes each), because status
 polling reads them many times a second; the large columns (``params``, ``result``) are read
-from disk on demand, on a reader thread (a file database) or the writer's (``:memory:``).
+from disk on demand, on a reader thread (a file database) or the writer's (``:memory:``),
+except the results committed last (:class:`_RecentResults`), which their waiters ask for at once.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
@@ -308,6 +309,43 @@ class _Writer:
         self._loop.call_soon_threadsafe(settle)
 
 
+class _RecentResults:
+    """The result texts committed last, up to ``max_chars`` in all (oldest out first).
+
+    A job's result is read as soon as it is committed: by the long-poll that was waiting for it
+    (``include=result``) or by the client's ``GET /results``. Reading it back from SQLite took a
+    hop to the reader thread and back to the event loop on every job's critical path; a result
+    never changes once committed (a final job has no more transitions), so the text just
+    written answers instead. Deleting the job drops it."""
+
+    def __init__(self, max_chars: int) -> None:
+        self.max_chars = max_chars
+        self._texts: OrderedDict[str, str] = OrderedDict()
+        self._chars = 0
+        self.hits = 0
+
+    def put(self, job_id: str, text: str) -> None:
+        if len(text) > self.max_chars:
+            return
+        self.drop(job_id)
+        self._texts[job_id] = text
+        self._chars += len(text)
+        while self._chars > self.max_chars:
+            _, old = self._texts.popitem(last=False)
+            self._chars -= len(old)
+
+    def get(self, job_id: str) -> str | None:
+        text = self._texts.get(job_id)
+        if text is not None:
+            self.hits += 1
+        return text
+
+    def drop(self, job_id: str) -> None:
+        old = self._texts.pop(job_id, None)
+        if old is not None:
+            self._chars -= len(old)
+
+
 class Store:
     """Jobs, sessions and usage in SQLite, with an in-memory metadata index.
 
@@ -328,6 +366,8 @@ class Store:
         self._final_events: dict[str, asyncio.Event] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._seq = 0
+        #: The results committed last (8 MiB of text at most), answered without a read.
+        self.recent_results = _RecentResults(8 * 2**20)
         #: Jobs per (backend, state) as last saved, so statistics never scan every job.
         self._counts: Counter[tuple[str, str]] = Counter()
         #: Called after each committed job change (the scheduler's progress signal, metrics).
@@ -483,6 +523,8 @@ class Store:
         return result
 
     async def result(self, job_id: str) -> str | None:
+        if (recent := self.recent_results.get(job_id)) is not None:
+            return recent
         result: str | None = await self._read("SELECT result FROM jobs WHERE id = ?", (job_id,))
         return result
 
@@ -587,6 +629,8 @@ class Store:
             self._counts[(rec.backend, str(rec.state))] += 1
             if bill > 0:
                 self._usage[rec.instance] = self._usage.get(rec.instance, 0.0) + bill
+            if result_json is not None:
+                self.recent_results.put(job_id, result_json)
             if rec.terminal:
                 self._locks.pop(job_id, None)
                 self._wake(job_id)
@@ -598,6 +642,7 @@ class Store:
         rec = self._jobs.pop(job_id, None)
         if rec is not None:
             self._counts[(rec.backend, str(rec.state))] -= 1
+        self.recent_results.drop(job_id)
         self._locks.pop(job_id, None)
         self._wake(job_id)
 

@@ -119,3 +119,31 @@ async def test_a_full_disk_changes_nothing_and_recovers(tmp_path: Path) -> None:
         await store.transition("j", JobState.COMPLETED, result_json=big, bill=3.0)
         assert store.job("j").state == "Completed" and store.usage("i") == 3.0  # type: ignore[union-attr]
         assert await store.result("j") == big
+
+
+async def test_the_results_committed_last_are_answered_from_memory(tmp_path: Path) -> None:
+    """A result just committed is answered without reading it back (its waiters ask at once);
+    the texts kept are bounded, the oldest go first, and the rest are read from disk."""
+    async with Store(tmp_path / "s.sqlite3") as store:
+        recent = store.recent_results
+        recent.max_chars = 10
+
+        async def complete(job_id: str, text: str) -> None:
+            await store.add_job(job(job_id, store.next_seq()), "{}")
+            await store.transition(job_id, JobState.RUNNING)
+            await store.transition(job_id, JobState.COMPLETED, result_json=text)
+
+        await complete("j0", "R0")
+        await complete("j1", "R1" * 3)
+        await complete("big", "x" * 11)  # larger than the bound: never kept
+        hits = recent.hits
+        assert await store.result("j0") == "R0" and await store.result("j1") == "R1R1R1"
+        assert recent.hits == hits + 2
+        assert await store.result("big") == "x" * 11
+        assert recent.hits == hits + 2  # read from disk
+        await complete("j2", "R2" * 2)  # 2 + 6 + 4 > 10: j0 goes
+        assert await store.result("j0") == "R0"
+        assert recent.hits == hits + 2
+        assert await store.result("j2") == "R2R2" and recent.hits == hits + 3
+        await store.delete_job("j2")
+        assert await store.result("j2") is None
