@@ -118,10 +118,12 @@ class QPU:
 
         A turn granted as another is given back (the scheduler dispatches right after a
         release) starts when that one's span ended: the QPU goes from job to job with no gap.
-        Stamped instead when the dispatch ran, each hand-over added the event loop's latency
-        between the two (0.05-0.35 ms on a 2-core machine running the lanes, more when busier)
-        to the QPU's idle time and to the batch's wall time; the job's hold counts from its
-        start, so the latency is absorbed whenever Aer finishes within the modelled time."""
+        Stamped when the job's task next ran, each hand-over put the event loop's latency
+        (0.2-0.5 ms on the 2-core machine running the lanes, more when busier) into the QPU's
+        idle time and the batch's wall time; stamped when the dispatch ran, still 0.03-0.35 ms
+        of synchronous work and preemption after the last span's stop. The job's hold counts
+        from its start, so the latency is absorbed whenever Aer finishes within the modelled
+        time."""
         handover, self._handover = self._handover, None
         if self.current is not None or self.paused:
             return None
