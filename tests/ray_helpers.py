@@ -45,7 +45,14 @@ def ray_cluster() -> Iterator[Any]:
     ray_constants.ENABLE_RAY_CLUSTER = False  # in case Ray was imported before
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={**NODE, "num_cpus": 0, "include_dashboard": False},
+        head_node_args={
+            **NODE,
+            "num_cpus": 0,
+            "include_dashboard": False,
+            # Workers at niceness 0, not Ray's 15: the actors then set their own (the QPU's at
+            # the emulator's, lanes 5 above) also where raising a priority is not allowed.
+            "_system_config": {"worker_niceness": 0},
+        },
     )
     try:
         for _ in range(2):

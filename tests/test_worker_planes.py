@@ -22,7 +22,7 @@ import pytest_asyncio
 from gates import WAIT_S, Gate
 
 from emulator.validation import JobInputError
-from emulator.workers import ProcessPlane, WorkerDied, WorkerPlane
+from emulator.workers import LANE_NICENESS, ProcessPlane, WorkerDied, WorkerPlane
 
 QPU = "ibm_manila"
 
@@ -46,9 +46,14 @@ async def plane(request: pytest.FixtureRequest) -> AsyncIterator[WorkerPlane]:
 
 
 def worker_pids(plane: WorkerPlane) -> list[int]:
+    return [pid for pid, _ in worker_roles(plane)]
+
+
+def worker_roles(plane: WorkerPlane) -> list[tuple[int, bool]]:
+    """``(pid, is a lane worker)`` of every worker of ``plane``."""
     if isinstance(plane, ProcessPlane):
-        return plane.lane_pool.pids + plane.qpu_pool.pids
-    return [a["pid"] for a in plane.statistics()["actors"]]
+        return [(p, True) for p in plane.lane_pool.pids] + [(p, False) for p in plane.qpu_pool.pids]
+    return [(a["pid"], a["role"] == "lane") for a in plane.statistics()["actors"]]
 
 
 async def test_calls_run_on_workers_two_lanes_at_once(plane: WorkerPlane) -> None:
@@ -141,6 +146,11 @@ async def test_start_up_warms_the_workers_and_shutdown_stops_them(plane: WorkerP
     assert len(pids) == stats["alive"]
     assert await plane.lane(plane_funcs.pid) in pids
     assert await plane.qpu(QPU, plane_funcs.pid) in pids
+    # Both planes run the QPU worker at this process's priority and the lanes below it (Ray
+    # alone would put its actors at niceness 15, under everything else on the machine).
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    for pid, lane in worker_roles(plane):
+        assert psutil.Process(pid).nice() == base + (LANE_NICENESS if lane else 0), (pid, lane)
     await plane.aclose()
     assert plane.statistics()["alive"] == 0
     procs = [psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)]
