@@ -12,7 +12,6 @@ import json
 import math
 import pickle
 import threading
-import time
 import zlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -206,21 +205,27 @@ def test_dynamic_circuit() -> None:
     assert result[0].data.c.get_counts() == {"11": 50}
 
 
-def test_noisy_bell_on_fez_is_fast(isa_bell: QuantumCircuit) -> None:
+def test_noisy_bell_on_fez_builds_the_noise_of_its_two_qubits_once(
+    isa_bell: QuantumCircuit,
+) -> None:
+    """A noisy Bell job on ``ibm_fez`` gets the device noise model of the two qubits it uses
+    (not of all 156: that one takes seconds to build), built on first use and reused by the
+    next job. How long either takes is the noise-levels benchmark's business: a wall-time
+    bound here failed once with both cores busy (0.70 s for the second run against 0.5)."""
+    from emulator.targets import device_noise_model_for
+
     prepared = preprocess(
         "sampler",
         sampler_params([(isa_bell, None, 4000)], {"simulator": {"seed_simulator": 5}}),
         "fez",
         settings=FULL,
     )
-    start = time.perf_counter()
+    assert len(prepared.metadata["physical_qubits"]) == 2
     sampled = sample(prepared)  # builds the 2-qubit noise model on first use
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    again = sample(prepared)
-    second = time.perf_counter() - start
-    assert first < 3.0 and second < 0.5, (first, second)
-    assert again.aer_seconds < 0.5
+    built = device_noise_model_for.cache_info()
+    sample(prepared)
+    again = device_noise_model_for.cache_info()
+    assert again.misses == built.misses and again.hits > built.hits  # reused, not rebuilt
     counts = sampled.data[0].meas.get_counts()
     errors = counts.get("01", 0) + counts.get("10", 0)
     assert 0 < errors < 0.1 * 4000  # noisy, but still a Bell pair
