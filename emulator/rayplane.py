@@ -161,6 +161,8 @@ class RayPlane:
         self._warmed = False  # before warm(), actors load no device (tests of the plane)
         self._changed = asyncio.Event()
         self.replaced = 0
+        #: Calls handed to an actor and not answered yet.
+        self.calls_in_flight = 0
         self.cluster = ""
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -298,6 +300,8 @@ class RayPlane:
                 self._retire(actor, reason, kill=True)
                 raise _NeverRan(reason)  # nothing was sent: another actor takes the call
         ref = actor.handle.call.remote(func, *args)
+        self.calls_in_flight += 1
+        self._changed.set()
         try:
             result: T = await ref
         except RayTaskError as exc:  # the function raised: re-raise what it raised
@@ -311,6 +315,9 @@ class RayPlane:
         except BaseException:  # cancelled (a job cancel, the simulation budget): stop it
             self._retire(actor, "its call was cancelled", kill=True)
             raise
+        finally:
+            self.calls_in_flight -= 1
+            self._changed.set()
         self._release(actor)
         return result
 
@@ -425,11 +432,13 @@ class RayPlane:
             "nodes": [{"node_id": k, **v} for k, v in sorted(nodes.items())],
             "actors": [{"role": a.role, **a.where} for a in actors],
             "replaced": self.replaced,
+            "calls_in_flight": self.calls_in_flight,
         }
 
     async def until(self, predicate: Callable[[RayPlane], bool]) -> None:
         """Wait until ``predicate(self)`` holds, re-checked when an actor starts, gets ready or
-        dies (no polling); bound it with ``asyncio.timeout``."""
+        dies, or a call is handed over or answered (no polling); bound it with
+        ``asyncio.timeout``."""
         while not predicate(self):
             self._changed.clear()
             await self._changed.wait()
