@@ -73,7 +73,10 @@ def _is_small(pubs: list[Any]) -> bool:
     for pub in pubs:
         if isinstance(pub, (SamplerPub, EstimatorPub)):
             circuit = pub.circuit
-            extras: list[Any] = [pub.parameter_values.as_array()]
+            values = pub.parameter_values  # counted, not converted (as_array() copies them)
+            if values.size * values.num_parameters > _SMALL_VALUES:
+                return False
+            extras: list[Any] = []
             if isinstance(pub, EstimatorPub):
                 extras.append(None if pub.observables.size == 1 else pub.observables)
         elif isinstance(pub, (tuple, list)) and pub:
