@@ -51,7 +51,10 @@ def ray_cluster() -> Iterator[Any]:
             "include_dashboard": False,
             # Workers at niceness 0, not Ray's 15: the actors then set their own (the QPU's at
             # the emulator's, lanes 5 above) also where raising a priority is not allowed.
-            "_system_config": {"worker_niceness": 0},
+            # A killed node is found dead after 5 failed health checks: every 0.5 s here, not
+            # Ray's 3 s (15 s of each node-death test spent waiting). A slow node still has
+            # Ray's 10 s to answer each check, so a busy machine does not lose a live node.
+            "_system_config": {"worker_niceness": 0, "health_check_period_ms": 500},
         },
     )
     try:

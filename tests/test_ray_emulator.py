@@ -73,11 +73,14 @@ async def test_a_dead_node_fails_only_its_calls_and_the_qpu_moves(ray_cluster: A
 
     # nodes start and stop on the main thread: Ray ties their processes to the thread that
     # started them, and registers signal handlers (so the loop blocks meanwhile)
-    doomed = ray_cluster.add_node(**NODE, resources={"doomed": 1})
+    # No CPUs on the doomed node: an actor that needs none (a's QPU) may land there, one that
+    # needs Ray's default CPU for placement (b's QPU) may not. (With CPUs on it, SPREAD put b's
+    # QPU there too now and then.)
+    doomed = ray_cluster.add_node(**NODE, num_cpus=0, resources={"doomed": 1})
     plane = RayPlane(
         backends={"a": "manila", "b": "manila"},
         lanes=1,
-        qpu_resources={"a": Resources.parse("doomed:1")},
+        qpu_resources={"a": Resources.parse("doomed:1,num_cpus:0")},
     )
     spare = None
     try:
@@ -95,7 +98,7 @@ async def test_a_dead_node_fails_only_its_calls_and_the_qpu_moves(ray_cluster: A
             await arrivals["a"].gone()
             arrivals["b"].release()
             assert await calls["b"] == "b"
-        spare = ray_cluster.add_node(**NODE, resources={"doomed": 1})
+        spare = ray_cluster.add_node(**NODE, num_cpus=0, resources={"doomed": 1})
         assert await plane.qpu("a", plane_funcs.add, 1, 1) == 2
         await plane.until(lambda pl: _qpu_nodes(pl).get("a") == spare.node_id)
         assert plane.statistics()["replaced"] >= 1
@@ -115,12 +118,12 @@ def test_the_emulator_keeps_serving_when_a_node_dies(
 ) -> None:
     """The lanes live on one node; a job stalls in pre-processing there; the node dies: that
     job fails as the emulator's fault, and once a node replaces it, jobs run again."""
-    doomed = ray_cluster.add_node(**NODE, resources={"lanes": 1})
+    doomed = ray_cluster.add_node(**NODE, num_cpus=0, resources={"lanes": 1})  # no QPU actor
     emu = make_emulator(
         backends="ibm_manila",
         lanes=1,
         workers="ray",
-        ray_lane_resources="lanes:0.01",
+        ray_lane_resources="lanes:0.01,num_cpus:0",
         fast_path=False,  # the job stalls in pre-processing on a lane, not on the QPU actor
     )
     spare = None
@@ -146,7 +149,7 @@ def test_the_emulator_keeps_serving_when_a_node_dies(
         body = api.wait(stalled)
         assert body["state"]["status"] == "Failed"
         assert body["state"]["reason_code"] == p.ErrorCode.EMULATOR_FAULT
-        spare = ray_cluster.add_node(**NODE, resources={"lanes": 1})
+        spare = ray_cluster.add_node(**NODE, num_cpus=0, resources={"lanes": 1})
         assert api.wait(api.submit())["state"]["status"] == "Completed"
         stats = requests.get(emu.base_url + "/admin/statistics", headers=admin, timeout=10)
         workers = stats.json()["workers"]
