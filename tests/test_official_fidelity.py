@@ -135,10 +135,14 @@ def test_estimator_options_on_distant_qubits_of_fez(official: Any, layout: list[
         estimator = EstimatorV2(mode=fez, options=options)
         jobs.append(estimator.run([(isa, observables)], precision=0.05))
     exact = np.array([1.0, np.sin(0.3), np.cos(0.3)])
+    # A sample's std is 0 when all its shots agree, which IZ's (P(-1) = 2%) now and then do;
+    # the estimate is then still within its precision: the standard error of 1/0.05^2 shots
+    # of a +-1 observable with that mean, 0.05 * sqrt(1 - exact^2), bounds it from below.
+    floor = 0.05 * np.sqrt(1 - exact**2)
     for job in jobs:
         data = job.result()[0].data  # no "Insufficient memory ... statevector"
         assert data.evs.shape == (3,)
-        assert np.all(np.abs(data.evs - exact) <= 5 * data.stds + 1e-9)
+        assert np.all(np.abs(data.evs - exact) <= 5 * np.maximum(data.stds, floor) + 1e-9)
 
 
 # -- Calibration ids ----------------------------------------------------------------------------
