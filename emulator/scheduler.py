@@ -681,9 +681,10 @@ class Scheduler:
         rec = live.rec
         limit = self._limit_s(rec)
         async with self._qpu_turn(live) as turn:
-            # The span starts at the grant (see QPU.dispatch), and the clock's hold counts
-            # from it, not from when this task next ran.
-            span_start, t0 = turn.start or (utcnow(), time.monotonic())
+            # The span starts at the grant (QPU.dispatch stamps every turn it grants), and the
+            # clock's hold counts from it, not from when this task next ran.
+            assert turn.start is not None
+            span_start, t0 = turn.start
             self._stage(live, "qpu_start", span_start)
             if prepared.quantum_seconds > limit:
                 await asyncio.sleep(self.clock.hold_s(limit, time.monotonic() - t0))
