@@ -191,7 +191,7 @@ def preprocess(
         settings=settings,
         user_noise_model=prepared.metadata.get("noise_models") is not None,
     )
-    simulation.prepare(source, prepared.metadata["pub_qubits"], sim_plan)
+    simulation.prepare(source, prepared.sampler_pubs, prepared.metadata["pub_qubits"], sim_plan)
     return replace(prepared, simulation=sim_plan)
 
 

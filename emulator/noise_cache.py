@@ -34,10 +34,13 @@ __all__ = ["FORMAT", "default_cache_dir", "load", "locked", "save", "table_path"
 
 log = logging.getLogger("emulator.noise")
 
-#: Bump when the file layout or the twirl changes.
-FORMAT = 1
+#: Bump when the file layout or the twirl changes (2: coverage per instruction and qubits, not
+#: per qubits).
+FORMAT = 2
 
-Table = tuple[dict[str, dict[tuple[int, ...], np.ndarray]], dict[int, float], set[tuple[int, ...]]]
+#: A table's unit of coverage: an instruction's name and the qubits it acts on.
+Key = tuple[str, tuple[int, ...]]
+Table = tuple[dict[str, dict[tuple[int, ...], np.ndarray]], dict[int, float], set[Key]]
 
 
 def default_cache_dir(environ: dict[str, str]) -> Path:
@@ -101,7 +104,7 @@ def load(path: Path) -> Table | None:
         for name, qargs, probs in data["gates"]:
             gates.setdefault(name, {})[tuple(qargs)] = np.asarray(probs, dtype=float)
         readout = {int(q): float(p) for q, p in data["readout"]}
-        covered = {tuple(q) for q in data["covered"]}
+        covered = {(str(name), tuple(qargs)) for name, qargs in data["covered"]}
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -114,7 +117,7 @@ def save(
     path: Path,
     gates: dict[str, dict[tuple[int, ...], np.ndarray]],
     readout: dict[int, float],
-    covered: set[tuple[int, ...]],
+    covered: set[Key],
 ) -> None:
     """Write the table atomically; a failure to write is logged, never raised (the cache is an
     optimisation)."""
@@ -126,7 +129,7 @@ def save(
             for qargs, probs in sorted(per_qubits.items())
         ],
         "readout": sorted(readout.items()),
-        "covered": sorted(list(q) for q in covered),
+        "covered": sorted([name, list(qargs)] for name, qargs in covered),
     }
     tmp: str | None = None
     try:

@@ -251,8 +251,14 @@ def _seconds(value: float) -> str:
     return f"{value:.3g} s"
 
 
-def prepare(source: str, pub_qubits: Sequence[tuple[int, ...]], simulation: SimulationPlan) -> None:
-    """Build, in the calling classical lane, the twirled noise tables the QPU will read.
+def prepare(
+    source: str,
+    pubs: Sequence[SamplerPub],
+    pub_qubits: Sequence[tuple[int, ...]],
+    simulation: SimulationPlan,
+) -> None:
+    """Build, in the calling classical lane, the twirled noise tables the QPU will read: for
+    each PUB's qubits (``pub_qubits``), the errors of the instructions its circuit runs.
 
     Only with a cache directory (the lanes and the QPU worker are different processes; the file
     is how the table reaches the QPU): the first ``pauli`` job on a new part of a device then
@@ -265,9 +271,28 @@ def prepare(source: str, pub_qubits: Sequence[tuple[int, ...]], simulation: Simu
     from .noise import table_for
 
     table = table_for(source, simulation.cache_dir)
-    for live in dict.fromkeys(tuple(q) for q in pub_qubits):
+    for (live, _), indices in _groups(pub_qubits, simulation.methods).items():
         if live:
-            table.ensure(live)
+            table.ensure(live, _instructions(pubs, indices))
+
+
+def _groups(
+    pub_qubits: Sequence[tuple[int, ...]], methods: Sequence[str]
+) -> dict[tuple[tuple[int, ...], str], list[int]]:
+    """The PUBs (by index) per (qubits, method): each group shares one simulator run or noise
+    model. :func:`prepare` and :func:`run` group alike, so the tables the lanes build are the
+    ones the QPU reads."""
+    groups: dict[tuple[tuple[int, ...], str], list[int]] = {}
+    for k, (live, method) in enumerate(zip(pub_qubits, methods, strict=True)):
+        groups.setdefault((tuple(live), method), []).append(k)
+    return groups
+
+
+def _instructions(pubs: Sequence[SamplerPub], indices: Sequence[int]) -> frozenset[str]:
+    """The instructions the circuits of ``pubs[indices]`` run: what their noise must cover."""
+    from .noise import instruction_names
+
+    return instruction_names(pubs[k].circuit for k in indices)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,13 +323,10 @@ def run(
     from .stim_sampler import sample_pub
 
     data: list[Any] = [None] * len(pubs)
-    groups: dict[tuple[tuple[int, ...], str], list[int]] = {}
-    for k, (live, method) in enumerate(zip(pub_qubits, simulation.methods, strict=True)):
-        groups.setdefault((tuple(live), method), []).append(k)
     start = time.perf_counter()
-    for (live, method), indices in groups.items():
+    for (live, method), indices in _groups(pub_qubits, simulation.methods).items():
         if method == "stim":
-            noise = _pauli_noise(source, live, simulation)
+            noise = _pauli_noise(source, live, simulation, pubs, indices)
             for k in indices:
                 data[k] = sample_pub(pubs[k], noise, None if seed is None else seed + k)
             continue
@@ -313,7 +335,7 @@ def run(
             "max_parallel_threads": max_threads,
             "max_memory_mb": simulation.max_memory_mb,
         }
-        model = _aer_noise(source, live, simulation, user_models)
+        model = _aer_noise(source, live, simulation, user_models, pubs, indices)
         if model is not None:
             options["noise_model"] = model
             options["shot_branching_enable"] = method == "statevector"
@@ -323,12 +345,20 @@ def run(
     return data, time.perf_counter() - start
 
 
-def _pauli_noise(source: str, live: tuple[int, ...], simulation: SimulationPlan) -> Any:
+def _pauli_noise(
+    source: str,
+    live: tuple[int, ...],
+    simulation: SimulationPlan,
+    pubs: Sequence[SamplerPub],
+    indices: Sequence[int],
+) -> Any:
+    """The twirled noise of ``pubs[indices]``'s instructions on ``live`` (``None`` unless the
+    level is ``pauli``)."""
     if simulation.level is not NoiseLevel.PAULI or not live:
         return None
     from .noise import pauli_noise_for
 
-    return pauli_noise_for(source, live, simulation.cache_dir)
+    return pauli_noise_for(source, live, simulation.cache_dir, _instructions(pubs, indices))
 
 
 def _aer_noise(
@@ -336,13 +366,15 @@ def _aer_noise(
     live: tuple[int, ...],
     simulation: SimulationPlan,
     user_models: Mapping[tuple[int, ...], NoiseModel] | None,
+    pubs: Sequence[SamplerPub],
+    indices: Sequence[int],
 ) -> NoiseModel | None:
     if user_models is not None:
         return user_models[live]
     if not live or simulation.level is NoiseLevel.NONE:
         return None
     if simulation.level is NoiseLevel.PAULI:
-        return _pauli_noise(source, live, simulation).to_aer()
+        return _pauli_noise(source, live, simulation, pubs, indices).to_aer()
     from .targets import device_noise_model_for
 
     return device_noise_model_for(source, live)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,7 @@ def test_a_table_sees_what_another_process_computed(tmp_path: Path) -> None:
     qpu = noise.DeviceTable("manila", tmp_path)
     lane = noise.DeviceTable("manila", tmp_path)
     lane.ensure((3, 4))
-    assert (3, 4) not in qpu.covered
+    assert ("cx", (3, 4)) not in qpu.covered
     calls: list[Any] = []
     original = noise.DeviceTable._compute
     noise.DeviceTable._compute = lambda self, missing: calls.append(missing)  # type: ignore[method-assign]
@@ -145,6 +146,64 @@ def test_a_table_sees_what_another_process_computed(tmp_path: Path) -> None:
     finally:
         noise.DeviceTable._compute = original  # type: ignore[method-assign]
     assert calls == [] and np.array_equal(qpu.gates["cx"][(3, 4)], lane.gates["cx"][(3, 4)])
+
+
+def test_a_table_computes_only_the_instructions_a_job_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's table covers the instructions its circuits run (and every qubit's readout), not
+    the device's others; each instruction's errors are the ones the whole model gives it."""
+    whole = noise.DeviceTable("manila", None)
+    whole.ensure((0, 1))  # every instruction of the device
+
+    computed: list[set[Any]] = []
+    original = noise.DeviceTable._compute
+
+    def spy(self: noise.DeviceTable, missing: set[Any]) -> None:
+        computed.append({name for name, _ in missing})
+        original(self, missing)
+
+    monkeypatch.setattr(noise.DeviceTable, "_compute", spy)
+    table = noise.DeviceTable("manila", tmp_path)
+    table.ensure((0, 1), {"cx", "barrier"})  # barrier: not a target instruction, no errors
+    assert computed == [{"cx", "measure"}]
+    assert set(table.gates) == {"cx"} and set(table.readout) == {0, 1}
+    assert np.array_equal(table.gates["cx"][(0, 1)], whole.gates["cx"][(0, 1)])
+    assert table.readout == whole.readout
+
+    # A later job with sx computes sx alone, on the same qubits; cx is not recomputed.
+    table.ensure((0, 1), {"cx", "sx"})
+    assert computed[1:] == [{"sx"}]
+    for name in ("cx", "sx"):
+        for qargs, probs in whole.gates[name].items():
+            assert np.array_equal(table.gates[name][qargs], probs)
+    sub = table.restricted((0, 1), {"sx"})
+    assert set(sub.gates) == {"sx"}  # what was asked for, not everything the table holds
+
+    # A table that lacks an instruction says so instead of dropping its noise.
+    with pytest.raises(LookupError, match=r"lacks .*\('x', \(0,\)\)"):
+        table.restricted((0, 1), {"x"})
+    with pytest.raises(LookupError, match="call ensure"):
+        table.restricted((0, 1))  # every instruction: reset, x, ... were never computed
+
+
+def test_instruction_names_look_inside_control_flow() -> None:
+    qc = QuantumCircuit(2, 1)
+    qc.sx(0)
+    qc.measure(0, 0)
+    with qc.if_test((qc.clbits[0], 1)):
+        qc.cx(0, 1)
+        with qc.box():  # nested: a block inside a block
+            qc.rz(0.1, 1)
+    assert noise.instruction_names([qc]) == {"sx", "measure", "if_else", "cx", "box", "rz"}
+    assert noise.instruction_names([]) == frozenset()
+
+
+def test_a_cache_file_of_the_old_per_qubit_format_is_not_read(tmp_path: Path) -> None:
+    path = noise_cache.table_path("manila", tmp_path)
+    old = {"format": 1, "gates": [["cx", [0, 1], [1.0] + [0.0] * 15]], "readout": [[0, 0.01]]}
+    path.write_text(json.dumps({**old, "covered": [[0], [1], [0, 1]]}))
+    assert noise_cache.load(path) is None
 
 
 def test_unreadable_cache_file_is_ignored(tmp_path: Path) -> None:
