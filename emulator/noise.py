@@ -99,14 +99,17 @@ def pauli_twirl(channel: Any) -> np.ndarray:
 
     ptm = PTM(channel)
     num_qubits = round(np.log2(ptm.dim[0]))
-    diag = np.real(np.diag(ptm.data))
-    probs = _signs(num_qubits) @ diag / 4**num_qubits
-    probs = np.clip(probs, 0.0, None)
-    return probs / probs.sum()  # type: ignore[no-any-return]
+    return _twirl_of_diagonal(np.real(np.diag(ptm.data)), num_qubits)
 
 
 def twirl_error(error: QuantumError) -> np.ndarray:
-    """:func:`pauli_twirl` of an Aer ``QuantumError`` (a mixture of circuits).
+    """:func:`pauli_twirl` of an Aer ``QuantumError`` (a mixture of circuits)."""
+    return _twirl_of_diagonal(ptm_diagonal(error), error.num_qubits)
+
+
+def ptm_diagonal(error: QuantumError) -> np.ndarray:
+    """The diagonal of the Pauli transfer matrix of an Aer ``QuantumError``: what its twirl
+    keeps.
 
     ``QuantumError.to_quantumchannel`` builds a ``SuperOp`` circuit by circuit, about 40 ms for
     one device gate error (a minute for ``ibm_fez``). Here the PTM of each distinct instruction
@@ -115,7 +118,9 @@ def twirl_error(error: QuantumError) -> np.ndarray:
     """
     n = error.num_qubits
     if n > 2:
-        return pauli_twirl(error.to_quantumchannel())
+        from qiskit.quantum_info import PTM
+
+        return np.real(np.diag(PTM(error.to_quantumchannel()).data))
     dim = 4**n
     total = np.zeros((dim, dim))
     memo = _PTM_MEMO
@@ -131,7 +136,12 @@ def twirl_error(error: QuantumError) -> np.ndarray:
                 step = memo[key] = _embed_ptm(_instruction_ptm(inst.operation), qubits, n)
             ptm = step @ ptm
         total += prob * ptm
-    probs = _signs(n) @ np.diag(total) / dim
+    return np.diag(total).copy()
+
+
+def _twirl_of_diagonal(diagonal: np.ndarray, num_qubits: int) -> np.ndarray:
+    """Pauli probabilities from a PTM diagonal; rounding's tiny negatives clipped, renormalised."""
+    probs = _signs(num_qubits) @ diagonal / 4**num_qubits
     probs = np.clip(probs, 0.0, None)
     return probs / probs.sum()  # type: ignore[no-any-return]
 
@@ -377,10 +387,32 @@ class DeviceTable:
         self.covered |= covered
 
     def _compute(self, missing: set[Key]) -> None:
-        from .targets import device_noise_model_for
+        """Twirl Aer's errors of the instructions in ``missing`` on their qubits."""
+        from .targets import device_error_parts
 
         qubits = tuple(sorted({q for _, qargs in missing for q in qargs}))
         names = frozenset(name for name, _ in missing)
+        try:
+            parts, readouts = device_error_parts(self.source, qubits, names)
+        except ImportError:  # an Aer without the per-part builders
+            self._compute_composed(qubits, names)
+        else:
+            for name, local, errors in parts:
+                # Depolarizing (a diagonal PTM) then relaxation: the composition's diagonal is
+                # the product of the diagonals (see device_error_parts).
+                diagonal = np.prod([ptm_diagonal(e) for e in errors], axis=0)
+                qargs = tuple(qubits[i] for i in local)
+                self.gates.setdefault(name, {})[qargs] = _twirl_of_diagonal(diagonal, len(local))
+            for local_qubit, readout in readouts:
+                self.readout[qubits[local_qubit]] = twirl_readout(readout.probabilities)
+        # The errors cover each of these instructions on every qargs within these qubits.
+        self.covered |= self._keys(set(qubits), names)
+
+    def _compute_composed(self, qubits: tuple[int, ...], names: frozenset[str]) -> None:
+        """:meth:`_compute` from Aer's composed model (``NoiseModel.from_backend``): twice as
+        slow, kept for an Aer without the per-part builders, and as the tests' reference."""
+        from .targets import device_noise_model_for
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # Uncached: the Aer model of 156 qubits is hundreds of MB and only its twirl is kept.
@@ -392,8 +424,6 @@ class DeviceTable:
         for local, readout in model._local_readout_errors.items():
             if len(local) == 1:
                 self.readout[qubits[local[0]]] = twirl_readout(readout.probabilities)
-        # The model covers each of these instructions on every qargs within these qubits.
-        self.covered |= self._keys(set(qubits), names)
 
     def restricted(
         self, physical: tuple[int, ...], names: Iterable[str] | None = None

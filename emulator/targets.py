@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from qiskit.transpiler import Target
-    from qiskit_aer.noise import NoiseModel
+    from qiskit_aer.noise import NoiseModel, QuantumError
     from qiskit_ibm_runtime.fake_provider.fake_backend import FakeBackendV2
 
 __all__ = [
+    "ErrorParts",
+    "device_error_parts",
     "device_noise_model",
     "device_noise_model_for",
     "device_target",
@@ -146,6 +148,70 @@ def device_noise_model_for(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return NoiseModel.from_backend(_target_backend_class()(sub))
+
+
+#: Per instruction and qargs (renumbered like the qubits asked for), the errors Aer composes.
+ErrorParts = list[tuple[str, tuple[int, ...], tuple["QuantumError", ...]]]
+
+
+def device_error_parts(
+    source: str, physical_qubits: tuple[int, ...], operations: frozenset[str] | None = None
+) -> tuple[ErrorParts, list[tuple[int, Any]]]:
+    """The errors of :func:`device_noise_model_for` before Aer composes them: per instruction
+    and qargs, its depolarizing part then its thermal-relaxation part (either may be absent),
+    and per qubit its ``ReadoutError``; renumbered like :func:`device_noise_model_for`.
+
+    This is the loop of Aer's ``_basic_device_target_gate_errors`` (what
+    ``NoiseModel.from_backend`` runs), with Aer's own builders of each part, without its last
+    step, ``depol.compose(relax)``: that step is more than half of the model's cost
+    (``QuantumError.compose`` copies circuits, 16 Paulis times each relaxation branch), and a
+    Pauli twirl does not need it: a depolarizing channel's PTM is diagonal, so the composition's
+    PTM diagonal is the product of the parts' diagonals. ``tests/test_noise.py`` checks the
+    parts against the composed model of ``NoiseModel.from_backend``, so an Aer that builds
+    its model differently fails there.
+
+    Raises:
+        ImportError: this Aer has not the per-part builders (callers compose instead).
+    """
+    from qiskit.circuit import Gate, Measure
+    from qiskit_aer.noise.device.models import (
+        _device_depolarizing_error,
+        _device_thermal_relaxation_error,
+        basic_device_readout_errors,
+    )
+
+    sub = _sub_target(device_target(source), physical_qubits, operations)
+    qprops = sub.qubit_properties
+    gates: ErrorParts = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, props in sub.items():
+            op = sub.operation_from_name(name)
+            if isinstance(op, Measure) or props is None:
+                continue
+            for qargs, prop in props.items():
+                if qargs is None or prop is None:
+                    continue
+                relax = None
+                if prop.duration and qprops:
+                    relax = _device_thermal_relaxation_error(
+                        qubits=qargs,
+                        gate_time=prop.duration,
+                        relax_params={
+                            q: (qprops[q].t1, qprops[q].t2, qprops[q].frequency) for q in qargs
+                        },
+                        temperature=0,  # NoiseModel.from_backend's default
+                    )
+                depol = None
+                if prop.error and isinstance(op, Gate):
+                    depol = _device_depolarizing_error(
+                        qubits=qargs, error_param=prop.error, relax_error=relax
+                    )
+                parts = tuple(e for e in (depol, relax) if e is not None)
+                if parts:
+                    gates.append((name, tuple(qargs), parts))
+        readout = [(qubits[0], error) for qubits, error in basic_device_readout_errors(target=sub)]
+    return gates, readout
 
 
 def _sub_target(

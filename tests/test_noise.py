@@ -187,6 +187,41 @@ def test_a_table_computes_only_the_instructions_a_job_runs(
         table.restricted((0, 1))  # every instruction: reset, x, ... were never computed
 
 
+@pytest.mark.parametrize(("source", "qubits"), [("manila", (0, 1, 2, 3, 4)), ("fez", (0, 1, 2, 3))])
+def test_the_table_from_aers_parts_equals_the_twirl_of_aers_composed_model(
+    source: str, qubits: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table is built from Aer's depolarizing and relaxation parts, without composing them
+    (``targets.device_error_parts``); it equals the twirl of ``NoiseModel.from_backend``'s
+    composed errors, for every instruction of the device: one- and two-qubit gates (``cx``;
+    ``cz`` and ``rzz`` on fez), ``id``, ``reset`` (relaxation only), readout. An Aer without the
+    per-part builders gets the composed path, with the same table."""
+    table = noise.DeviceTable(source, None)
+    table.ensure(qubits)
+    names = frozenset(name for name, _ in table.needed(qubits))
+    reference = noise.DeviceTable(source, None)
+    reference._compute_composed(qubits, names)
+    assert set(table.gates) == set(reference.gates)
+    assert {"reset", "id"} <= set(table.gates) and len(table.readout) == len(qubits)
+    assert {"cz", "rzz"} <= set(table.gates) or source == "manila"
+    for name, per_qubits in reference.gates.items():
+        assert set(table.gates[name]) == set(per_qubits), name
+        for qargs, probs in per_qubits.items():
+            assert np.allclose(table.gates[name][qargs], probs, rtol=0, atol=1e-12), (name, qargs)
+    assert table.readout == reference.readout
+
+    def no_parts(*_: Any) -> Any:
+        raise ImportError("an Aer without _device_depolarizing_error")
+
+    monkeypatch.setattr("emulator.targets.device_error_parts", no_parts)
+    fallback = noise.DeviceTable(source, None)
+    fallback.ensure(qubits)
+    assert fallback.covered == table.covered
+    for name, per_qubits in reference.gates.items():
+        for qargs, probs in per_qubits.items():
+            assert np.array_equal(fallback.gates[name][qargs], probs)
+
+
 def test_instruction_names_look_inside_control_flow() -> None:
     qc = QuantumCircuit(2, 1)
     qc.sx(0)
