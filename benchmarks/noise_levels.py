@@ -5,7 +5,7 @@ functions the emulator's workers run (``classical.preprocess`` in a lane,
 ``classical.sample`` in the QPU worker, ``classical.postprocess``), so the times are the QPU
 worker's own, conversion included, without the HTTP and scheduling around them:
 
-1. the twirled noise table of ``ibm_fez``: built from scratch (``--cold``, ~25 s) for every
+1. the twirled noise table of ``ibm_fez``: built from scratch (``--cold``, ~10 s) for every
    instruction and for only those a 156-qubit GHZ job runs (what its first job pays), and read
    back from the on-disk cache by a fresh table, as a restarted emulator does;
 2. GHZ on 156 and 20 qubits of ``ibm_fez``, 1000 shots, ``pauli``: the QPU stage, first call
@@ -300,7 +300,7 @@ def accuracy(cache: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.noise_levels", description=__doc__)
     parser.add_argument(
-        "--cold", action="store_true", help="also build ibm_fez's table from scratch (~25 s)"
+        "--cold", action="store_true", help="also build ibm_fez's table from scratch (~10 s)"
     )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument(

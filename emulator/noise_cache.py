@@ -1,8 +1,8 @@
 """The on-disk cache of devices' twirled noise tables (:class:`emulator.noise.DeviceTable`).
 
-Why: the table comes from Aer's device noise model, which takes about 20 s to build for all of
-``ibm_fez`` (``NoiseModel.from_backend``, mostly composing QuantumErrors) and then seconds to
-twirl. Its result is a few hundred kilobytes of numbers that only change with the device
+Why: the table comes from Aer's device noise model (its depolarizing and relaxation errors, see
+:func:`emulator.targets.device_error_parts`), which takes 9-10 s to build and twirl for all of
+``ibm_fez`` on the 2-core machine (4 s for a GHZ job's instructions). Its result is a few hundred kilobytes of numbers that only change with the device
 snapshot or the libraries that compute them, so it is computed once and read back in
 milliseconds.
 

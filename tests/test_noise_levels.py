@@ -28,8 +28,8 @@ SHOTS = 4000
 
 @pytest.fixture(scope="module")
 def noise_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """pytest's cache directory when it is on (the ibm_fez table then costs its ~25 s once
-    per checkout, not once per run), else a temporary one."""
+    """pytest's cache directory when it is on (the ibm_fez table then costs its
+    seconds once per checkout, not once per run), else a temporary one."""
     cache = getattr(request.config, "cache", None)
     if cache is not None:
         return Path(cache.mkdir("aioruntime-noise"))
