@@ -2,9 +2,9 @@
 
 Why: the table comes from Aer's device noise model (its depolarizing and relaxation errors, see
 :func:`emulator.targets.device_error_parts`), which takes 9-10 s to build and twirl for all of
-``ibm_fez`` on the 2-core machine (4 s for a GHZ job's instructions). Its result is a few hundred kilobytes of numbers that only change with the device
-snapshot or the libraries that compute them, so it is computed once and read back in
-milliseconds.
+``ibm_fez`` on the 2-core machine (4 s for a GHZ job's instructions). Its result is a few
+hundred kilobytes of numbers that only change with the device snapshot or the libraries that
+compute them, so it is computed once and read back in milliseconds.
 
 One JSON file per device: ``<cache dir>/pauli-<source>-<key>.json``, where ``key`` hashes the
 snapshot's ``conf``/``props`` files, the versions of qiskit, qiskit-aer and qiskit-ibm-runtime,
