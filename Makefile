@@ -10,12 +10,15 @@ STAMP := $(VENV)/.installed
 # empty caches (benchmarks/README.md). --compile-bytecode as pip does: without the .pyc files, and
 # with PYTHONDONTWRITEBYTECODE set (as on these machines), every process (each test process,
 # worker, Ray actor) compiles qiskit again at import, which made the suite 50% slower.
-# pip stays the fallback where uv cannot be had.
+# pip stays the fallback where uv cannot be had. The venv is made without pip (ensurepip alone
+# takes 6-7 s here) and uv is fetched by the interpreter's own pip into .venv/uv-tool; where that
+# pip is missing or refuses (PEP 668), the fallback adds pip to the venv and installs with it.
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	( $(PY) -m pip install --quiet uv && \
-	  $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -e ".[test,bench]" ) || \
-	( echo "uv failed: installing with pip" && $(PY) -m pip install --quiet -e ".[test,bench]" )
+	$(PYTHON) -m venv --without-pip $(VENV)
+	( $(PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target $(VENV)/uv-tool uv && \
+	  $(VENV)/uv-tool/bin/uv pip install --quiet --compile-bytecode --python $(PY) -e ".[test,bench]" ) || \
+	( echo "uv failed: installing with pip" && $(PY) -m ensurepip --default-pip >/dev/null && \
+	  $(PY) -m pip install --quiet -e ".[test,bench]" )
 	touch $(STAMP)
 
 install: $(STAMP)
