@@ -377,7 +377,9 @@ def _aer_noise(
         return _pauli_noise(source, live, simulation, pubs, indices).to_aer()
     from .targets import device_noise_model_for
 
-    return device_noise_model_for(source, live)
+    # The model of the instructions these circuits run: the same errors on them (Aer builds
+    # each instruction's alone), without building the device's others on the QPU (rzz, id...).
+    return device_noise_model_for(source, live, _instructions(pubs, indices))
 
 
 def _aer(options: dict[str, Any], pubs: list[SamplerPub], seed: int | None) -> list[DataBin]:

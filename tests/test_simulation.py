@@ -174,6 +174,44 @@ def test_pre_processing_builds_the_noise_table_the_qpu_reads(
     assert sum(counts.values()) == 100
 
 
+def test_full_noise_is_the_device_model_of_the_circuits_instructions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At ``full``, a group of circuits gets Aer's device model of the instructions it runs:
+    the same counts, seed for seed, as the model of every instruction of the device; the
+    circuit's delay and reset (relaxation on both) are among them."""
+    from qiskit_aer.primitives import SamplerV2 as AerSampler
+
+    from emulator import targets
+
+    qc = QuantumCircuit(2, 2)
+    qc.sx(0)
+    qc.rz(0.3, 0)
+    qc.cz(0, 1)
+    qc.delay(2000, 1, unit="ns")
+    qc.reset(1)
+    qc.sx(1)
+    qc.barrier()
+    qc.measure([0, 1], [0, 1])
+    asked: list[tuple[Any, ...]] = []
+    original = targets.device_noise_model_for
+
+    def spy(*args: Any) -> Any:
+        asked.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(targets, "device_noise_model_for", spy)
+    full = SimulationPlan(level=NoiseLevel.FULL, methods=("density_matrix",), predicted_s=0.0)
+    data, _ = run([pub(qc, shots=4000)], [(0, 1)], "fez", full, seed=11)
+    assert asked == [("fez", (0, 1), frozenset(qc.count_ops()))]
+
+    everything = original("fez", (0, 1))
+    options = {"method": "density_matrix", "noise_model": everything, "max_parallel_threads": 0}
+    reference = AerSampler(seed=11, options={"backend_options": options}).run([(qc, None, 4000)])
+    assert data[0].c.get_counts() == reference.result()[0].data.c.get_counts()
+    assert len(data[0].c.get_counts()) == 4  # the device's errors, on both qubits
+
+
 def test_aer_out_of_memory_fails_cleanly() -> None:
     qc = rotated(22, 0.3)
     by_hand = SimulationPlan(NoiseLevel.NONE, ("statevector",), 1.0, max_memory_mb=1)
