@@ -287,6 +287,11 @@ def delay_seconds(op: Any, dt: float | None) -> float:
 _ALWAYS = frozenset({"measure"})
 
 
+def _with_readout(names: Iterable[str] | None) -> frozenset[str] | None:
+    """The instructions a job running ``names`` needs covered (``None``: all of the device's)."""
+    return None if names is None else _ALWAYS | frozenset(names)
+
+
 def instruction_names(circuits: Iterable[Any]) -> frozenset[str]:
     """The names of the instructions in ``circuits``, inside control-flow blocks too: what a
     job's noise must cover. ``count_ops`` (qiskit's Rust) reads a 2,300-instruction circuit in
@@ -334,8 +339,7 @@ class DeviceTable:
         instruction of the device) needs: each of those instructions of the target on a subset
         of ``physical``, and the readout of every qubit. Names the target lacks (``barrier``,
         control flow) need nothing."""
-        wanted = None if names is None else _ALWAYS | set(names)
-        return self._keys(set(physical), wanted)
+        return self._keys(set(physical), _with_readout(names))
 
     def _keys(self, live: set[int], names: Iterable[str] | None) -> set[Key]:
         """The target's ``(name, qargs)`` for ``names`` (``None``: all) within ``live``."""
@@ -437,12 +441,12 @@ class DeviceTable:
         """
         from .targets import device_target
 
-        if missing := self.needed(physical, names) - self.covered:
+        wanted = _with_readout(names)
+        if missing := self._keys(set(physical), wanted) - self.covered:
             raise LookupError(
                 f"the {self.source} noise table lacks {len(missing)} instruction(s), e.g. "
                 f"{min(missing)}: call ensure() first"
             )
-        wanted = None if names is None else _ALWAYS | set(names)
         index = {p: i for i, p in enumerate(physical)}
         gates: dict[str, dict[tuple[int, ...], np.ndarray]] = {}
         for name, per_qubits in self.gates.items():
