@@ -209,3 +209,40 @@ def test_the_emulator_takes_one_cpu_slot_per_cpu_unless_told() -> None:
     with pytest.raises(click.UsageError) as bad:
         from_args(["--cpu-slots", "-1"])
     assert "'--cpu-slots'" in bad.value.format_message()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux's /proc")
+def test_a_forked_worker_limits_its_own_address_space() -> None:
+    """A job stage's memory limit starts from the worker's own size. The size is read from a
+    ``/proc/self/statm`` kept open; a worker forked after its parent opened it (as every worker
+    is, from the zygote) must read its own file, not the parent's."""
+    import mmap
+
+    from emulator import worker
+
+    def fresh() -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+    parent = worker._address_space()  # the parent's file is now open
+    assert abs(parent - fresh()) < 64 * 2**20
+    reserved = 2**30
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: reserve 1 GiB of address space (untouched), then report
+        code = 1
+        try:
+            os.close(read)
+            region = mmap.mmap(-1, reserved)
+            os.write(write, b"%d %d" % (worker._address_space(), fresh()))
+            region.close()
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as answer:
+        child, child_fresh = map(int, answer.read().split())
+    assert os.waitpid(pid, 0)[1] == 0
+    assert abs(child - child_fresh) < 64 * 2**20  # its own file ...
+    assert child >= parent + reserved - 64 * 2**20  # ... with its 1 GiB, which the parent lacks
+    assert abs(worker._address_space() - fresh()) < 64 * 2**20  # the parent's still reads right
