@@ -591,3 +591,51 @@ async def test_small_results_decode_on_the_loop_unless_a_thread_decodes(
         big = p.dumps({"padding": "x" * 20_000})
         assert (await context.decode(big))["padding"] == "x" * 20_000
         assert inline.inlined == before + 1
+
+
+def test_datetimes_decode_as_the_official_decoder_reads_them() -> None:
+    """A result's datetimes (its execution spans) are read without dateutil's parser when they
+    are what ``RuntimeEncoder`` writes, and come out as the official decoder's: the same instant
+    and UTC offset (its ``tzinfo`` type varies with the machine's zone; ours is the standard
+    library's). Other spellings, and errors, are the official decoder's own."""
+    import datetime as dt
+    import json
+
+    from dateutil import tz
+    from qiskit_ibm_runtime.execution_span import DoubleSliceSpan, ExecutionSpans
+    from qiskit_ibm_runtime.json import RuntimeDecoder
+
+    moments = [
+        dt.datetime(2026, 11, 27, 15, 4, 5, 123456, tzinfo=dt.UTC),
+        dt.datetime(2026, 11, 27, 15, 4, 5, tzinfo=dt.UTC),
+        dt.datetime(2026, 11, 27, 15, 4, 5, 7, tzinfo=dt.timezone(dt.timedelta(hours=5.5))),
+        dt.datetime(2026, 11, 27, 15, 4, 5, tzinfo=dt.timezone(-dt.timedelta(hours=8))),
+        dt.datetime(2026, 11, 27, 15, 4, 5, 120000),  # naive
+    ]
+    spelled = ["2026-11-27T15:04:05Z", "2026-11-27T15:04:05+0100", "27 Nov 2026 15:04"]
+    spelled += ["2026-11-27 15:04:05"]
+    values = [{"__type__": "datetime", "__value__": m.isoformat()} for m in moments]
+    values += [{"__type__": "datetime", "__value__": text} for text in spelled]
+    text = json.dumps(values)
+    ours, official = p.loads(text), json.loads(text, cls=RuntimeDecoder)
+    assert ours == official
+    for mine, theirs in zip(ours, official, strict=True):
+        assert mine.utcoffset() == theirs.utcoffset() and mine.isoformat() == theirs.isoformat()
+    assert ours[4].tzinfo is None and official[4].tzinfo is None
+    # "Z" and "+0100": read by dateutil, with its tzinfo types
+    assert all(isinstance(v.tzinfo, tz.tzutc | tz.tzlocal | tz.tzoffset) for v in ours[5:7])
+    assert p._iso_datetime(moments[0].isoformat()) is not None  # the fast reading was taken
+    assert all(p._iso_datetime(t) is None for t in spelled)  # and these went to dateutil
+    week_date = json.dumps({"__type__": "datetime", "__value__": "2026-W48-5"})
+    with pytest.raises(ValueError, match="Unknown string format"):  # as the official decoder
+        p.loads(week_date)
+    # And in a whole result, as the client decodes it: the spans are the official decoder's.
+    start, stop = moments[0], moments[0] + dt.timedelta(seconds=1)
+    slices = {0: ((1, 10), slice(0, 1), slice(0, 10))}
+    spans = ExecutionSpans([DoubleSliceSpan(start, stop, slices)])
+    body = p.dumps({"metadata": {"execution": {"execution_spans": spans}}})
+    done, decoded = p.loads_nowait(body)
+    assert done
+    assert decoded == json.loads(body, cls=RuntimeDecoder)
+    span = decoded["metadata"]["execution"]["execution_spans"][0]
+    assert span.start == start and span.stop == stop and span.start.utcoffset() == dt.timedelta(0)
