@@ -639,3 +639,73 @@ def test_datetimes_decode_as_the_official_decoder_reads_them() -> None:
     assert decoded == json.loads(body, cls=RuntimeDecoder)
     span = decoded["metadata"]["execution"]["execution_spans"][0]
     assert span.start == start and span.stop == stop and span.start.utcoffset() == dt.timedelta(0)
+
+
+def test_a_circuit_is_compressed_once_and_a_changed_one_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The request codec remembers the compressed text of the circuits it wrote last, by their
+    QPY: each text is what the official encoder writes (it decodes, with the official decoder,
+    to the same circuit); a circuit sent again is not compressed again; a circuit changed in
+    place since is written anew, never as its old text; the memory is bounded."""
+    import base64
+    import json
+    import zlib
+
+    from qiskit import QuantumCircuit
+    from qiskit.circuit import Parameter
+    from qiskit.transpiler import generate_preset_pass_manager
+    from qiskit_ibm_runtime.json import RuntimeDecoder, RuntimeEncoder
+
+    from emulator.backends import device_target
+
+    theta = Parameter("θ")
+    bell = QuantumCircuit(2, 2, metadata={"experiment": "bell", "n": 2})
+    bell.h(0)
+    bell.cx(0, 1)
+    bell.measure([0, 1], [0, 1])
+    ansatz = QuantumCircuit(2)
+    ansatz.ry(theta, 0)
+    ansatz.rzz(theta * 2, 0, 1)
+    ansatz.measure_all()
+    dynamic = QuantumCircuit(2, 1)
+    dynamic.h(0)
+    dynamic.measure(0, 0)
+    with dynamic.if_test((dynamic.clbits[0], 1)):
+        dynamic.x(1)
+    pm = generate_preset_pass_manager(optimization_level=1, target=device_target("fez"))
+    isa = pm.run(bell)  # a 156-qubit layout
+    for circuit in (bell, ansatz, dynamic, isa):
+        ours = p.dumps({"pubs": [[circuit, None, 10]]})
+        official = json.dumps({"pubs": [[circuit, None, 10]]}, cls=RuntimeEncoder)
+        assert json.loads(ours, cls=RuntimeDecoder) == json.loads(official, cls=RuntimeDecoder)
+        assert json.loads(ours, cls=RuntimeDecoder)["pubs"][0][0] == circuit
+    # Sent again: no compression. (QPY writes a layout's registers in the order of a set, so the
+    # 156-qubit circuit has two QPY texts in practice, each compressed once.)
+    compressed: list[bytes] = []
+    compress = zlib.compress
+
+    def counted(data: bytes) -> bytes:
+        compressed.append(data)
+        return compress(data)
+
+    monkeypatch.setattr(zlib, "compress", counted)
+    for _ in range(10):
+        for circuit in (bell, ansatz, dynamic, isa):
+            assert json.loads(p.dumps(circuit), cls=RuntimeDecoder) == circuit
+    assert len(compressed) <= 1  # at most the ISA circuit's other text
+    texts = p._packed.texts
+    assert isa.num_qubits == 156 and any(b"bell" in qpy for qpy in texts)
+    value = json.loads(p.dumps(bell))["__value__"]
+    qpy = zlib.decompress(base64.standard_b64decode(value))
+    assert texts[qpy] == value  # remembered by the QPY bytes it compressed
+
+    grown = QuantumCircuit(2, name="grown")
+    grown.h(0)
+    first = p.dumps(grown)
+    grown.cx(0, 1)  # changed in place after it was sent
+    second = p.dumps(grown)
+    assert second != first and json.loads(second, cls=RuntimeDecoder) == grown
+    for k in range(40):
+        p.dumps(QuantumCircuit(1, name=f"c{k}"))
+    assert len(texts) == p._PACKED_ENTRIES
