@@ -683,6 +683,71 @@ def test_a_repeated_circuit_is_decoded_once_and_left_as_it_was() -> None:
     assert memo.get(payload, lambda: pytest.fail("forgotten")) == isa_est
 
 
+def test_a_repeated_circuit_is_checked_timed_and_compacted_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What pre-processing derives from a circuit (the ISA check, the duration, the live qubits
+    and the compaction) is derived once while the decoded circuit lives: the second job of an
+    optimizer's loop derives nothing and prepares what a fresh decode prepares. A failed check
+    is not remembered, and a collected circuit's facts go with it."""
+    import gc
+
+    from emulator import classical, validation
+
+    calls: dict[str, int] = {}
+
+    def counting(name: str) -> None:
+        real = getattr(classical, name)
+
+        def wrapper(*args: Any) -> Any:
+            calls[name] = calls.get(name, 0) + 1
+            return real(*args)
+
+        monkeypatch.setattr(classical, name, wrapper)
+
+    for name in ("_check_circuit", "circuit_duration_s", "live_qubits", "compact"):
+        counting(name)
+    theta = Parameter("theta")
+    circuit = QuantumCircuit(2, 2)
+    circuit.ry(theta, 0)
+    circuit.cx(0, 1)
+    circuit.measure([0, 1], [0, 1])
+    isa = to_isa(circuit)
+    texts = [sampler_params([(isa, [v], 100)]) for v in (0.1, 0.2, 0.3, 0.4)]
+    jobs = [preprocess("sampler", text, "fez") for text in texts]
+    # QPY writes the layout's registers in a set's order: one circuit, one or two payloads,
+    # each decoded once, and derived from once.
+    payloads = {payload for text in texts for payload in _qpy_payloads(text)}
+    assert calls == dict.fromkeys(calls, len(payloads)) and len(calls) == 4
+    validation.CIRCUITS.entries, entries = 0, validation.CIRCUITS.entries
+    try:  # the same jobs from fresh decodes: the same plans
+        fresh = [preprocess("sampler", text, "fez") for text in texts]
+    finally:
+        validation.CIRCUITS.entries = entries
+    for job, again in zip(jobs, fresh, strict=True):
+        assert job.sampler_pubs[0].circuit == again.sampler_pubs[0].circuit
+        assert job.quantum_seconds == again.quantum_seconds
+        assert job.metadata["pub_qubits"] == again.metadata["pub_qubits"]
+    shared = {id(job.sampler_pubs[0].circuit) for job in jobs}
+    assert len(shared) == len(payloads) < len(jobs)  # one compaction per decoded circuit, read only
+    # A circuit that is not ISA fails every time, naming its PUB.
+    loose = QuantumCircuit(2, 2)
+    loose.h(0)
+    loose.measure([0, 1], [0, 1])
+    for index in (0, 1):
+        pubs = [(isa, [0.3], 10)] * index + [(loose, None, 10)]
+        with pytest.raises(JobInputError, match=rf"pubs\[{index}\]: the circuit is not ISA"):
+            preprocess("sampler", sampler_params(pubs), "fez")
+    # Facts live as long as their circuit.
+    short_lived = to_isa(bell())
+    classical._derived(short_lived, "probe", lambda: 1)
+    key = id(short_lived)
+    assert key in classical._DERIVED
+    del short_lived
+    gc.collect()
+    assert key not in classical._DERIVED
+
+
 def test_the_circuit_memo_is_bounded_and_remembers_no_failure() -> None:
     from aioruntime.protocol import CircuitMemo
 
