@@ -808,6 +808,27 @@ def test_stage_outputs_pickle(isa_bell: QuantumCircuit, isa_bell_state: QuantumC
         assert loads(postprocess(again, pickle.loads(pickle.dumps(sampled)), T0, T1))
 
 
+def test_post_processing_opens_the_job_without_its_circuits(isa_bell: QuantumCircuit) -> None:
+    """A prepared job crosses to the QPU and post-processing as two pickles: the circuits and
+    the rest. The QPU opens both; post-processing only the rest, and writes the same result;
+    a dry run (mock data shaped by the circuits) opens both."""
+    from emulator import worker
+
+    params = sampler_params([(isa_bell, None, 10)], {"simulator": {"seed_simulator": 3}})
+    prepared = worker.preprocess("sampler", params, "fez", TimingParams(), 10_000)
+    whole, plans = prepared.job.open(), prepared.job.open_plans()
+    assert plans.sampler_pubs == [] and plans.post == whole.post
+    fresh = preprocess("sampler", params, "fez")
+    assert whole.sampler_pubs[0].circuit == fresh.sampler_pubs[0].circuit
+    sampled = worker.sample(prepared.job)
+    text = worker.postprocess(prepared.job, sampled, T0, T1)
+    assert text == postprocess(whole, sampled.open(), T0, T1)
+    assert loads(text)[0].data.meas.num_shots == 10
+    dry = worker.preprocess("sampler", params, "dry-run:fez", TimingParams(), 10_000)
+    mock = loads(worker.postprocess(dry.job, None, T0, T0))
+    assert mock[0].data.meas.num_shots == 10 and mock[0].data.meas.num_bits == 2
+
+
 async def test_stages_run_in_worker_processes(isa_bell: QuantumCircuit) -> None:
     """The stages and what they exchange cross process boundaries: run them on the emulator's
     own worker plane (anyio's ``to_process`` would re-run the parent's ``__main__``, which is
