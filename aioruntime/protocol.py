@@ -238,12 +238,11 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, cls=_encoder())
 
 
-#: Compressed QPY per thread (see :func:`_encoder`): at most this many circuits, each of at most
-#: this many QPY bytes (a trivial ISA circuit on a 156-qubit device: 6 KB, most of it the
-#: layout), so a few MB at worst over the loop and the codec threads.
+#: Compressed QPY per thread (see :func:`_encoder`), by the QPY bytes: at most this many
+#: circuits, each of at most this many QPY bytes (a trivial ISA circuit on a 156-qubit device:
+#: 6 KB, most of it the layout), so a few MB at worst over the loop and the codec threads.
 _PACKED_ENTRIES: Final = 16
 _PACKED_MAX_BYTES: Final = 128 * 1024
-_packed = threading.local()
 
 
 @functools.cache
@@ -279,18 +278,9 @@ def _encoder() -> type[json.JSONEncoder]:
             with io.BytesIO() as buff:
                 dump(obj, buff, RuntimeEncoder, version=version)
                 qpy = buff.getvalue()
-            packed: OrderedDict[bytes, str] | None = getattr(_packed, "texts", None)
-            if packed is None:
-                packed = _packed.texts = OrderedDict()
-            text = packed.get(qpy)
-            if text is None:
-                text = base64.standard_b64encode(zlib.compress(qpy)).decode("utf-8")
-                if len(qpy) <= _PACKED_MAX_BYTES:
-                    packed[qpy] = text
-                    while len(packed) > _PACKED_ENTRIES:
-                        packed.popitem(last=False)
-            else:
-                packed.move_to_end(qpy)
+            text = _PACKED.get(
+                qpy, lambda: base64.standard_b64encode(zlib.compress(qpy)).decode("utf-8")
+            )
             return {"__type__": "QuantumCircuit", "__value__": text}
 
     return _Encoder
@@ -374,7 +364,8 @@ class CircuitMemo:
     ``entries`` circuits, each from a payload of at most ``max_payload`` characters (a
     10,000-gate circuit is about 60 KB); the least recently used goes first. One circuit may
     have two or three payloads (QPY writes a layout's registers in the order of a set), each
-    decoded once.
+    decoded once. (The client's encoder keeps a circuit's compressed text in one too, by its
+    QPY bytes: ``_PACKED``.)
     """
 
     def __init__(self, entries: int = 16, max_payload: int = 64 * 1024) -> None:
@@ -386,9 +377,9 @@ class CircuitMemo:
         self.hits = 0
         self.misses = 0
 
-    def get(self, payload: str, decode: Callable[[], Any]) -> Any:
+    def get(self, payload: str | bytes, decode: Callable[[], Any]) -> Any:
         """The circuit of ``payload``: remembered, or ``decode()`` (and remembered if small)."""
-        circuits: OrderedDict[str, Any] | None = getattr(self._local, "circuits", None)
+        circuits: OrderedDict[str | bytes, Any] | None = getattr(self._local, "circuits", None)
         if circuits is None:
             circuits = self._local.circuits = OrderedDict()
         if (found := circuits.get(payload)) is not None:
@@ -402,6 +393,10 @@ class CircuitMemo:
             while len(circuits) > self.entries:
                 circuits.popitem(last=False)
         return circuit
+
+
+#: The compressed text of the circuits this thread encoded last (see :func:`_encoder`).
+_PACKED = CircuitMemo(entries=_PACKED_ENTRIES, max_payload=_PACKED_MAX_BYTES)
 
 
 @functools.cache

@@ -339,10 +339,7 @@ def _check_isa(
 ) -> None:
     """:func:`emulator.validation._check_circuit`, once per circuit and device (a pass is
     remembered; a failure raises every time, naming ``where``)."""
-    facts = _DERIVED.get(id(circuit))
-    if facts is None or ("isa", source) not in facts:
-        _check_circuit(where, circuit, target, device)
-        _derived(circuit, ("isa", source), lambda: True)
+    _derived(circuit, ("isa", source), lambda: _check_circuit(where, circuit, target, device))
 
 
 def _make_sampler_pub(circuit: QuantumCircuit, values: BindingsArray, shots: int) -> SamplerPub:

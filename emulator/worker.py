@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -88,15 +88,11 @@ class OpaqueJob:
 
     @classmethod
     def wrap(cls, job: PreparedJob) -> OpaqueJob:
-        from dataclasses import replace
-
         rest = pickle.dumps(replace(job, sampler_pubs=[]), pickle.HIGHEST_PROTOCOL)
         return cls(rest, pickle.dumps(job.sampler_pubs, pickle.HIGHEST_PROTOCOL))
 
     def open(self) -> PreparedJob:
         """The whole job."""
-        from dataclasses import replace
-
         job: PreparedJob = pickle.loads(self.rest)
         return replace(job, sampler_pubs=pickle.loads(self.circuits))
 

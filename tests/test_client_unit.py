@@ -694,7 +694,7 @@ def test_a_circuit_is_compressed_once_and_a_changed_one_again(
         for circuit in (bell, ansatz, dynamic, isa):
             assert json.loads(p.dumps(circuit), cls=RuntimeDecoder) == circuit
     assert len(compressed) <= 1  # at most the ISA circuit's other text
-    texts = p._packed.texts
+    texts = p._PACKED._local.circuits
     assert isa.num_qubits == 156 and any(b"bell" in qpy for qpy in texts)
     value = json.loads(p.dumps(bell))["__value__"]
     qpy = zlib.decompress(base64.standard_b64decode(value))
