@@ -23,17 +23,16 @@ plans it, the QPU runs the plan.
 from __future__ import annotations
 
 import math
-import weakref
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from aioruntime.protocol import PROGRAMS, ErrorCode, dumps
 
 from . import estimation, simulation
 from .backends import device_limits, served_name, split_source
 from .compaction import compact, live_qubits
+from .derived import derived
 from .simulation import SimulationPlan, SimulationSettings
 from .targets import device_target, restrict_noise_model
 from .timing import TimingParams, circuit_duration_s, quantum_seconds, subjob_count
@@ -293,34 +292,9 @@ def _prepare_primitive(
     )
 
 
-T = TypeVar("T")
-
-#: What pre-processing derived from each decoded circuit still alive, by ``id`` and then by
-#: what (the device's duration, the live qubits, the compaction onto them, the ISA check).
-#: A program sends the same circuit again and again, and the job decoder then returns the same
-#: object (``protocol.CircuitMemo``), which nothing may change: so its facts hold. They took
-#: 0.23 of a trivial ``ibm_fez`` job's 0.81 ms of pre-processing. An entry goes when its
-#: circuit is collected (``weakref.finalize``), before its ``id`` can name another circuit.
-_DERIVED: dict[int, dict[Any, Any]] = {}
-
-
-def _derived(circuit: QuantumCircuit, what: Any, compute: Callable[[], T]) -> T:
-    """``compute()``, a fact about ``circuit`` (named ``what``), remembered while it lives. The
-    result is shared by every job of the circuit: it must not be changed (nor the compacted
-    circuit, which the stages only read)."""
-    facts = _DERIVED.get(id(circuit))
-    if facts is None:
-        facts = _DERIVED[id(circuit)] = {}
-        weakref.finalize(circuit, _DERIVED.pop, id(circuit), None)
-    elif what in facts:
-        return facts[what]  # type: ignore[no-any-return]
-    value = facts[what] = compute()
-    return value
-
-
 def _duration_s(circuit: QuantumCircuit, target: Target, source: str) -> float:
     """:func:`emulator.timing.circuit_duration_s` on the device, once per circuit."""
-    return _derived(circuit, ("duration", source), lambda: circuit_duration_s(circuit, target))
+    return derived(circuit, ("duration", source), lambda: circuit_duration_s(circuit, target))
 
 
 def _compacted(circuit: QuantumCircuit) -> tuple[tuple[int, ...], QuantumCircuit]:
@@ -331,7 +305,7 @@ def _compacted(circuit: QuantumCircuit) -> tuple[tuple[int, ...], QuantumCircuit
         live = live_qubits(circuit)
         return live, compact(circuit, live)
 
-    return _derived(circuit, "compacted", compute)
+    return derived(circuit, "compacted", compute)
 
 
 def _check_isa(
@@ -339,7 +313,7 @@ def _check_isa(
 ) -> None:
     """:func:`emulator.validation._check_circuit`, once per circuit and device (a pass is
     remembered; a failure raises every time, naming ``where``)."""
-    _derived(circuit, ("isa", source), lambda: _check_circuit(where, circuit, target, device))
+    derived(circuit, ("isa", source), lambda: _check_circuit(where, circuit, target, device))
 
 
 def _make_sampler_pub(circuit: QuantumCircuit, values: BindingsArray, shots: int) -> SamplerPub:

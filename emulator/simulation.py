@@ -32,10 +32,12 @@ from typing import TYPE_CHECKING, Any
 from aioruntime.protocol import ErrorCode
 
 from . import costs
+from .derived import derived
 from .noise import NoiseLevel
 from .validation import JobInputError
 
 if TYPE_CHECKING:
+    from qiskit.circuit import QuantumCircuit
     from qiskit.primitives.containers import DataBin
     from qiskit.primitives.containers.sampler_pub import SamplerPub
     from qiskit_aer.noise import NoiseModel
@@ -164,14 +166,12 @@ def plan(
         JobInputError: ``JOB_TOO_LARGE`` when the prediction is over ``settings.budget_s``; the
             message gives the prediction and what would fit.
     """
-    from .stim_sampler import pub_is_clifford
-
     methods: list[str] = []
     total = 0.0
     shapes = []
     for pub in pubs:
-        shape = costs.shape_of(pub.circuit)
-        stim_ok = level is not NoiseLevel.FULL and not user_noise_model and pub_is_clifford(pub)
+        shape = _shape(pub.circuit)
+        stim_ok = level is not NoiseLevel.FULL and not user_noise_model and _clifford(pub)
         noisy = user_noise_model or level is not NoiseLevel.NONE
         shots = int(pub.shots)
         method = (
@@ -235,10 +235,18 @@ def _over_budget(
     return what + " Use " + ", or ".join(hints) + "."
 
 
-def _clifford(pub: SamplerPub) -> bool:
-    from .stim_sampler import pub_is_clifford
+def _shape(circuit: QuantumCircuit) -> costs.Shape:
+    """:func:`emulator.costs.shape_of`, once per circuit (a job's circuits are only read)."""
+    return derived(circuit, "shape", lambda: costs.shape_of(circuit))
 
-    return pub_is_clifford(pub)
+
+def _clifford(pub: SamplerPub) -> bool:
+    """:func:`emulator.stim_sampler.pub_is_clifford`, the circuit compiled once per circuit
+    (its parameter values are checked for every PUB)."""
+    from .stim_sampler import binds_to_clifford, compile_circuit
+
+    circuit = pub.circuit
+    return binds_to_clifford(derived(circuit, "stim", lambda: compile_circuit(circuit, None)), pub)
 
 
 def _seconds(value: float) -> str:

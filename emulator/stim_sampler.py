@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ANGLE_TOLERANCE",
     "Program",
+    "binds_to_clifford",
     "compile_circuit",
     "is_clifford",
     "pub_is_clifford",
@@ -152,7 +153,12 @@ def pub_is_clifford(pub: SamplerPub) -> bool:
     One pass over the circuit, then a vectorised check of the parametric gates' angles: a
     PUB with hundreds of parameter sets (an executor's twirls) costs little more than one.
     """
-    program = compile_circuit(pub.circuit, None)
+    return binds_to_clifford(compile_circuit(pub.circuit, None), pub)
+
+
+def binds_to_clifford(program: Program | None, pub: SamplerPub) -> bool:
+    """:func:`pub_is_clifford` with ``program``, the noiseless :func:`compile_circuit` of
+    ``pub.circuit``, already compiled."""
     return program is not None and program.multiples(_rows(pub)) is not None
 
 

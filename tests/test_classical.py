@@ -692,7 +692,7 @@ def test_a_repeated_circuit_is_checked_timed_and_compacted_once(
     is not remembered, and a collected circuit's facts go with it."""
     import gc
 
-    from emulator import classical, validation
+    from emulator import classical, costs, derived, stim_sampler, validation
 
     calls: dict[str, int] = {}
 
@@ -707,6 +707,10 @@ def test_a_repeated_circuit_is_checked_timed_and_compacted_once(
 
     for name in ("_check_circuit", "circuit_duration_s", "live_qubits", "compact"):
         counting(name)
+    # The simulation plan's facts: the compacted circuit's shape and Stim program.
+    for module, name in ((costs, "shape_of"), (stim_sampler, "compile_circuit")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, _counted(calls, name, real))
     theta = Parameter("theta")
     circuit = QuantumCircuit(2, 2)
     circuit.ry(theta, 0)
@@ -718,7 +722,7 @@ def test_a_repeated_circuit_is_checked_timed_and_compacted_once(
     # QPY writes the layout's registers in a set's order: one circuit, one or two payloads,
     # each decoded once, and derived from once.
     payloads = {payload for text in texts for payload in _qpy_payloads(text)}
-    assert calls == dict.fromkeys(calls, len(payloads)) and len(calls) == 4
+    assert calls == dict.fromkeys(calls, len(payloads)) and len(calls) == 6
     validation.CIRCUITS.entries, entries = 0, validation.CIRCUITS.entries
     try:  # the same jobs from fresh decodes: the same plans
         fresh = [preprocess("sampler", text, "fez") for text in texts]
@@ -740,12 +744,20 @@ def test_a_repeated_circuit_is_checked_timed_and_compacted_once(
             preprocess("sampler", sampler_params(pubs), "fez")
     # Facts live as long as their circuit.
     short_lived = to_isa(bell())
-    classical._derived(short_lived, "probe", lambda: 1)
+    derived.derived(short_lived, "probe", lambda: 1)
     key = id(short_lived)
-    assert key in classical._DERIVED
+    assert key in derived.FACTS
     del short_lived
     gc.collect()
-    assert key not in classical._DERIVED
+    assert key not in derived.FACTS
+
+
+def _counted(calls: dict[str, int], name: str, real: Any) -> Any:
+    def wrapper(*args: Any) -> Any:
+        calls[name] = calls.get(name, 0) + 1
+        return real(*args)
+
+    return wrapper
 
 
 def test_the_circuit_memo_is_bounded_and_remembers_no_failure() -> None:
