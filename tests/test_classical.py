@@ -760,6 +760,65 @@ def _counted(calls: dict[str, int], name: str, real: Any) -> Any:
     return wrapper
 
 
+def test_a_repeated_circuit_crosses_to_the_qpu_pickled_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A prepared job's circuit is pickled once per circuit object for the QPU, and the QPU's
+    process opens one circuit object per pickle: the jobs of an optimizer's loop share both,
+    and still sample their own parameter values. A circuit too large for the QPU's memo is
+    opened anew for every job, the same circuit all the same."""
+    from emulator import worker
+
+    dumped: list[QuantumCircuit] = []
+    real_dumps = pickle.dumps
+
+    def dumps(obj: Any, *args: Any) -> bytes:
+        if isinstance(obj, QuantumCircuit):
+            dumped.append(obj)
+        return real_dumps(obj, *args)
+
+    monkeypatch.setattr(pickle, "dumps", dumps)
+    theta = Parameter("theta")
+    circuit = QuantumCircuit(1, 1)
+    circuit.ry(theta, 0)
+    circuit.measure(0, 0)
+    isa = to_isa(circuit)
+    seed = {"simulator": {"seed_simulator": 5}}
+    texts = [sampler_params([(isa, [v], 50)], seed) for v in (0.0, math.pi, 0.0, math.pi)]
+    prepared = [worker.preprocess("sampler", text, "fez", TimingParams(), 10_000) for text in texts]
+    jobs = [p.job.open() for p in prepared]
+    circuits = {id(job.sampler_pubs[0].circuit) for job in jobs}
+    payloads = {payload for text in texts for payload in _qpy_payloads(text)}
+    # One decoded circuit per QPY payload (one or two, see above), each pickled once; the QPU
+    # opens one object per pickle (the two payloads' compactions may even pickle alike).
+    assert len(dumped) == len(payloads) < len(jobs)
+    assert 1 <= len(circuits) <= len(dumped)
+    fresh = preprocess("sampler", texts[0], "fez")
+    assert all(job.sampler_pubs[0].circuit == fresh.sampler_pubs[0].circuit for job in jobs)
+    assert [float(job.sampler_pubs[0].parameter_values.as_array().ravel()[0]) for job in jobs] == [
+        0.0,
+        math.pi,
+        0.0,
+        math.pi,
+    ]
+    # Each job samples its own values: ry(0) measures 0, ry(pi) measures 1, every shot.
+    for p, expected in zip(prepared, ("0", "1", "0", "1"), strict=True):
+        text = worker.postprocess(p.job, worker.sample(p.job), T0, T1)
+        assert loads(text)[0].data.c.get_counts() == {expected: 50}
+    # A circuit whose pickle is over the memo's 64 KiB: a new object per job, equal.
+    wide = to_isa(QuantumCircuit(1, 1))
+    (qubit,) = wide.layout.final_index_layout()
+    for k in range(3000):  # ISA gates, appended after transpiling so that none is merged
+        wide.rz(0.25 + k / 1e4, qubit)
+        wide.sx(qubit)
+    wide.measure(qubit, 0)
+    big = sampler_params([(wide, None, 10)])
+    first, second = (worker.preprocess("sampler", big, "fez", TimingParams(), 10**6) for _ in "ab")
+    assert len(first.job.circuits) > 64 * 1024
+    a, b = first.job.open().sampler_pubs[0].circuit, second.job.open().sampler_pubs[0].circuit
+    assert a is not b and a == b
+
+
 def test_the_circuit_memo_is_bounded_and_remembers_no_failure() -> None:
     from aioruntime.protocol import CircuitMemo
 
