@@ -147,3 +147,39 @@ async def test_the_results_committed_last_are_answered_from_memory(tmp_path: Pat
         assert await store.result("j2") == "R2R2" and recent.hits == hits + 3
         await store.delete_job("j2")
         assert await store.result("j2") is None
+
+
+async def test_a_memory_store_writes_on_the_loop_in_order(tmp_path: Path) -> None:
+    """A ``:memory:`` store has no disk to wait for: it starts no thread, and every write is
+    committed, in the order asked for, before its caller goes on. A file store writes on its
+    writer thread."""
+    import threading
+
+    def store_threads() -> set[str]:
+        return {t.name for t in threading.enumerate() if t.name.startswith("emulator-store")}
+
+    before = store_threads()
+    async with Store(":memory:") as store:
+        assert store_threads() == before
+        await store.add_job(job("j"), "{}")
+        await asyncio.gather(*(store.update_job("j", tags=[f"t{n}"]) for n in range(20)))
+        assert store.job("j").tags == ["t19"]  # type: ignore[union-attr]
+        meta = await store._read("SELECT meta FROM jobs WHERE id = ?", ("j",))
+        assert '"tags":["t19"]' in meta
+        change = store.transition("j", JobState.RUNNING)
+        assert store.job("j").state == "Queued"  # type: ignore[union-attr]
+        await change
+        assert store.job("j").state == "Running"  # type: ignore[union-attr]
+        # A failed write (the admin's full disk) fails alone and changes nothing, as on a file.
+        store.simulated_full = True
+        with pytest.raises(StorageError):
+            await store.transition("j", JobState.COMPLETED, result_json="R", bill=2.0)
+        assert store.job("j").state == "Running" and store.usage("i") == 0.0  # type: ignore[union-attr]
+        assert not store.writable
+        store.simulated_full = False
+        async with asyncio.timeout(30):
+            await store.wait_writable()
+        await store.transition("j", JobState.COMPLETED, result_json="R", bill=2.0)
+        assert await store.result("j") == "R" and store.usage("i") == 2.0
+    async with Store(tmp_path / "s.sqlite3") as store:
+        assert "emulator-store" in store_threads() - before
