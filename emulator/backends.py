@@ -352,6 +352,13 @@ def mock_twins(devices: list[Device]) -> list[Device]:
     return twins
 
 
+def served_sources(spec: str) -> tuple[str, ...]:
+    """The ``Device.source`` of every device served for ``spec`` (:func:`resolve_devices`),
+    with their mock twins: what the workers load. Raises as :func:`resolve_devices` does."""
+    devices = resolve_devices(spec)
+    return tuple(sorted({d.source for d in devices + mock_twins(devices)}))
+
+
 # The worker-side views moved to emulator.targets; these names stay importable from here for the
 # code that imported them before the split. New code imports them from emulator.targets.
 from .targets import (  # noqa: E402

@@ -7,17 +7,16 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import click
-from aiohttp import web
 
 from aioruntime import protocol as p
 
-from .api.keys import DEVICES, SCHEDULER
-from .app import create_app
-from .backends import Device
 from .config import Config, from_args
-from .dashboard.web import is_loopback
+
+if TYPE_CHECKING:
+    from .backends import Device
 
 log = logging.getLogger("emulator")
 
@@ -58,6 +57,14 @@ GLOBAL_CATALOG_URL as above), then QiskitRuntimeService(name="emulator"):
 
 
 async def serve(config: Config) -> None:
+    # The server's modules are imported here, not at the top: main() starts the workers'
+    # zygote first, so that its imports run beside these (see Zygote.prestart).
+    from aiohttp import web
+
+    from .api.keys import DEVICES, SCHEDULER
+    from .app import create_app
+    from .dashboard.web import is_loopback
+
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()  # opens the store, starts the scheduler; workers warm in the background
@@ -114,6 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         exc.show()
         return 2
     try:
+        if config.workers == "process":
+            from .backends import DEFAULT_BACKENDS, served_sources
+            from .zygote import shared_zygote
+
+            shared_zygote().prestart(served_sources(config.backends or DEFAULT_BACKENDS))
         asyncio.run(serve(config))
     except ValueError as exc:  # e.g. an unknown backend name
         print(f"aioruntime-emulator: {exc}", file=sys.stderr)

@@ -19,6 +19,13 @@ def pid() -> int:
     return os.getpid()
 
 
+def targets_loaded() -> int:
+    """How many devices' targets this worker process holds (loaded by its zygote)."""
+    from emulator.targets import device_target
+
+    return int(device_target.cache_info().currsize)
+
+
 def fail(message: str) -> None:
     raise ValueError(message)
 

@@ -246,3 +246,35 @@ def test_a_forked_worker_limits_its_own_address_space() -> None:
     assert abs(child - child_fresh) < 64 * 2**20  # its own file ...
     assert child >= parent + reserved - 64 * 2**20  # ... with its 1 GiB, which the parent lacks
     assert abs(worker._address_space() - fresh()) < 64 * 2**20  # the parent's still reads right
+
+
+async def test_a_prestarted_zygote_loads_its_devices_while_its_caller_goes_on() -> None:
+    """``python -m emulator`` starts the workers' zygote, with the served devices to load, before
+    importing its own server: ``prestart`` returns at once, the first request waits for the
+    zygote's imports and devices, and every worker forked from it holds them. A prestarted
+    zygote that dies before it is ready is replaced by the first request."""
+    from emulator.workers import WorkerPool
+    from emulator.zygote import Zygote
+
+    zygote = Zygote()
+    pool = WorkerPool(1, zygote=zygote)
+    try:
+        zygote.prestart(["fez", "dry-run:manila"])
+        assert zygote.pid is not None and not zygote._ready  # returned before its imports
+        await pool.warm(("fez",), count=1)
+        assert zygote._warm == {"fez", "dry-run:manila"}
+        assert await pool.run(plane_funcs.targets_loaded) == 2  # fez and manila, from the zygote
+    finally:
+        await pool.aclose()
+        zygote.close()
+    dying = Zygote()
+    try:
+        dying.prestart(["fez"])
+        first = dying.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        dying._proc.wait()  # type: ignore[union-attr]
+        dying.warm(["manila"])  # a new zygote, ready, with what was asked of it now
+        assert dying.pid not in (None, first) and dying._warm == {"manila"}
+    finally:
+        dying.close()
