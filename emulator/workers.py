@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LANE_NICENESS",
+    "PoolClosed",
     "ProcessPlane",
     "WorkerDied",
     "WorkerPlane",
@@ -64,6 +65,14 @@ _SPARE_ATTEMPTS = 4
 _DEAD_BEFORE_CALL = (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError)
 
 
+#: How long closing a pool waits for forks under way (they end in milliseconds).
+_FORK_WAIT_S = 120.0
+
+
+class PoolClosed(RuntimeError):
+    """The worker pool was closed (before or while a worker was being started for it)."""
+
+
 class WorkerDied(Exception):
     """The worker process running a call died during it (killed, crashed, out of memory)."""
 
@@ -81,10 +90,16 @@ class _Worker:
     async def open(cls, pid: int, to_child: int, from_child: int) -> _Worker:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=1 << 20, loop=loop)
-        await loop.connect_read_pipe(
+        transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(from_child, "rb", 0)
         )
-        writer, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(to_child, "wb", 0))
+        try:
+            writer, _ = await loop.connect_write_pipe(
+                asyncio.Protocol, os.fdopen(to_child, "wb", 0)
+            )
+        except BaseException:
+            transport.close()
+            raise
         return cls(pid, reader, writer)
 
     @property
@@ -140,6 +155,7 @@ class WorkerPool:
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
         self._busy: set[_Worker] = set()  # acknowledged a call, not answered yet
+        self._starting: set[asyncio.Future[_Worker]] = set()  # forks under way (_fork)
         self._closed = False
 
     async def run(self, func: Callable[..., T], *args: Any) -> T:
@@ -187,7 +203,7 @@ class WorkerPool:
 
     async def _checkout(self) -> _Worker:
         if self._closed:
-            raise RuntimeError("the worker pool is closed")
+            raise PoolClosed("the worker pool is closed")
         while self._idle:
             worker = self._idle.pop()
             if worker.alive:
@@ -199,18 +215,43 @@ class WorkerPool:
         # The worker dies with its zygote, which dies with this process (see emulator.worker);
         # --memory-mb: what one job stage may add to its address space.
         argv = ["--nice", str(self._nice), "--memory-mb", str(self._memory_mb)]
-        pid, to_child, from_child = await anyio.to_thread.run_sync(self._zygote.fork, argv)
-        worker = await _Worker.open(pid, to_child, from_child)
-        self._all.add(worker)
+        # The fork runs in a task of its own that this call only waits for: a worker once
+        # forked is put in ``_all`` (or killed) even when the caller is cancelled meanwhile
+        # (the emulator stopping while its workers warm); aclose() waits for such tasks.
+        start = asyncio.ensure_future(self._start(argv))
+        self._starting.add(start)
+        start.add_done_callback(self._started)
+        worker = await asyncio.shield(start)
         try:
             with anyio.fail_after(120):
                 ready = await worker.readline()
             if ready != b"READY":
                 raise WorkerDied(f"unexpected greeting from a worker: {ready!r}")
+            if self._closed:  # closed while this worker started: aclose() did not see it
+                raise PoolClosed("the worker pool is closed")
         except BaseException:
             await self._discard(worker)
             raise
         return worker
+
+    async def _start(self, argv: list[str]) -> _Worker:
+        pid, to_child, from_child = await anyio.to_thread.run_sync(self._zygote.fork, argv)
+        try:
+            worker = await _Worker.open(pid, to_child, from_child)
+        except BaseException:  # (its pipes are closed with the file objects they became)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+            raise
+        self._all.add(worker)
+        if self._closed:  # closed while it was forked: aclose() did not see it
+            await self._discard(worker)
+            raise PoolClosed("the worker pool is closed")
+        return worker
+
+    def _started(self, start: asyncio.Future[_Worker]) -> None:
+        self._starting.discard(start)
+        if not start.cancelled():
+            start.exception()  # retrieved: its caller, if still there, gets it too
 
     async def _discard(self, worker: _Worker) -> None:
         self._all.discard(worker)
@@ -226,7 +267,10 @@ class WorkerPool:
             async with self._limiter:
                 if self._closed or len(self._all) >= target:
                     break
-                self._idle.append(await self._fork())
+                try:
+                    self._idle.append(await self._fork())
+                except PoolClosed:
+                    break  # the emulator stopped while its workers warmed
 
     @property
     def size(self) -> int:
@@ -250,6 +294,12 @@ class WorkerPool:
     async def aclose(self) -> None:
         """Stop every worker (closing stdin lets idle ones exit; busy ones are killed)."""
         self._closed = True
+        # A fork under way finds the pool closed when it ends, and kills its worker (bounded:
+        # a stuck zygote must not hang the emulator's shutdown).
+        if self._starting:
+            _, stuck = await asyncio.wait(set(self._starting), timeout=_FORK_WAIT_S)
+            if stuck:
+                log.warning("%d worker fork(s) did not end; not waiting for them", len(stuck))
         workers, self._idle = list(self._all), []
         for worker in workers:
             await self._discard(worker)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import click
 import plane_funcs
@@ -278,3 +278,79 @@ async def test_a_prestarted_zygote_loads_its_devices_while_its_caller_goes_on() 
         assert dying.pid not in (None, first) and dying._warm == {"manila"}
     finally:
         dying.close()
+
+
+async def test_a_worker_forked_while_its_pool_closes_is_not_kept() -> None:
+    """A pool closed while one of its workers is being forked (the emulator stopping while its
+    workers warm) does not keep that worker: it is killed when it arrives, and the warm-up
+    ends. Kept, it lived as long as the shared zygote, and its pipe was left open."""
+    import threading
+
+    import psutil
+
+    from emulator.workers import WorkerPool
+    from emulator.zygote import Zygote, shared_zygote
+
+    real = shared_zygote()
+    entered, release = threading.Event(), threading.Event()
+    forked: list[int] = []
+
+    class GatedZygote(Zygote):
+        def warm(self, sources: Sequence[str]) -> None:
+            real.warm(sources)
+
+        def fork(self, argv: Sequence[str]) -> tuple[int, int, int]:
+            entered.set()
+            release.wait(WAIT_S)
+            pid, to_child, from_child = real.fork(argv)
+            forked.append(pid)
+            return pid, to_child, from_child
+
+    pool = WorkerPool(1, zygote=GatedZygote())
+    warming = asyncio.create_task(pool.warm((), count=1))
+    assert await asyncio.to_thread(entered.wait, WAIT_S)
+    closing = asyncio.ensure_future(pool.aclose())  # while the fork is under way ...
+    await asyncio.sleep(0)  # it runs up to waiting for the fork
+    assert pool._closed
+    release.set()  # ... which then ends, and finds the pool closed
+    await closing
+    await warming  # ends: the pool is closed
+    assert pool.pids == [] and not pool._idle and len(forked) == 1
+    psutil.Process(forked[0]).wait(WAIT_S)  # killed (its zygote reaps it)
+
+
+async def test_a_warm_up_cancelled_mid_fork_keeps_or_kills_its_worker() -> None:
+    """The emulator cancels its warm-up when it stops: a worker whose fork was under way is
+    still seen by the pool, and stopped when the pool closes, never left running unseen."""
+    import threading
+
+    import psutil
+
+    from emulator.workers import WorkerPool
+    from emulator.zygote import Zygote, shared_zygote
+
+    real = shared_zygote()
+    entered, release = threading.Event(), threading.Event()
+    forked: list[int] = []
+
+    class GatedZygote(Zygote):
+        def warm(self, sources: Sequence[str]) -> None:
+            real.warm(sources)
+
+        def fork(self, argv: Sequence[str]) -> tuple[int, int, int]:
+            entered.set()
+            release.wait(WAIT_S)
+            pid, to_child, from_child = real.fork(argv)
+            forked.append(pid)
+            return pid, to_child, from_child
+
+    pool = WorkerPool(1, zygote=GatedZygote())
+    warming = asyncio.create_task(pool.warm((), count=1))
+    assert await asyncio.to_thread(entered.wait, WAIT_S)
+    warming.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await warming
+    await pool.aclose()  # waits for the fork, then stops its worker with the others
+    assert len(forked) == 1 and pool.pids == []
+    psutil.Process(forked[0]).wait(WAIT_S)
