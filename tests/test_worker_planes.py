@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 from collections.abc import AsyncIterator, Sequence
 
 import click
@@ -22,7 +23,8 @@ import pytest_asyncio
 from gates import WAIT_S, Gate
 
 from emulator.validation import JobInputError
-from emulator.workers import LANE_NICENESS, ProcessPlane, WorkerDied, WorkerPlane
+from emulator.workers import LANE_NICENESS, ProcessPlane, WorkerDied, WorkerPlane, WorkerPool
+from emulator.zygote import Zygote, shared_zygote
 
 QPU = "ibm_manila"
 
@@ -253,9 +255,6 @@ async def test_a_prestarted_zygote_loads_its_devices_while_its_caller_goes_on() 
     importing its own server: ``prestart`` returns at once, the first request waits for the
     zygote's imports and devices, and every worker forked from it holds them. A prestarted
     zygote that dies before it is ready is replaced by the first request."""
-    from emulator.workers import WorkerPool
-    from emulator.zygote import Zygote
-
     zygote = Zygote()
     pool = WorkerPool(1, zygote=zygote)
     try:
@@ -280,77 +279,59 @@ async def test_a_prestarted_zygote_loads_its_devices_while_its_caller_goes_on() 
         dying.close()
 
 
+class _GatedZygote(Zygote):
+    """The shared zygote, each fork held until ``release`` is set (``entered``: one waits);
+    ``forked`` lists the pids forked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.real = shared_zygote()
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.forked: list[int] = []
+
+    def warm(self, sources: Sequence[str]) -> None:
+        self.real.warm(sources)
+
+    def fork(self, argv: Sequence[str]) -> tuple[int, int, int]:
+        self.entered.set()
+        self.release.wait(WAIT_S)
+        pid, to_child, from_child = self.real.fork(argv)
+        self.forked.append(pid)
+        return pid, to_child, from_child
+
+
+async def _warming_while_forking() -> tuple[WorkerPool, _GatedZygote, asyncio.Task[None]]:
+    """A one-worker pool warming up, its first fork under way and held."""
+    zygote = _GatedZygote()
+    pool = WorkerPool(1, zygote=zygote)
+    warming = asyncio.create_task(pool.warm((), count=1))
+    assert await asyncio.to_thread(zygote.entered.wait, WAIT_S)
+    return pool, zygote, warming
+
+
 async def test_a_worker_forked_while_its_pool_closes_is_not_kept() -> None:
     """A pool closed while one of its workers is being forked (the emulator stopping while its
     workers warm) does not keep that worker: it is killed when it arrives, and the warm-up
     ends. Kept, it lived as long as the shared zygote, and its pipe was left open."""
-    import threading
-
-    import psutil
-
-    from emulator.workers import WorkerPool
-    from emulator.zygote import Zygote, shared_zygote
-
-    real = shared_zygote()
-    entered, release = threading.Event(), threading.Event()
-    forked: list[int] = []
-
-    class GatedZygote(Zygote):
-        def warm(self, sources: Sequence[str]) -> None:
-            real.warm(sources)
-
-        def fork(self, argv: Sequence[str]) -> tuple[int, int, int]:
-            entered.set()
-            release.wait(WAIT_S)
-            pid, to_child, from_child = real.fork(argv)
-            forked.append(pid)
-            return pid, to_child, from_child
-
-    pool = WorkerPool(1, zygote=GatedZygote())
-    warming = asyncio.create_task(pool.warm((), count=1))
-    assert await asyncio.to_thread(entered.wait, WAIT_S)
+    pool, zygote, warming = await _warming_while_forking()
     closing = asyncio.ensure_future(pool.aclose())  # while the fork is under way ...
     await asyncio.sleep(0)  # it runs up to waiting for the fork
     assert pool._closed
-    release.set()  # ... which then ends, and finds the pool closed
+    zygote.release.set()  # ... which then ends, and finds the pool closed
     await closing
     await warming  # ends: the pool is closed
-    assert pool.pids == [] and not pool._idle and len(forked) == 1
-    psutil.Process(forked[0]).wait(WAIT_S)  # killed (its zygote reaps it)
+    assert pool.pids == [] and not pool._idle and len(zygote.forked) == 1
+    psutil.Process(zygote.forked[0]).wait(WAIT_S)  # killed (its zygote reaps it)
 
 
 async def test_a_warm_up_cancelled_mid_fork_keeps_or_kills_its_worker() -> None:
     """The emulator cancels its warm-up when it stops: a worker whose fork was under way is
     still seen by the pool, and stopped when the pool closes, never left running unseen."""
-    import threading
-
-    import psutil
-
-    from emulator.workers import WorkerPool
-    from emulator.zygote import Zygote, shared_zygote
-
-    real = shared_zygote()
-    entered, release = threading.Event(), threading.Event()
-    forked: list[int] = []
-
-    class GatedZygote(Zygote):
-        def warm(self, sources: Sequence[str]) -> None:
-            real.warm(sources)
-
-        def fork(self, argv: Sequence[str]) -> tuple[int, int, int]:
-            entered.set()
-            release.wait(WAIT_S)
-            pid, to_child, from_child = real.fork(argv)
-            forked.append(pid)
-            return pid, to_child, from_child
-
-    pool = WorkerPool(1, zygote=GatedZygote())
-    warming = asyncio.create_task(pool.warm((), count=1))
-    assert await asyncio.to_thread(entered.wait, WAIT_S)
+    pool, zygote, warming = await _warming_while_forking()
     warming.cancel()
-    release.set()
+    zygote.release.set()
     with pytest.raises(asyncio.CancelledError):
         await warming
     await pool.aclose()  # waits for the fork, then stops its worker with the others
-    assert len(forked) == 1 and pool.pids == []
-    psutil.Process(forked[0]).wait(WAIT_S)
+    assert len(zygote.forked) == 1 and pool.pids == []
+    psutil.Process(zygote.forked[0]).wait(WAIT_S)
