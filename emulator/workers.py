@@ -227,11 +227,14 @@ class WorkerPool:
                 ready = await worker.readline()
             if ready != b"READY":
                 raise WorkerDied(f"unexpected greeting from a worker: {ready!r}")
-            if self._closed:  # closed while this worker started: aclose() did not see it
-                raise PoolClosed("the worker pool is closed")
-        except BaseException:
+        except BaseException as exc:
             await self._discard(worker)
+            if self._closed and isinstance(exc, Exception):  # aclose() stopped it starting
+                raise PoolClosed("the worker pool is closed") from exc
             raise
+        if self._closed:  # closed while it said READY
+            await self._discard(worker)
+            raise PoolClosed("the worker pool is closed")
         return worker
 
     async def _start(self, argv: list[str]) -> _Worker:
