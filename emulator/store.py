@@ -204,7 +204,50 @@ class _Item:
     write: bool
 
 
-class _Writer:
+class _Writes:
+    """One connection whose writes are committed in the order they were asked for: what
+    :class:`_Writer` (a thread) and :class:`_InlineWriter` (the event loop) share."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        #: A full disk on purpose (the admin fault plan): every write fails as SQLite's does.
+        self.full = False
+
+    def write(self, ops: Sequence[Op]) -> asyncio.Future[None]:
+        """Commit ``ops`` in one transaction (shared with other waiting writes)."""
+
+        def apply() -> None:
+            for sql, args in ops:
+                self.conn.execute(sql, args)
+
+        return self.call(apply, write=True)
+
+    def call(self, fn: Callable[[], T], *, write: bool = False) -> asyncio.Future[T]:
+        """Run ``fn``, in order with the writes."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def _one(self, item: _Item) -> Any:
+        """``item`` alone: a read, or a write in its own transaction (rolled back if it
+        fails)."""
+        if not item.write:
+            return item.fn()
+        if self.full:
+            raise sqlite3.OperationalError("database or disk is full")
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = item.fn()
+            self.conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+            raise
+        return result
+
+
+class _Writer(_Writes):
     """One thread, one connection: write batches are committed in the order they were put.
 
     Writes that wait while a commit is in flight are committed together (group commit). If a
@@ -215,24 +258,13 @@ class _Writer:
     _BATCH = 512
 
     def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-        #: A full disk on purpose (the admin fault plan): every write fails as SQLite's does.
-        self.full = False
+        super().__init__(conn)
         self._queue: queue.SimpleQueue[tuple[_Item, asyncio.Future[Any]] | None] = (
             queue.SimpleQueue()
         )
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._run, name="emulator-store", daemon=True)
         self._thread.start()
-
-    def write(self, ops: Sequence[Op]) -> asyncio.Future[None]:
-        """Commit ``ops`` in one transaction (shared with other waiting writes)."""
-
-        def apply() -> None:
-            for sql, args in ops:
-                self.conn.execute(sql, args)
-
-        return self.call(apply, write=True)
 
     def call(self, fn: Callable[[], T], *, write: bool = False) -> asyncio.Future[T]:
         """Run ``fn`` on the writer thread, in order with the writes."""
@@ -284,9 +316,6 @@ class _Writer:
             else:
                 self._settle(fut, result, None)
 
-    def _one(self, item: _Item) -> Any:
-        return _run_one(self.conn, item, full=self.full)
-
     def _settle(self, fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
         def settle() -> None:
             if fut.done():
@@ -299,24 +328,7 @@ class _Writer:
         self._loop.call_soon_threadsafe(settle)
 
 
-def _run_one(conn: sqlite3.Connection, item: _Item, *, full: bool) -> Any:
-    """``item`` alone: a read, or a write in its own transaction (rolled back if it fails)."""
-    if not item.write:
-        return item.fn()
-    if full:
-        raise sqlite3.OperationalError("database or disk is full")
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = item.fn()
-        conn.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise
-    return result
-
-
-class _InlineWriter(_Writer):
+class _InlineWriter(_Writes):
     """The writer of a ``:memory:`` database, on the event loop: each write and read runs at
     once, in the order asked for, in its own transaction.
 
@@ -327,22 +339,15 @@ class _InlineWriter(_Writer):
     a failed write (``full``, or a page limit) failing alone.
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:  # no thread, no queue
-        self.conn = conn
-        self.full = False
-
     def call(self, fn: Callable[[], T], *, write: bool = False) -> asyncio.Future[T]:
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         try:
-            result = _run_one(self.conn, _Item(fn, write), full=self.full)
+            result = self._one(_Item(fn, write))
         except Exception as exc:
             fut.set_exception(exc)
         else:
             fut.set_result(result)
         return fut
-
-    def close(self) -> None:
-        pass
 
 
 class _RecentResults:
@@ -393,7 +398,7 @@ class Store:
     def __init__(self, path: Path | str, *, max_pages: int | None = None) -> None:
         self.path = str(path)
         self._max_pages = max_pages
-        self._writer: _Writer | None = None
+        self._writer: _Writes | None = None
         self._reader: ThreadPoolExecutor | None = None
         self._read_conn: sqlite3.Connection | None = None
         self._jobs: dict[str, JobRecord] = {}
@@ -468,7 +473,7 @@ class Store:
             self._read_conn.close()
             self._read_conn = None
 
-    def _w(self) -> _Writer:
+    def _w(self) -> _Writes:
         if self._writer is None:
             raise RuntimeError("the store is not open")
         return self._writer

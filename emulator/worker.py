@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from aioruntime.protocol import CircuitMemo
+
     from .classical import PreparedJob, Sampled
     from .simulation import SimulationSettings
     from .timing import TimingParams
@@ -131,16 +133,15 @@ def _pub_pickler() -> type[pickle.Pickler]:
 def _circuit(data: bytes) -> Any:
     """The circuit pickled as ``data``: the one this thread opened before from the same bytes
     (so, like the job decoder's, it must never be changed), or a new one."""
+    return _opened().get(data, lambda: pickle.loads(data))
+
+
+@functools.cache
+def _opened() -> CircuitMemo:
+    """The circuits this process's threads unpickled last (:func:`_circuit`)."""
     from aioruntime.protocol import CircuitMemo
 
-    global _OPENED
-    if _OPENED is None:
-        _OPENED = CircuitMemo(entries=16, max_payload=64 * 1024)
-    return _OPENED.get(data, lambda: pickle.loads(data))
-
-
-#: The circuits this process's threads unpickled last (:func:`_circuit`).
-_OPENED: Any = None
+    return CircuitMemo(entries=16, max_payload=64 * 1024)
 
 
 @dataclass(frozen=True, slots=True)
