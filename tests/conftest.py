@@ -167,6 +167,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items[:] = on_ray + [item for group in largest_first for item in group]
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: absent with -p no:xdist
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """``--dist loadfile`` (``make test``), with one change: the tests on Ray are one unit,
     sent first, so one xdist worker starts a Ray cluster and runs them all while the other
