@@ -28,7 +28,8 @@ demo: $(STAMP)
 	$(PY) -m benchmarks --demo
 
 ## The whole test suite (the dashboard's tests drive Debian's headless Chromium), two test
-## processes, a module per process at a time (module-scoped emulators stay whole).
+## processes, a module per process at a time (module-scoped emulators stay whole); the tests on
+## Ray go first, as one unit, to one process: one Ray cluster (tests/conftest.py).
 test: $(STAMP) chromium
 	$(PY) -m pytest -n 2 --dist loadfile
 
