@@ -134,8 +134,8 @@ _RAY_FILE = "tests/test_ray_emulator.py"
 
 def _ray_scope(nodeid: str) -> bool:
     """Whether the xdist scheduler, which sees only node ids, puts the test with the Ray
-    tests: the ``ray`` case of a parametrized test, or any test of ``_RAY_FILE``. The
-    collection hook checks that this names exactly the tests that use Ray."""
+    tests: the ``ray`` case of a parametrized test, or any test of ``_RAY_FILE`` (its few
+    others come along). The collection hook checks that every test that uses Ray is here."""
     return nodeid.startswith(_RAY_FILE + "::") or nodeid.endswith("[ray]")
 
 
