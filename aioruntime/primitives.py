@@ -28,9 +28,11 @@ sending can be retried without risking a second job. The official client retries
 
 from __future__ import annotations
 
+import copy
+import pickle
 from collections.abc import Iterable
-from dataclasses import asdict, replace
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import numpy as np
 from qiskit.primitives.containers.estimator_pub import EstimatorPub
@@ -111,6 +113,33 @@ def _input_error(exc: Exception) -> InputValueError:
     return InputValueError(str(exc))
 
 
+@dataclass(frozen=True)
+class _Snapshot:
+    """The options as they were when ``run()`` was called, nested options included: their
+    pickle, which is also the key of their request form (equal pickles, equal options), or a
+    deep copy when something in them does not pickle (``experimental`` takes any value)."""
+
+    key: bytes | None
+    copy: Any = None
+
+    @classmethod
+    def of(cls, options: Any) -> _Snapshot:
+        try:
+            return cls(pickle.dumps(options, protocol=pickle.HIGHEST_PROTOCOL))
+        except Exception:  # any pickling failure: a lambda, a lock, a socket
+            return cls(None, copy.deepcopy(options))
+
+    def value(self) -> Any:
+        return pickle.loads(self.key) if self.key is not None else self.copy
+
+
+class _OptionsForm(NamedTuple):
+    key: bytes | None
+    options: Any  # the options themselves, for the checks that read them
+    inputs: dict[str, Any]  # what ``_get_program_inputs`` adds to ``params``: shared, not changed
+    runtime: dict[str, Any]  # ``_get_runtime_options``: copied for each job
+
+
 class _AsyncPrimitive(Generic[OptionsT]):
     _options_class: ClassVar[type[Any]]
     _program_id: ClassVar[str]
@@ -122,6 +151,7 @@ class _AsyncPrimitive(Generic[OptionsT]):
         options: dict[str, Any] | OptionsT | None = None,
     ) -> None:
         self._mode, self._backend = resolve_mode(mode)
+        self._form: _OptionsForm | None = None
         self._set_options(options)
 
     def __repr__(self) -> str:
@@ -172,13 +202,12 @@ class _AsyncPrimitive(Generic[OptionsT]):
         pass
 
     def _prepare(
-        self, pubs: list[Any], default: Any, options: OptionsT
+        self, pubs: list[Any], default: Any, options: _Snapshot
     ) -> tuple[str, dict[str, Any]]:
         """Coerce, validate and encode the request's ``params`` (runs in a worker thread).
 
         Mirrors ``BasePrimitiveV2._run`` and ``QiskitRuntimeService._run`` / ``program_run``."""
         from qiskit_ibm_runtime.exceptions import IBMInputValueError
-        from qiskit_ibm_runtime.runtime_options import RuntimeOptions
         from qiskit_ibm_runtime.utils import (
             validate_isa_circuits,
             validate_no_dd_with_dynamic_circuits,
@@ -188,33 +217,51 @@ class _AsyncPrimitive(Generic[OptionsT]):
         backend = self._backend
         try:
             coerced = self._coerce(pubs, default)
-            options_dict = asdict(options)
-            self._validate_options(options_dict)
-            inputs: dict[str, Any] = {"pubs": coerced}
-            inputs.update(self._options_class._get_program_inputs(options_dict))
-            runtime = self._options_class._get_runtime_options(options_dict)
-            validate_no_dd_with_dynamic_circuits([pub.circuit for pub in coerced], options)
+            form = self._options_form(options)
+            inputs: dict[str, Any] = {"pubs": coerced, **form.inputs}
+            validate_no_dd_with_dynamic_circuits([pub.circuit for pub in coerced], form.options)
             if not backend.simulator:
                 validate_rzz_pubs(coerced)
                 for pub in coerced:
                     validate_isa_circuits([pub.circuit], backend.target)
                     backend.check_faulty(pub.circuit)  # the official check, cached per backend
-            RuntimeOptions(
-                log_level=runtime.get("log_level"),
-                job_tags=runtime.get("job_tags"),
-                image=runtime.get("image"),
-            ).validate(channel="ibm_quantum_platform")
         except (IBMInputValueError, ValueError, TypeError) as exc:
             if isinstance(exc, InputValueError):
                 raise
             raise _input_error(exc) from exc
-        return p.dumps(inputs), runtime
+        return p.dumps(inputs), dict(form.runtime)
+
+    def _options_form(self, options: _Snapshot) -> _OptionsForm:
+        """What the options become in the request, validated: computed once for each value
+        of the options and kept for the next job with the same. The official conversion
+        (``asdict``, then ``_get_program_inputs`` and ``_get_runtime_options``, which deep-copy
+        it twice) took about 0.3 ms of a trivial Sampler job's client CPU and 0.5 ms of an
+        Estimator job's, for options that rarely change between jobs."""
+        from qiskit_ibm_runtime.runtime_options import RuntimeOptions
+
+        form = self._form
+        if form is not None and options.key is not None and form.key == options.key:
+            return form
+        value = options.value()
+        as_dict = asdict(value)
+        self._validate_options(as_dict)
+        runtime = self._options_class._get_runtime_options(as_dict)
+        RuntimeOptions(
+            log_level=runtime.get("log_level"),
+            job_tags=runtime.get("job_tags"),
+            image=runtime.get("image"),
+        ).validate(channel="ibm_quantum_platform")
+        form = _OptionsForm(
+            options.key, value, self._options_class._get_program_inputs(as_dict), runtime
+        )
+        self._form = form  # one assignment: a job prepared in another thread sees either
+        return form
 
     async def _submit(self, pubs: Iterable[Any], default: Any, dry_run: bool) -> AsyncRuntimeJob:
         context = self._backend.context
         context.require_open()
         pub_list = list(pubs)
-        options = replace(self._options)  # a snapshot: later changes don't affect this job
+        options = _Snapshot.of(self._options)  # later changes don't affect this job
         # As the official ``_run``: validated against the chosen backend, sent to its twin.
         target = await mock_twin(self._backend) if dry_run else self._backend
         session_id = await self._mode._session_id_for_job() if self._mode is not None else None

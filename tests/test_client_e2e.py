@@ -18,6 +18,7 @@ from qiskit.circuit import Parameter
 from qiskit.quantum_info import SparsePauliOp
 from qiskit.transpiler import generate_preset_pass_manager
 from qiskit_ibm_runtime import Batch, EstimatorV2, SamplerV2, Session
+from qiskit_ibm_runtime.options.utils import Unset
 
 from aioruntime import (
     AsyncBackend,
@@ -189,6 +190,85 @@ async def test_options_reach_the_server_like_the_official_ones(
     assert result[0].data.meas.num_shots == 64
     fetched = await service.job(job.job_id())
     assert fetched.tags == ["opt-a", "opt-b"]
+
+
+async def test_options_changed_between_jobs_reach_the_next_job(
+    manila: AsyncBackend, pm: Any
+) -> None:
+    """The request form of the options is kept from one job to the next while they are
+    unchanged: a change anywhere in them, nested ones included, reaches the next job, and
+    changing them back sends what the first job sent."""
+    isa = pm.run(bell())
+    sampler = AsyncSamplerV2(mode=manila, options={"simulator": {"seed_simulator": 7}})
+    first = await sampler.run([isa], shots=16)
+    sampler.options.simulator.seed_simulator = 11
+    sampler.options.environment.job_tags = ["changed"]
+    sampler.options.default_shots = 32
+    changed = await sampler.run([isa])
+    sampler.options.simulator.seed_simulator = 7
+    sampler.options.environment.job_tags = None
+    sampler.options.default_shots = Unset
+    back = await sampler.run([isa], shots=16)
+
+    first_inputs, changed_inputs, back_inputs = [
+        {k: v for k, v in (await j.inputs()).items() if k != "pubs"} for j in (first, changed, back)
+    ]
+    assert first_inputs["options"] == {"simulator": {"seed_simulator": 7}}
+    assert changed_inputs["options"] == {
+        "default_shots": 32,
+        "simulator": {"seed_simulator": 11},
+    }
+    assert (first.tags, changed.tags, back.tags) == ([], ["changed"], [])
+    assert back_inputs == first_inputs
+    assert (await changed)[0].data.meas.num_shots == 32
+    assert (await back)[0].data.meas.num_shots == 16
+
+
+async def test_options_are_taken_when_run_is_called(
+    service: AsyncRuntimeService, manila: AsyncBackend, pm: Any
+) -> None:
+    """A job carries its options as they were when ``run()`` began, nested options included,
+    also when the submission waits (here for its session to be created) and the caller
+    changes them meanwhile."""
+    isa = pm.run(bell())
+    session = AsyncSession(manila)  # not entered: the first run() creates it
+    try:
+        sampler = AsyncSamplerV2(mode=session, options={"simulator": {"seed_simulator": 5}})
+        submitting = asyncio.ensure_future(sampler.run([isa], shots=8))
+        await asyncio.sleep(0)  # run() has begun: it waits for POST /sessions
+        assert session.state is ModeState.NEW and not submitting.done()
+        sampler.options.simulator.seed_simulator = 6
+        job = await submitting
+        assert job.session_id == session.session_id is not None
+        assert (await job.inputs())["options"] == {"simulator": {"seed_simulator": 5}}
+        later = await sampler.run([isa], shots=8)
+        assert (await later.inputs())["options"] == {"simulator": {"seed_simulator": 6}}
+    finally:
+        await session.close()
+
+
+class _NotPickled(float):
+    """An option value that copies but does not pickle (as a lambda would, but this one also
+    encodes as JSON)."""
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("not picklable")
+
+    def __deepcopy__(self, memo: Any) -> _NotPickled:
+        return self
+
+
+async def test_options_that_do_not_pickle_are_still_sent(manila: AsyncBackend, pm: Any) -> None:
+    """The options' snapshot falls back from their pickle to a deep copy: a value that does
+    not pickle is sent as before, and a change to the options reaches the next job."""
+    isa = pm.run(bell())
+    sampler = AsyncSamplerV2(mode=manila, options={"experimental": {"weight": _NotPickled(0.5)}})
+    first = await sampler.run([isa], shots=8)
+    sampler.options.experimental = {"weight": _NotPickled(0.25)}
+    second = await sampler.run([isa], shots=8)
+    assert (await first.inputs())["options"] == {"experimental": {"weight": 0.5}}
+    assert (await second.inputs())["options"] == {"experimental": {"weight": 0.25}}
+    assert (await second)[0].data.meas.num_shots == 8
 
 
 # -- jobs ------------------------------------------------------------------------------------------
