@@ -134,8 +134,11 @@ async def post_job(
     body: str,
     runtime: Mapping[str, Any],
     session_id: str | None,
+    *,
+    light_result: bool = False,
 ) -> AsyncRuntimeJob:
-    """``POST /jobs`` (after the preflight checks, when configured); the job handle.
+    """``POST /jobs`` (after the preflight checks, when configured); the job handle
+    (``light_result``: see :class:`AsyncRuntimeJob`).
 
     Every submission carries a fresh ``Idempotency-Key`` (an extension the emulator honours;
     others ignore it), so a submission whose connection dropped can be retried safely."""
@@ -168,4 +171,5 @@ async def post_job(
         tags=list(runtime.get("job_tags") or []),
         private=bool(runtime.get("private")),
         image=runtime.get("image"),
+        light_result=light_result,
     )

@@ -4,7 +4,8 @@ The asyncio counterparts of ``qiskit_ibm_runtime.Executor`` (program ``executor`
 ``QuantumProgram``) and ``qiskit_ibm_runtime.NoiseLearnerV3`` (program ``noise-learner``: the
 Pauli-Lindblad noise of boxed layers), and the base of the executor-based Sampler and Estimator
 (``executor_primitives.py``). The request is the official one, built by the official code in
-the CPU pool (``_executor_work.py``, ``_cpu.py``): the event loop only sends it.
+the CPU pool (``_executor_work.py``, ``_cpu.py``): the event loop only sends it. (Work a
+primitive knows to be light is done in this process instead: see ``_ClientSidePrimitive._submit``.)
 
 ``await executor.run(program)`` returns an :class:`~aioruntime.AsyncRuntimeJob` once the server
 accepted the job; ``await job`` gives what the official ``job.result()`` gives
@@ -98,18 +99,29 @@ class _ClientSidePrimitive(Generic[OptionsT]):
         return snapshot
 
     async def _submit(
-        self, work: Callable[..., Prepared], *args: Any, dry_run: bool
+        self, work: Callable[..., Prepared], *args: Any, dry_run: bool, light: bool = False
     ) -> AsyncRuntimeJob:
         """Prepare with ``work(*args)`` in the CPU pool, then ``POST /jobs`` (to the mock twin
-        for a dry run, in this primitive's session or batch if any)."""
+        for a dry run, in this primitive's session or batch if any).
+
+        ``light``: the caller knows the preparation and the result's decoding are about a
+        millisecond each (a few short PUBs, nothing to twirl or post-process). They then run in
+        this process, as :meth:`ClientContext.run_small` runs small work: the CPU pool's
+        round trip (pickling the PUBs, a 156-qubit layout's alone about 1.3 ms, and unpickling
+        them in the worker) costs more than such work."""
         context = self._backend.context
         context.require_open()
         target = await mock_twin(self._backend) if dry_run else self._backend
         session_id = await self._mode._session_id_for_job() if self._mode is not None else None
-        prepared = await context.run_cpu(work, *args)
+        if light:
+            prepared = await context.run_small(True, work, *args)
+        else:
+            prepared = await context.run_cpu(work, *args)
         program, runtime = self._program_id, prepared.runtime
         body = job_body(program, prepared.params, runtime, target.name, session_id)
-        return await post_job(context, target, program, body, runtime, session_id)
+        return await post_job(
+            context, target, program, body, runtime, session_id, light_result=light
+        )
 
 
 class AsyncExecutor(_ClientSidePrimitive[ExecutorOptions]):

@@ -61,6 +61,7 @@ class AsyncRuntimeJob:
         private: bool = False,
         creation_date: str | None = None,
         image: str | None = None,
+        light_result: bool = False,
     ) -> None:
         self._context = context
         self._job_id = job_id
@@ -80,6 +81,9 @@ class AsyncRuntimeJob:
         self._result_lock = asyncio.Lock()
         #: The result text the final wait answer carried, until it is decoded.
         self._result_text: str | None = None
+        #: The submitting primitive says the result decodes in about a millisecond (no
+        #: post-processing): a small one is decoded in this process, not in the CPU pool.
+        self._light_result = light_result
 
     # -- identity ----------------------------------------------------------------------------
 
@@ -261,10 +265,14 @@ class AsyncRuntimeJob:
     async def _decode(self, body: bytes | str) -> Any:
         """The result as the official ``RuntimeJobV2.result()`` decodes it: for ``executor`` and
         ``noise-learner`` jobs the program's decoder chain and post-processing (TREX, ZNE, PEC…)
-        in the CPU pool; otherwise the ``RuntimeDecoder`` in a thread."""
+        in the CPU pool, or in this process (as :meth:`ClientContext.run_small` does) when it
+        is small and light; otherwise the ``RuntimeDecoder`` in a thread."""
+        from ._context import INLINE_DECODE_BYTES
         from ._executor_work import CLIENT_DECODED_PROGRAMS, decode_result
 
         if self._program_id in CLIENT_DECODED_PROGRAMS:
+            if self._light_result and len(body) <= INLINE_DECODE_BYTES:
+                return await self._context.run_small(True, decode_result, self._program_id, body)
             return await self._context.run_cpu(decode_result, self._program_id, body)
         return await self._context.decode(body)
 

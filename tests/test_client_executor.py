@@ -200,6 +200,36 @@ async def test_concurrent_runs_prepare_in_parallel(emulator: EmulatorThread, sma
     assert cpu.calls == cpu.completed == 16 and cpu.thread_fallbacks == 0  # 8 prepare, 8 decode
 
 
+async def test_light_sampler_runs_stay_in_this_process(
+    emulator: EmulatorThread, small_pm: Any
+) -> None:
+    """A few short PUBs with nothing to twirl prepare and decode in this process (the CPU
+    pool's round trip would cost more than the work): no call reaches the pool and no worker
+    starts. Their results are the ones the pool decodes, and twirling, or more PUBs, sends
+    the work to the pool again."""
+    isa = small_pm.run(bell())
+    async with service_for(emulator, cpu_workers=2) as svc:
+        backend = await svc.backend("ibm_manila")
+        sampler = AsyncExecutorSamplerV2(backend, {"simulator": {"seed_simulator": 3}})
+        jobs = await asyncio.gather(*(sampler.run([isa], shots=64) for _ in range(3)))
+        results = await asyncio.gather(*jobs)
+        light = svc.statistics().cpu
+        again = await (await svc.job(jobs[0].job_id()))  # a fetched handle: the pool decodes
+
+        twirled = AsyncExecutorSamplerV2(backend, {"twirling": {"enable_measure": True}})
+        await (await twirled.run([isa], shots=64))
+        after_twirled = svc.statistics().cpu
+        await (await sampler.run([isa] * 5, shots=8))  # more PUBs than small work has
+        after_many = svc.statistics().cpu
+    assert (light.calls, light.workers) == (0, 0), light
+    assert all(r[0].data.meas.num_shots == 64 for r in results)
+    assert all(set(r[0].data.meas.get_counts()) <= {"00", "11"} for r in results)
+    assert again[0].data.meas.get_counts() == results[0][0].data.meas.get_counts()
+    assert again[0].metadata == results[0][0].metadata and again.metadata == results[0].metadata
+    assert after_twirled.calls == 3  # the fetched handle's decoding, then prepare and decode
+    assert after_many.calls == 5 and after_many.thread_fallbacks == 0
+
+
 # -- sessions, batches and dry runs ----------------------------------------------------------------
 
 
