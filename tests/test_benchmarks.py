@@ -416,7 +416,12 @@ def test_tiny_run_against_the_real_emulator(tmp_path: Path) -> None:
     assert {t.name for t in fan.targets} == {"fan-out errors", "fan-out throughput"}
 
     over = by_name["overhead"]
-    assert [row["client"] for row in over.rows] == ["aer in-process", "aioruntime", "official"]
+    assert [row["client"] for row in over.rows] == [
+        "aer in-process",
+        "aioruntime",
+        "aioruntime executor",
+        "official",
+    ]
     assert all(row["jobs"] == 3 and row["p50_ms"] > 0 for row in over.rows)
 
     vqe = by_name["two-vqe"]

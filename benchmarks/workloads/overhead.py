@@ -5,6 +5,9 @@ shots. Each client sends it ``reps`` times, waiting for each result before the n
 
 * **aer in-process**: ``qiskit_aer.primitives.SamplerV2().run([pub]).result()``, no service;
 * **aioruntime**: ``await (await AsyncSamplerV2(mode=backend).run([pub])).result()``;
+* **aioruntime executor**: the same with ``AsyncExecutorSamplerV2``, IBM's recommended path
+  (the PUB becomes a ``QuantumProgram`` on the client, an ``executor`` job runs it, the client
+  decodes the bits into a ``PrimitiveResult``); not part of the target, reported beside it;
 * **official**: ``SamplerV2(mode=backend).run([pub]).result()`` with ``qiskit-ibm-runtime``.
   Its ``result()`` polls the job status every 0.5 s in job mode (``RuntimeJobV2.
   wait_for_final_state``), so its latency is mostly that poll interval.
@@ -43,7 +46,7 @@ class Params:
 
 def jobs(params: Params) -> int:
     per_client = params.reps + params.warmup
-    return per_client * (3 if params.official else 2)
+    return per_client * (4 if params.official else 3)
 
 
 def run(bench: Bench, params: Params) -> WorkloadResult:
@@ -52,6 +55,7 @@ def run(bench: Bench, params: Params) -> WorkloadResult:
     isa = aio.pop("isa")
     latencies["aer in-process"] = _aer(bench, params, isa)
     latencies["aioruntime"] = aio["latencies"]
+    latencies["aioruntime executor"] = aio["executor_latencies"]
     if params.official:
         latencies["official"] = _official(bench, params, isa)
     return _result(bench, params, latencies, aio)
@@ -81,33 +85,53 @@ def _time_blocking_runs(bench: Bench, prm: Params, sampler: Any, isa: Any, who: 
 
 
 async def _aioruntime(bench: Bench, prm: Params) -> dict[str, Any]:
-    from aioruntime import AsyncSamplerV2
+    from aioruntime import AsyncExecutorSamplerV2, AsyncSamplerV2
 
     bench.progress.describe(f"{NAME} [{bench.clock}] aioruntime")
     async with bench.service() as service:
         backend = await service.backend(BACKEND)
         isa = trivial_pub(backend.target)
-        sampler = AsyncSamplerV2(mode=backend)
-        latencies, counted, spans = [], [], []
-        for i in range(prm.warmup + prm.reps):
-            t0, epoch0 = wall(), time.time()
-            job = await sampler.run([isa], shots=prm.shots)
-            result = await job
-            elapsed, epoch1 = wall() - t0, time.time()
-            if counts_total(result) != prm.shots:
-                raise RuntimeError(f"job {job.job_id()} returned the wrong number of shots")
-            if i >= prm.warmup:
-                latencies.append(elapsed)
-                counted.append(job)
-                spans.append((epoch0, epoch1))
-            bench.progress.advance()
+        latencies, counted, spans = await _time_async_runs(
+            bench, prm, AsyncSamplerV2(mode=backend), isa
+        )
         bodies = await asyncio.gather(*(job.metrics() for job in counted))
+        bench.progress.describe(f"{NAME} [{bench.clock}] aioruntime executor")
+        executor, _, _ = await _time_async_runs(
+            bench, prm, AsyncExecutorSamplerV2(mode=backend), isa
+        )
     timings = [
         JobTiming.from_metrics(job.job_id(), body)
         for job, body in zip(counted, bodies, strict=True)
     ]
     phases = [_phases(body, t, *span) for body, t, span in zip(bodies, timings, spans, strict=True)]
-    return {"isa": isa, "latencies": latencies, "timings": timings, "phases": phases}
+    return {
+        "isa": isa,
+        "latencies": latencies,
+        "executor_latencies": executor,
+        "timings": timings,
+        "phases": phases,
+    }
+
+
+async def _time_async_runs(
+    bench: Bench, prm: Params, sampler: Any, isa: Any
+) -> tuple[list[float], list[Any], list[tuple[float, float]]]:
+    """Wall seconds of ``prm.reps`` ``await (await sampler.run(...))`` calls after
+    ``prm.warmup`` untimed ones, with their jobs and their spans on the epoch clock."""
+    latencies, counted, spans = [], [], []
+    for i in range(prm.warmup + prm.reps):
+        t0, epoch0 = wall(), time.time()
+        job = await sampler.run([isa], shots=prm.shots)
+        result = await job
+        elapsed, epoch1 = wall() - t0, time.time()
+        if counts_total(result) != prm.shots:
+            raise RuntimeError(f"job {job.job_id()} returned the wrong number of shots")
+        if i >= prm.warmup:
+            latencies.append(elapsed)
+            counted.append(job)
+            spans.append((epoch0, epoch1))
+        bench.progress.advance()
+    return latencies, counted, spans
 
 
 #: One trivial job's latency cut at the server's timestamps (all on this machine's wall clock:
