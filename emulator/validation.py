@@ -338,16 +338,35 @@ def _check_values(i: int, circuit: QuantumCircuit, values: Any) -> None:
         mapping = values.data if isinstance(values, BindingsArray) else values
         for value in mapping.values():
             _finite_array(i, value)
+        try:
+            shape = BindingsArray.coerce(values).shape
+        except (TypeError, ValueError):
+            return  # qiskit says what is wrong when the PUB is built
+        _no_parameter_sets(i, shape)
         return
     array = _finite_array(i, values)
     num = circuit.num_parameters
-    if num == 0 and array.size == 0:
+    if num == 0 and array.ndim <= 1 and array.size == 0:
         return
+    if array.ndim >= 1:
+        _no_parameter_sets(i, array.shape[:-1])
     if array.ndim == 0 or array.shape[-1] != num:
         raise JobInputError(
             ErrorCode.VALIDATION,
             f"pubs[{i}]: the circuit has {num} parameters but parameter_values has shape "
             f"{array.shape}; expected shape (*pub_shape, {num}).",
+        )
+
+
+def _no_parameter_sets(i: int, pub_shape: tuple[int, ...]) -> None:
+    """Refuse parameter values that bind no parameter set (a PUB shape with a zero in it, such
+    as values of shape ``(0, 1)``): there is nothing to run, and the stages after this one
+    would each have to make sense of an empty PUB (they failed as the emulator's fault)."""
+    if 0 in pub_shape:
+        raise JobInputError(
+            ErrorCode.VALIDATION,
+            f"pubs[{i}]: the parameter values bind no parameter set (PUB shape {pub_shape}); "
+            "a PUB must bind at least one.",
         )
 
 

@@ -491,7 +491,32 @@ def bad_cases(isa_bell: QuantumCircuit, isa_bell_state: QuantumCircuit) -> list[
     good = sampler_params([(isa_bell, None, 10)])
     not_coupled = QuantumCircuit(156)
     not_coupled.cz(0, 100)
+    theta = Parameter("theta")
+    rotated = QuantumCircuit(2)
+    rotated.ry(theta, 0)
+    rotated.cx(0, 1)
+    isa_rotated = to_isa(rotated)
+    isa_rotated_measured = to_isa(rotated.measure_all(inplace=False))
+    no_sets = ["pubs[0]", "bind no parameter set"]  # the fuzz test found these failing inside
     return [
+        (
+            "estimator",
+            params_json([[isa_rotated, observable("ZZ", isa_rotated), np.zeros((0, 1)), None]]),
+            ErrorCode.VALIDATION,
+            [*no_sets, "PUB shape (0,)"],
+        ),
+        (
+            "sampler",
+            params_json([[isa_rotated_measured, np.zeros((2, 0, 1)), 10]]),
+            ErrorCode.VALIDATION,
+            [*no_sets, "PUB shape (2, 0)"],
+        ),
+        (
+            "sampler",
+            params_json([[isa_rotated_measured, {"theta": np.zeros(0)}, 10]]),
+            ErrorCode.VALIDATION,
+            [*no_sets, "PUB shape (0,)"],
+        ),
         ("sampler", "{not json", ErrorCode.VALIDATION, ["not valid JSON"]),
         ("sampler", "[1, 2]", ErrorCode.VALIDATION, ["JSON object"]),
         ("sampler", corrupt_qpy(good), ErrorCode.VALIDATION, ["circuit (QPY)", "pubs[0][0]"]),
