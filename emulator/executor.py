@@ -37,7 +37,7 @@ from aioruntime.protocol import ErrorCode
 from .backends import device_limits, device_target, served_name
 from .compaction import plan_packs
 from .timing import TimingParams, circuit_duration_s, quantum_seconds
-from .validation import JobInputError, _check_circuit, check_rep_delay
+from .validation import CIRCUITS, JobInputError, _check_circuit, check_rep_delay
 
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit
@@ -145,6 +145,7 @@ def _decode(params: dict[str, Any]) -> tuple[str, Any, Any]:
             ErrorCode.VALIDATION, f"The executor params do not match schema {version}: {problems}"
         ) from None
     try:
+        _reuse_circuits(model)
         program, options = converter.decoder(model)
     except Exception as exc:  # the decoder validates items: any failure is the input's fault
         raise JobInputError(
@@ -152,6 +153,24 @@ def _decode(params: dict[str, Any]) -> tuple[str, Any, Any]:
             f"Cannot decode the quantum program: {type(exc).__name__}: {exc}",
         ) from None
     return version, program, options
+
+
+def _reuse_circuits(model: Any) -> None:
+    """Hand the official decoder the program's circuits from this process's memo
+    (``validation.CIRCUITS``) when the same QPY payload was decoded before: an optimizer or a
+    repeated job sends the same circuits again, and loading a device-wide ISA circuit's QPY
+    (the 156-qubit layout of an ``ibm_fez`` circuit) was about a third of a trivial executor
+    job's pre-processing. The seam is the schema model's own cache, which its decoder reads
+    (``quantum_program.circuits.to_python(use_cached=True)``). Nothing downstream changes a
+    decoded circuit: the checks read it and ``plan_packs`` builds new ones. A schema without
+    ``quantum_program.circuits`` is decoded as it comes."""
+    circuits = getattr(getattr(model, "quantum_program", None), "circuits", None)
+    payload = getattr(circuits, "b64_data", None)
+    if circuits is None or not isinstance(payload, str):
+        return
+    circuits._python_data = CIRCUITS.get(  # the model's documented cache
+        payload, lambda: circuits.to_python(use_cached=True)
+    )
 
 
 def prepare(
@@ -204,6 +223,12 @@ def prepare(
             )
         _check_circuit(where, circuit, target, device)
         shape = tuple(int(n) for n in item.shape)
+        if 0 in shape:  # nothing to run; the stages after this one would fail on it
+            raise JobInputError(
+                ErrorCode.VALIDATION,
+                f"{where}: the item's shape {shape} has no elements; an item must have at "
+                "least one.",
+            )
         outputs: dict[str, np.ndarray] = {}
         if isinstance(item, SamplexItem):
             _check_samplex(where, item.samplex, circuit)

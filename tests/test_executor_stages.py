@@ -23,6 +23,7 @@ from qiskit_ibm_runtime.quantum_program.params_converters import (
     QUANTUM_PROGRAM_PARAMS_CONVERTERS,
 )
 
+from aioruntime.protocol import ErrorCode
 from emulator import classical, compaction, executor
 from emulator.backends import device_limits, device_target
 from emulator.timing import TimingParams, circuit_duration_s
@@ -141,6 +142,68 @@ def test_every_schema_version_decodes_to_the_same_job() -> None:
         for v in QUANTUM_PROGRAM_PARAMS_CONVERTERS
     }
     assert len(seconds) == 1
+
+
+@pytest.mark.parametrize("version", list(QUANTUM_PROGRAM_PARAMS_CONVERTERS))
+def test_a_repeated_program_decodes_its_circuits_once_and_leaves_them(version: str) -> None:
+    """An executor job sent again (an optimizer's loop: the same circuits, new arguments)
+    reuses the circuits decoded for the first one (``validation.CIRCUITS``, through the schema
+    model's cache), gets the results a fresh decode gets, and leaves the shared circuits as
+    they were. Schemas that keep no program-wide circuit list (v0.x) decode as before, with
+    no decode wasted on the memo."""
+    from emulator import validation
+
+    theta = Parameter("theta")
+    qc = QuantumCircuit(2)
+    qc.ry(theta, 0)
+    qc.cx(0, 1)
+    qc.measure_all()
+    isa = to_isa(qc)
+    texts = []
+    for value in (0.0, np.pi):
+        program = QuantumProgram(shots=64)
+        program.append_circuit_item(isa, circuit_arguments=np.array([[value]]))
+        texts.append(params_json(program, version))
+    memo = validation.CIRCUITS
+    hits, misses = memo.hits, memo.misses
+    first, second = (classical.preprocess("executor", text, "fez") for text in texts)
+    counts = [run(job)[0]["meas"].sum(axis=-1) for job in (first, second)]  # type: ignore[index]
+    assert (counts[0] == 0).all() and (counts[1] == 2).all()  # |00> then |11>, every shot
+    if version in ("v0.1", "v0.2"):
+        assert (memo.hits, memo.misses) == (hits, misses)
+    else:
+        # QPY writes a layout's registers in a set's order: one payload, or two, each decoded
+        # once
+        payloads = {json.loads(t)["quantum_program"]["circuits"]["b64_data"] for t in texts}
+        assert memo.misses - misses == len(payloads) and memo.hits - hits == 2 - len(payloads)
+        for payload in payloads:
+            (shared,) = memo.get(payload, lambda: pytest.fail("the circuits were forgotten"))
+            assert shared == isa and shared.layout == isa.layout  # not changed by two jobs
+    validation.CIRCUITS.entries, entries = 0, validation.CIRCUITS.entries
+    try:  # the same job from a fresh decode: the same plan
+        fresh = classical.preprocess("executor", texts[1], "fez")
+    finally:
+        validation.CIRCUITS.entries = entries
+    assert fresh.quantum_seconds == second.quantum_seconds
+    assert fresh.sampler_pubs[0].circuit == second.sampler_pubs[0].circuit
+
+
+@pytest.mark.parametrize("shape", [(0, 1), (2, 0, 1)])
+def test_an_item_with_no_elements_is_refused(shape: tuple[int, ...]) -> None:
+    """A circuit item whose arguments hold no parameter set has nothing to run: a validation
+    error naming the item, not an internal error from a later stage."""
+    theta = Parameter("theta")
+    qc = QuantumCircuit(2)
+    qc.ry(theta, 0)
+    qc.cx(0, 1)
+    qc.measure_all()
+    program = QuantumProgram(shots=8)
+    program.append_circuit_item(to_isa(qc), circuit_arguments=np.zeros(shape))
+    with pytest.raises(classical.JobInputError) as info:
+        classical.preprocess("executor", params_json(program), "fez")
+    assert info.value.code == ErrorCode.VALIDATION
+    assert "quantum_program.items[0]" in info.value.message
+    assert f"shape {shape[:-1]} has no elements" in info.value.message
 
 
 def test_chunks() -> None:
