@@ -120,7 +120,7 @@ class _Snapshot:
     deep copy when something in them does not pickle (``experimental`` takes any value)."""
 
     key: bytes | None
-    copy: Any = None
+    deep_copy: Any = None
 
     @classmethod
     def of(cls, options: Any) -> _Snapshot:
@@ -130,7 +130,7 @@ class _Snapshot:
             return cls(None, copy.deepcopy(options))
 
     def value(self) -> Any:
-        return pickle.loads(self.key) if self.key is not None else self.copy
+        return pickle.loads(self.key) if self.key is not None else self.deep_copy
 
 
 class _OptionsForm(NamedTuple):
