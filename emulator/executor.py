@@ -160,7 +160,8 @@ def _reuse_circuits(model: Any) -> None:
     (``validation.CIRCUITS``) when the same QPY payload was decoded before: an optimizer or a
     repeated job sends the same circuits again, and loading a device-wide ISA circuit's QPY
     (the 156-qubit layout of an ``ibm_fez`` circuit) was about half of a trivial executor
-    job's pre-processing (``prepare``: 1.66 ms of CPU, 0.83 ms with the memo). The seam is the schema model's own cache, which its decoder reads
+    job's pre-processing (``prepare``: 1.66 ms of CPU, 0.83 ms with the memo). The seam is
+    the schema model's own cache, which its decoder reads
     (``quantum_program.circuits.to_python(use_cached=True)``). Nothing downstream changes a
     decoded circuit: the checks read it and ``plan_packs`` builds new ones. A schema without
     ``quantum_program.circuits`` is decoded as it comes."""
