@@ -12,13 +12,27 @@ from qiskit_ibm_runtime.json import RuntimeEncoder
 
 from emulator.backends import device_target
 
-__all__ = ["bell", "ghz", "params_json", "sampler_params", "to_isa"]
+__all__ = ["bell", "ghz", "params_json", "rotated_bell", "sampler_params", "to_isa"]
 
 
 def bell(measure: bool = True) -> QuantumCircuit:
     """The Bell state (|00> + |11>)/sqrt(2), measured into ``meas`` unless ``measure=False``."""
     qc = QuantumCircuit(2)
     qc.h(0)
+    qc.cx(0, 1)
+    if measure:
+        qc.measure_all()
+    return qc
+
+
+def rotated_bell(measure: bool = True) -> QuantumCircuit:
+    """A Bell pair whose first rotation is a parameter: ``ry(theta)`` on qubit 0, then
+    ``cx(0, 1)`` (theta = 0 gives |00>, theta = pi gives |11>); measured into ``meas`` unless
+    ``measure=False``."""
+    from qiskit.circuit import Parameter
+
+    qc = QuantumCircuit(2)
+    qc.ry(Parameter("theta"), 0)
     qc.cx(0, 1)
     if measure:
         qc.measure_all()

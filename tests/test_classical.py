@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from circuits import bell, params_json, sampler_params, to_isa
+from circuits import bell, params_json, rotated_bell, sampler_params, to_isa
 from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
 from qiskit.circuit import Parameter
 from qiskit.primitives import PrimitiveResult, PubResult, SamplerPubResult
@@ -491,12 +491,8 @@ def bad_cases(isa_bell: QuantumCircuit, isa_bell_state: QuantumCircuit) -> list[
     good = sampler_params([(isa_bell, None, 10)])
     not_coupled = QuantumCircuit(156)
     not_coupled.cz(0, 100)
-    theta = Parameter("theta")
-    rotated = QuantumCircuit(2)
-    rotated.ry(theta, 0)
-    rotated.cx(0, 1)
-    isa_rotated = to_isa(rotated)
-    isa_rotated_measured = to_isa(rotated.measure_all(inplace=False))
+    isa_rotated = to_isa(rotated_bell(measure=False))
+    isa_rotated_measured = to_isa(rotated_bell())
     no_sets = ["pubs[0]", "bind no parameter set"]  # the fuzz test found these failing inside
     return [
         (

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from circuits import rotated_bell
 from qiskit import QuantumCircuit
 from qiskit.circuit import Parameter
 from qiskit.primitives.containers.sampler_pub import SamplerPub
@@ -153,12 +154,7 @@ def test_a_repeated_program_decodes_its_circuits_once_and_leaves_them(version: s
     no decode wasted on the memo."""
     from emulator import validation
 
-    theta = Parameter("theta")
-    qc = QuantumCircuit(2)
-    qc.ry(theta, 0)
-    qc.cx(0, 1)
-    qc.measure_all()
-    isa = to_isa(qc)
+    isa = to_isa(rotated_bell())
     texts = []
     for value in (0.0, np.pi):
         program = QuantumProgram(shots=64)
@@ -192,13 +188,8 @@ def test_a_repeated_program_decodes_its_circuits_once_and_leaves_them(version: s
 def test_an_item_with_no_elements_is_refused(shape: tuple[int, ...]) -> None:
     """A circuit item whose arguments hold no parameter set has nothing to run: a validation
     error naming the item, not an internal error from a later stage."""
-    theta = Parameter("theta")
-    qc = QuantumCircuit(2)
-    qc.ry(theta, 0)
-    qc.cx(0, 1)
-    qc.measure_all()
     program = QuantumProgram(shots=8)
-    program.append_circuit_item(to_isa(qc), circuit_arguments=np.zeros(shape))
+    program.append_circuit_item(to_isa(rotated_bell()), circuit_arguments=np.zeros(shape))
     with pytest.raises(classical.JobInputError) as info:
         classical.preprocess("executor", params_json(program), "fez")
     assert info.value.code == ErrorCode.VALIDATION

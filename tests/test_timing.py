@@ -5,9 +5,8 @@ from __future__ import annotations
 import pickle
 
 import pytest
-from circuits import bell
+from circuits import bell, rotated_bell
 from qiskit import QuantumCircuit
-from qiskit.circuit import Parameter
 from qiskit.circuit.library import efficient_su2
 from qiskit.transpiler import generate_preset_pass_manager
 
@@ -66,12 +65,7 @@ def test_bell_duration_is_qiskits_estimate() -> None:
 
 
 def test_parameterised_circuit_needs_no_binding() -> None:
-    theta = Parameter("θ")
-    qc = QuantumCircuit(2)
-    qc.ry(theta, 0)
-    qc.cx(0, 1)
-    qc.measure_all()
-    circuit = isa(qc)
+    circuit = isa(rotated_bell())
     target = device_target("fez")
     unbound = circuit_duration_s(circuit, target)
     bound = circuit_duration_s(circuit.assign_parameters([0.3]), target)
