@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -44,7 +45,15 @@ if TYPE_CHECKING:
 
     from .classical import PreparedJob, Sampled
 
-__all__ = ["ChunkPlan", "ExecutorPlan", "ItemPlan", "check_request", "finish", "prepare"]
+__all__ = [
+    "ChunkPlan",
+    "ExecutorPlan",
+    "ItemPlan",
+    "check_request",
+    "finish",
+    "prepare",
+    "schema_versions",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +102,19 @@ def _converters() -> dict[str, Any]:
     return dict(QUANTUM_PROGRAM_PARAMS_CONVERTERS)
 
 
-def check_request(params: dict[str, Any]) -> None:
+def schema_versions() -> tuple[str, ...]:
+    """The params schema versions the installed client's converters know, sorted. Importing
+    them imports ``qiskit_ibm_runtime`` (and qiskit): workers only; the server asks a worker
+    once (``Scheduler.schema_versions``)."""
+    return tuple(sorted(_converters()))
+
+
+def check_request(params: dict[str, Any], known: Sequence[str]) -> None:
     """Refuse an executor request whose JSON is wrong on its face (no decoding: this runs on the
-    event loop): an unknown ``schema_version``, no ``quantum_program``, a ``meas_level`` other
-    than ``classified``. Raises :class:`JobInputError` (answered 400)."""
+    event loop): a ``schema_version`` not in ``known`` (:func:`schema_versions`), no
+    ``quantum_program``, a ``meas_level`` other than ``classified``. Raises
+    :class:`JobInputError` (answered 400)."""
     version = params.get("schema_version")
-    known = sorted(_converters())
     if version not in known:
         raise JobInputError(
             ErrorCode.VALIDATION,
@@ -132,7 +148,7 @@ def _decode(params: dict[str, Any]) -> tuple[str, Any, Any]:
     converter for the version, or a :class:`JobInputError` naming what is wrong."""
     from pydantic import ValidationError
 
-    check_request(params)
+    check_request(params, schema_versions())
     version = params["schema_version"]
     converter = _converters()[version]
     try:

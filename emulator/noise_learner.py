@@ -34,6 +34,7 @@ a dry run gets random (seeded) rates on the same generators.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -53,7 +54,15 @@ if TYPE_CHECKING:
 
     from .classical import PreparedJob, Sampled
 
-__all__ = ["LayerModel", "NoiseLearnerPlan", "check_request", "finish", "layer_model", "prepare"]
+__all__ = [
+    "LayerModel",
+    "NoiseLearnerPlan",
+    "check_request",
+    "finish",
+    "layer_model",
+    "prepare",
+    "schema_versions",
+]
 
 #: Measurement bases of the Pauli-Lindblad learning circuits per layer-pair depth (IBM's
 #: protocol measures in the 9 two-qubit bases).
@@ -89,10 +98,16 @@ def _converters() -> dict[str, Any]:
     return dict(NOISE_LEARNER_V3_PARAMS_CONVERTERS)
 
 
-def check_request(params: dict[str, Any]) -> None:
-    """Refuse a noise-learner request with an unknown ``schema_version`` (answered 400)."""
+def schema_versions() -> tuple[str, ...]:
+    """The params schema versions the installed client's converters know, sorted (workers only:
+    see :func:`emulator.executor.schema_versions`)."""
+    return tuple(sorted(_converters()))
+
+
+def check_request(params: dict[str, Any], known: Sequence[str]) -> None:
+    """Refuse a noise-learner request whose ``schema_version`` is not in ``known``
+    (:func:`schema_versions`; answered 400)."""
     version = params.get("schema_version")
-    known = sorted(_converters())
     if version not in known:
         raise JobInputError(
             ErrorCode.VALIDATION,
@@ -119,7 +134,7 @@ def prepare(params: dict[str, Any], device_source: str, *, timing: TimingParams)
 
     from .classical import PreparedJob
 
-    check_request(params)
+    check_request(params, schema_versions())
     version = params["schema_version"]
     converter = _converters()[version]
     try:

@@ -30,7 +30,7 @@ import math
 import secrets
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -205,6 +205,8 @@ class Scheduler:
         #: Set once the workers are started and have the served devices loaded.
         self.ready = asyncio.Event()
         self._warm_lock = asyncio.Lock()
+        #: The params schema versions per program, asked of a worker once (schema_versions).
+        self._schemas: asyncio.Task[dict[str, tuple[str, ...]]] | None = None
         self.fatal: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
         store.on_job_change = self._on_job_change
 
@@ -272,6 +274,22 @@ class Scheduler:
             self._moved()  # wakes ``until`` waiters that wait for the workers
             log.info("workers ready in %.1f s", time.monotonic() - started)
 
+    async def schema_versions(self) -> Mapping[str, tuple[str, ...]]:
+        """The params schema versions of the programs that have them (``executor``,
+        ``noise-learner``), as the installed client's converters know them, for the checks at
+        ``POST /jobs``. Asked of a lane worker once the workers are up, and remembered: reading
+        them imports ``qiskit_ibm_runtime``, and the server imports no qiskit. (It used to, on
+        its first executor request: the event loop stalled 2.5 s, ``/health`` included, and the
+        server grew from 73 to 203 MiB.) A failed call is asked again by the next request."""
+        task = self._schemas
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = self._schemas = asyncio.ensure_future(self._ask_schema_versions())
+        return await asyncio.shield(task)
+
+    async def _ask_schema_versions(self) -> dict[str, tuple[str, ...]]:
+        await self.ready.wait()  # as jobs do: the workers first
+        return await self.plane.lane(worker.schema_versions)
+
     def start_warming(self) -> None:
         """:meth:`warm` in the background, so that the server answers while workers start. A
         warm-up that fails (a worker or Ray node lost while starting) is tried again; one that
@@ -289,6 +307,8 @@ class Scheduler:
         self._closing = True
         tasks: list[asyncio.Task[Any]] = [j.task for j in self._live.values() if j.task]
         tasks += self._estimates.values()
+        if self._schemas is not None:
+            tasks.append(self._schemas)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

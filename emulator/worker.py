@@ -296,6 +296,18 @@ def estimate(
     return prepared.quantum_seconds
 
 
+def schema_versions() -> dict[str, tuple[str, ...]]:
+    """The params schema versions each program with versions accepts, as the installed client's
+    converters know them. The server asks a worker (``Scheduler.schema_versions``): importing
+    the converters imports qiskit, which the server never does."""
+    from . import executor, noise_learner
+
+    return {
+        "executor": executor.schema_versions(),
+        "noise-learner": noise_learner.schema_versions(),
+    }
+
+
 def sample(job: OpaqueJob) -> Opaque:
     """Sample the prepared ``job`` (:class:`Prepared.job`); the bits stay opaque."""
     return Opaque.wrap(_sample(job.open()))

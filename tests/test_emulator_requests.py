@@ -13,11 +13,24 @@ from aiohttp import streams, web
 from aiohttp.test_utils import make_mocked_request
 
 from aioruntime import protocol as p
+from aioruntime.protocol import ErrorCode
 from emulator.api import requests
 from emulator.errors import Refused
 from emulator.store import JobRecord
+from emulator.validation import JobInputError
 
 BACKENDS = ("ibm_manila",)
+
+#: Schema versions as a worker would give them (``Scheduler.schema_versions``).
+KNOWN = {"executor": ("v0.1", "v2.0"), "noise-learner": ("v0.3",)}
+
+
+async def known_versions() -> dict[str, tuple[str, ...]]:
+    return KNOWN
+
+
+async def never_asked() -> dict[str, tuple[str, ...]]:
+    raise AssertionError("a legacy program's submission asked for the schema versions")
 
 
 def make_request(method: str, path: str, body: Any = None) -> web.Request:
@@ -43,7 +56,7 @@ async def test_job_submission_becomes_one_value() -> None:
         "cost": 300,
         "log_level": "INFO",
     }
-    job = await requests.job_submission(make_request("POST", "/jobs", body), BACKENDS)
+    job = await requests.job_submission(make_request("POST", "/jobs", body), BACKENDS, never_asked)
     assert (job.program_id, job.backend, job.tags, job.cost) == (
         "sampler",
         "ibm_manila",
@@ -67,9 +80,37 @@ async def test_job_submission_becomes_one_value() -> None:
 )
 async def test_job_submission_refusals_name_the_field(body: Any, status: int, words: str) -> None:
     with pytest.raises(Refused) as excinfo:
-        await requests.job_submission(make_request("POST", "/jobs", body), BACKENDS)
+        await requests.job_submission(make_request("POST", "/jobs", body), BACKENDS, known_versions)
     got_status, _, message = refusal(excinfo)
     assert got_status == status and words in message.lower()
+
+
+@pytest.mark.parametrize(
+    ("program", "version", "words"),
+    [
+        ("executor", "v9", "executor params schema_version 'v9'; the emulator accepts v0.1, v2.0."),
+        ("noise-learner", "v2.0", "schema_version 'v2.0'; the emulator accepts v0.3 ("),
+    ],
+)
+async def test_unknown_schema_versions_are_refused_naming_the_known_ones(
+    program: str, version: str, words: str
+) -> None:
+    body = {"program_id": program, "backend": "ibm_manila", "params": {"schema_version": version}}
+    with pytest.raises(JobInputError) as excinfo:  # answered 400 by the error middleware
+        await requests.job_submission(make_request("POST", "/jobs", body), BACKENDS, known_versions)
+    assert excinfo.value.code == ErrorCode.VALIDATION and words in excinfo.value.message
+
+
+async def test_versioned_programs_are_checked_against_the_versions_a_worker_gave() -> None:
+    body = {
+        "program_id": "executor",
+        "backend": "ibm_manila",
+        "params": {"schema_version": "v0.1", "quantum_program": {"meas_level": "classified"}},
+    }
+    job = await requests.job_submission(
+        make_request("POST", "/jobs", body), BACKENDS, known_versions
+    )
+    assert json.loads(job.params_json)["schema_version"] == "v0.1"
 
 
 async def test_job_filter_reads_the_query_and_matches_records() -> None:

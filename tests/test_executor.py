@@ -8,9 +8,11 @@ on the mock twin; legacy options that are ignored; and every way an executor job
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 import requests
 from circuits import bell
@@ -28,12 +30,14 @@ from qiskit_ibm_runtime.options_models.executor import ExecutorOptions
 from qiskit_ibm_runtime.quantum_program.params_converters import (
     QUANTUM_PROGRAM_PARAMS_CONVERTERS,
 )
+from rest import Api
+from rest import isa_bell as rest_isa_bell
 from samplomatic import build
 from samplomatic.transpiler import generate_boxing_pass_manager
 
 from aioruntime import protocol as p
 from aioruntime.protocol import ErrorCode
-from emulator.testing import EmulatorThread
+from emulator.testing import EmulatorProcess, EmulatorThread
 
 
 @pytest.fixture(scope="module")
@@ -280,6 +284,35 @@ def test_unknown_schema_version_is_refused_at_submit(
     params["schema_version"] = "v9.9"
     with pytest.raises(IBMRuntimeError, match=r"(?s)400.*schema_version.{1,8}v9\.9.*v2\.0"):
         submit_params(official, fez, params)
+
+
+def test_the_server_process_never_imports_qiskit() -> None:
+    """The server answers executor and noise-learner submissions without importing qiskit: the
+    schema versions checked at ``POST /jobs`` come from a worker (it imported
+    ``qiskit_ibm_runtime`` on its first executor request: the event loop stalled 2.5 s and the
+    server grew by 130 MiB). ``/proc/<pid>/maps`` lists the libraries a process loaded."""
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("needs /proc/<pid>/maps (Linux)")
+
+    def loads_qiskit(pid: int) -> bool:
+        return "qiskit" in Path(f"/proc/{pid}/maps").read_text()
+
+    with EmulatorProcess("--backends", "ibm_manila", "--ephemeral", "--lanes", "1") as emu:
+        api = Api(emu.base_url, emu.api_key, emu.instance)
+        params = v2_params(plain_program(rest_isa_bell()))
+        job = api.submit_body({"program_id": "executor", "backend": "ibm_manila", "params": params})
+        assert api.wait(job)["state"]["status"] == "Completed"
+        for program, version in (("executor", "v9.9"), ("noise-learner", "v0.9")):
+            body = {
+                "program_id": program,
+                "backend": "ibm_manila",
+                "params": {**params, "schema_version": version},
+            }
+            resp = api("POST", p.JOBS, json=body)
+            assert resp.status_code == 400 and f"schema_version '{version}'" in resp.text
+        workers = psutil.Process(emu.pid).children(recursive=True)
+        assert any(loads_qiskit(w.pid) for w in workers)  # the check below can see qiskit
+        assert not loads_qiskit(emu.pid)
 
 
 def test_meas_level_other_than_classified_is_refused(fez: Any, isa_bell: QuantumCircuit) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -198,9 +198,15 @@ class JobSubmission:
     calibration_id: str | None = None
 
 
-async def job_submission(request: web.Request, backends: Collection[str]) -> JobSubmission:
+async def job_submission(
+    request: web.Request,
+    backends: Collection[str],
+    schema_versions: Callable[[], Awaitable[Mapping[str, Sequence[str]]]],
+) -> JobSubmission:
     """``POST /jobs`` for a server that serves ``backends``. ``params`` is only checked for
-    shape here; decoding it (QPY circuits, arrays) is CPU work, done in a worker process."""
+    shape here; decoding it (QPY circuits, arrays) is CPU work, done in a worker process.
+    ``schema_versions`` gives the versions each versioned program accepts (asked of a worker:
+    ``Scheduler.schema_versions``); it is awaited only for those programs."""
     body = await body_object(request)
     program_id = field(body, "program_id", str, required=True)
     if program_id not in p.PROGRAMS:
@@ -212,7 +218,8 @@ async def job_submission(request: web.Request, backends: Collection[str]) -> Job
     if backend not in backends:
         raise _refuse(f"Backend {backend} not found.", ErrorCode.BACKEND_NOT_FOUND)
     params = field(body, "params", dict, required=True)
-    check_params(program_id, params)
+    known = await schema_versions() if program_id in VERSIONED_PROGRAMS else {}
+    check_params(program_id, params, known)
     tags = _tags(body, required=False)
     cost = field(body, "cost", (int, float))
     if cost is not None and not (math.isfinite(cost) and cost > 0):
@@ -232,16 +239,25 @@ async def job_submission(request: web.Request, backends: Collection[str]) -> Job
     )
 
 
-def check_params(program_id: str, params: dict[str, Any]) -> None:
-    """What can be refused from the JSON alone (nothing is decoded on the event loop)."""
+#: The programs whose params carry a ``schema_version``.
+VERSIONED_PROGRAMS = frozenset({"executor", "noise-learner"})
+
+
+def check_params(
+    program_id: str, params: dict[str, Any], schema_versions: Mapping[str, Sequence[str]]
+) -> None:
+    """What can be refused from the JSON alone (nothing is decoded on the event loop, and
+    nothing here imports qiskit). ``schema_versions``: the versions each program of
+    :data:`VERSIONED_PROGRAMS` accepts."""
     if program_id == "executor":
         from .. import executor
 
-        executor.check_request(params)  # JobInputError: answered 400 by the middleware
+        # JobInputError: answered 400 by the middleware
+        executor.check_request(params, schema_versions["executor"])
     elif program_id == "noise-learner":
         from .. import noise_learner
 
-        noise_learner.check_request(params)
+        noise_learner.check_request(params, schema_versions["noise-learner"])
     else:
         pubs = params.get("pubs")
         if not isinstance(pubs, list) or not pubs:

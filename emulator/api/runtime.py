@@ -155,7 +155,9 @@ async def instance_usage(request: web.Request) -> web.Response:
 
 async def submit_job(request: web.Request) -> web.Response:
     devices: dict[str, Device] = request.config_dict[DEVICES]
-    job = await requests.job_submission(request, devices)
+    job = await requests.job_submission(
+        request, devices, request.config_dict[SCHEDULER].schema_versions
+    )
     device = devices[job.backend]
     # 400, not 404: the official client reads a 404 here as "program not found".
     _check_calibration(device, job.calibration_id, status=400)
