@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -195,6 +196,37 @@ def test_an_item_with_no_elements_is_refused(shape: tuple[int, ...]) -> None:
     assert info.value.code == ErrorCode.VALIDATION
     assert "quantum_program.items[0]" in info.value.message
     assert f"shape {shape[:-1]} has no elements" in info.value.message
+
+
+def test_an_executor_job_crosses_to_the_qpu_as_qpy_and_arrives_as_it_left() -> None:
+    """The packs of a samplex item (a twirled device-wide circuit cut into narrow circuits that
+    keep all its bits) cross to the QPU's worker as QPY and arrive equal (pickled, the 78 packs of
+    an executor Estimator job on ibm_fez took 127 ms to write, as QPY 11 ms)."""
+    from samplomatic import build
+    from samplomatic.transpiler import generate_boxing_pass_manager
+
+    from emulator import worker
+
+    six = QuantumCircuit(6)  # six independent qubits: more than one pack's width
+    six.ry(Parameter("theta"), 0)
+    six.h(range(1, 6))
+    six.measure_all()
+    boxed = generate_boxing_pass_manager(enable_gates=True, enable_measures=True).run(to_isa(six))
+    template, samplex = build(boxed)
+    program = QuantumProgram(shots=16)
+    program.append_samplex_item(
+        template, samplex=samplex, samplex_arguments={"parameter_values": [0.4]}, shape=(3,)
+    )
+    job = classical.preprocess("executor", params_json(program), "fez")
+    assert len(job.sampler_pubs) > 1  # the dressed device cut into packs
+    wired = worker.OpaqueJob.wrap(job)
+    assert wired.circuits.count(b"QISKIT") == len(job.sampler_pubs)
+    arrived = wired.open()
+    for a, b in zip(job.sampler_pubs, arrived.sampler_pubs, strict=True):
+        assert b.circuit == a.circuit and list(b.circuit.parameters) == list(a.circuit.parameters)
+        assert np.array_equal(b.parameter_values.as_array(), a.parameter_values.as_array())
+    result = run(replace(job, sampler_pubs=arrived.sampler_pubs))
+    assert result[0]["meas"].shape[:2] == (3, 16)  # type: ignore[index]
 
 
 def test_chunks() -> None:
