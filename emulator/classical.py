@@ -173,7 +173,15 @@ def preprocess(
     if program_id == "executor":
         from . import executor
 
-        prepared = executor.prepare(params, source, timing=timing, max_executions=max_executions)
+        # Clifford parts go to Stim (one wide pack) unless the level needs Aer's full model.
+        level = simulation.requested_level(params) or settings.noise
+        prepared = executor.prepare(
+            params,
+            source,
+            timing=timing,
+            max_executions=max_executions,
+            stim=level is not simulation.NoiseLevel.FULL,
+        )
     elif program_id == "noise-learner":
         from . import noise_learner
 

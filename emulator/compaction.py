@@ -22,7 +22,7 @@ Pure functions on circuits; everything here pickles.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -170,10 +170,21 @@ def _components(
     return sorted(groups.values(), key=lambda g: g[0])
 
 
-def plan_packs(circuit: QuantumCircuit, *, width: int | None = None) -> list[Pack]:
+def plan_packs(
+    circuit: QuantumCircuit,
+    *,
+    width: int | None = None,
+    unbounded: Collection[int] | None = None,
+) -> list[Pack]:
     """``circuit`` cut into independent packs of at most ``max(width, widest component)``
     qubits (``width`` defaults to :data:`PACK_WIDTH`); a single pack holding every live qubit
-    when the circuit cannot be split (see the module). One pass over the instructions."""
+    when the circuit cannot be split (see the module). One pass over the instructions.
+
+    ``unbounded``: qubits (indices in ``circuit.qubits``) that Stim will simulate, whose cost
+    does not grow exponentially with the width: the components made of these qubits only go
+    into one first pack, however wide. The executor's twirled device-wide circuits are
+    mostly such components (every qubit dressed with Clifford twirls): 39 packs of 4 qubits
+    each sampled on their own, for one of 156 qubits (see ``executor.prepare``)."""
     instructions = list(circuit.data)
     live = live_qubits(circuit)
     components = _components(circuit, instructions, live) if live else None
@@ -181,14 +192,20 @@ def plan_packs(circuit: QuantumCircuit, *, width: int | None = None) -> list[Pac
     if components is None or len(components) <= 1:
         groups.append(live)
     else:
-        cap = max(width or PACK_WIDTH, max(len(c) for c in components))
+        if unbounded is not None:
+            wide = [c for c in components if all(q in unbounded for q in c)]
+            if wide:
+                groups.append(tuple(sorted(q for c in wide for q in c)))
+                components = [c for c in components if not all(q in unbounded for q in c)]
+        cap = max([width or PACK_WIDTH, *(len(c) for c in components)])
         current: list[int] = []
         for comp in components:
             if current and len(current) + len(comp) > cap:
                 groups.append(tuple(sorted(current)))
                 current = []
             current.extend(comp)
-        groups.append(tuple(sorted(current)))
+        if current:
+            groups.append(tuple(sorted(current)))
     if len(groups) == 1:
         return [
             Pack(

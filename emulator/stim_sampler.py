@@ -17,6 +17,7 @@ the instruction's Pauli channel from :class:`emulator.noise.PauliNoise`; a measu
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,7 @@ __all__ = [
     "binds_to_clifford",
     "compile_circuit",
     "is_clifford",
+    "non_clifford_qubits",
     "pub_is_clifford",
     "sample_pub",
     "to_stim",
@@ -209,49 +211,177 @@ class Program:
     def multiples(self, rows: np.ndarray) -> list[np.ndarray] | None:
         """Per slot, its angles in multiples of π/2 for every row of parameter values, or
         ``None`` when some parameter set makes a gate non-Clifford."""
-        out = []
-        for slot in self.slots:
-            angles = np.stack([self._evaluate(src, rows) for src in slot.sources], axis=-1)
-            k = angles / (math.pi / 2)
-            rounded = np.rint(k)
-            if np.any(np.abs(k - rounded) > ANGLE_TOLERANCE):
-                return None
-            ks = rounded.astype(np.int64)
-            if slot.op.name in _PERIOD_2PI:
-                ks %= 4
-            for combo in {tuple(row) for row in ks.tolist()}:
-                if _slot_text(slot, combo) is None:
-                    return None
-            out.append(ks)
-        return out
-
-    def _evaluate(self, source: tuple[str, Any], rows: np.ndarray) -> np.ndarray:
-        kind, value = source
-        if kind == "col":
-            return rows[:, value]
-        if kind == "const":
-            return np.full(len(rows), value)
-        params = list(value.parameters)
-        return np.array(
-            [float(value.bind({p: row[self.columns[p]] for p in params}).numeric()) for row in rows]
-        )
+        out = [ks for ks in _all_multiples(self.slots, rows, self.columns) if ks is not None]
+        return out if len(out) == len(self.slots) else None
 
     def text(self, multiples: list[np.ndarray], row: int) -> str:
         """The Stim program of parameter set ``row`` (``multiples`` from :meth:`multiples`)."""
         pieces = list(self.pieces)
         for slot, ks in zip(self.slots, multiples, strict=True):
-            pieces[slot.piece] = slot.texts[tuple(ks[row].tolist())]
+            text = _slot_text(slot, tuple(ks[row].tolist()))  # made on first use
+            if text is None:  # multiples() said every set is Clifford
+                raise ValueError("the PUB is not a Clifford circuit")
+            pieces[slot.piece] = text
         return "\n".join(pieces)
+
+
+def _all_multiples(
+    slots: Sequence[_Slot], rows: np.ndarray, columns: dict[Any, int]
+) -> list[np.ndarray | None]:
+    """Per slot, its angles in multiples of π/2 for every row of parameter values (shape
+    ``(rows, parameters of the gate)``), or ``None`` when some row makes its gate
+    non-Clifford. The slots whose one parameter is a column of the values (a twirled
+    circuit's ``rz``: hundreds in a device-wide one) are checked together, in one array
+    operation and once per gate kind and multiple; one at a time, they were most of an
+    executor job's simulation plan."""
+    out: list[np.ndarray | None] = [None] * len(slots)
+    simple = [i for i, s in enumerate(slots) if len(s.sources) == 1 and s.sources[0][0] == "col"]
+    if simple:
+        ks_all, near = _column_multiples(rows, [slots[i].sources[0][1] for i in simple])
+        kinds: dict[tuple[str, int], list[int]] = {}
+        for j, i in enumerate(simple):
+            kinds.setdefault((slots[i].op.name, slots[i].op.num_qubits), []).append(j)
+        for (name, _), members in kinds.items():
+            ks = ks_all[:, members] % 4 if name in _PERIOD_2PI else ks_all[:, members]
+            ok = near[members]
+            op = slots[simple[members[0]]].op
+            for value in np.unique(ks):
+                if _ops_of(op, ((("k", int(value)),))) is None:
+                    ok &= ~np.any(ks == value, axis=0)
+            for m, j in enumerate(members):
+                if ok[m]:
+                    out[simple[j]] = ks[:, m : m + 1]
+    vectorised = set(simple)
+    for i, slot in enumerate(slots):
+        if i not in vectorised:
+            out[i] = _slot_multiples(slot, rows, columns)
+    return out
+
+
+def _column_multiples(rows: np.ndarray, cols: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The values of ``cols`` in multiples of π/2, rounded, and per column whether every row
+    is within :data:`ANGLE_TOLERANCE` of one."""
+    k = rows[:, cols] / (math.pi / 2)
+    rounded = np.rint(k)
+    return rounded.astype(np.int64), np.all(np.abs(k - rounded) <= ANGLE_TOLERANCE, axis=0)
+
+
+def _ops_of(op: Instruction, params: tuple[Any, ...]) -> StimOps | None:
+    """:func:`_gate_ops` of ``op`` with ``params`` (multiples of π/2), cached."""
+    key = (op.name, op.num_qubits, params)
+    if key not in _OPS:
+        _OPS[key] = _gate_ops(op, params)
+    return _OPS[key]
+
+
+def _slot_multiples(slot: _Slot, rows: np.ndarray, columns: dict[Any, int]) -> np.ndarray | None:
+    """The slot's angles in multiples of π/2 for every row of parameter values, or ``None``
+    when some row makes its gate non-Clifford."""
+    angles = np.stack([_evaluate(src, rows, columns) for src in slot.sources], axis=-1)
+    k = angles / (math.pi / 2)
+    rounded = np.rint(k)
+    if np.any(np.abs(k - rounded) > ANGLE_TOLERANCE):
+        return None
+    ks = rounded.astype(np.int64)
+    if slot.op.name in _PERIOD_2PI:
+        ks %= 4
+    combos = {tuple(row) for row in ks.tolist()}
+    return None if any(_slot_text(slot, combo) is None for combo in combos) else ks
+
+
+def _evaluate(source: tuple[str, Any], rows: np.ndarray, columns: dict[Any, int]) -> np.ndarray:
+    kind, value = source
+    if kind == "col":
+        return rows[:, value]
+    if kind == "const":
+        return np.full(len(rows), value)
+    params = list(value.parameters)
+    return np.array(
+        [float(value.bind({p: row[columns[p]] for p in params}).numeric()) for row in rows]
+    )
+
+
+def _sources(op: Instruction, columns: dict[Any, int]) -> list[tuple[str, Any]] | None:
+    """Where each parameter of the parametric gate ``op`` comes from (see :class:`_Slot`), or
+    ``None`` when it cannot be Clifford (a block, a complex parameter)."""
+    from qiskit.circuit import ParameterExpression
+
+    if getattr(op, "blocks", None):
+        return None
+    sources: list[tuple[str, Any]] = []
+    for p in op.params:
+        if isinstance(p, ParameterExpression):
+            sources.append(("col", columns[p]) if p in columns else ("expr", p))
+        elif _is_real(p):
+            sources.append(("const", float(p)))
+        else:
+            return None
+    return sources
+
+
+def non_clifford_qubits(circuit: QuantumCircuit, rows: np.ndarray) -> set[int] | None:
+    """The qubits (indices in ``circuit.qubits``) that some instruction leaves non-Clifford for
+    some parameter set of ``rows`` (one row per set, columns in ``circuit.parameters`` order),
+    or ``None`` when Stim can run none of it (control flow). What is left, Stim can run for
+    every set: the executor packs it into one circuit however wide (``plan_packs``).
+
+    A gate whose one parameter is a column (a twirl's ``rz``) is checked with the others of
+    its kind in one array operation, without building its Python operation."""
+    from qiskit.circuit import Parameter, ParameterExpression
+
+    columns = {p: i for i, p in enumerate(circuit.parameters)}
+    qindex = {q: i for i, q in enumerate(circuit.qubits)}
+    out: set[int] = set()
+    slots: list[_Slot] = []
+    simple: list[tuple[int, tuple[str, int], tuple[int, ...]]] = []  # column, kind, qubits
+    kinds: dict[tuple[str, int], Instruction] = {}  # one operation per kind, for its Stim ops
+    for inst in circuit.data:
+        name = inst.name
+        if name in _NON_GATES:
+            continue
+        if inst.is_control_flow():
+            return None
+        qubits = tuple(qindex[q] for q in inst.qubits)
+        params = inst.params
+        if not params and name in _FIXED:
+            continue
+        if len(params) == 1 and isinstance(params[0], Parameter) and params[0] in columns:
+            kind = (name, len(qubits))
+            if kind not in kinds:
+                kinds[kind] = inst.operation
+            simple.append((columns[params[0]], kind, qubits))
+            continue
+        op = inst.operation
+        if any(isinstance(p, ParameterExpression) for p in op.params):
+            sources = _sources(op, columns)
+            if sources is None:
+                out.update(qubits)
+            else:
+                slots.append(_Slot(0, op, qubits, sources, ""))
+        elif clifford_ops(op) is None:
+            out.update(qubits)
+    for slot, ks in zip(slots, _all_multiples(slots, rows, columns), strict=True):
+        if ks is None:
+            out.update(slot.qubits)
+    if simple:
+        ks_all, near = _column_multiples(rows, [c for c, _, _ in simple])
+        for kind, op in kinds.items():
+            members = [j for j, (_, k, _) in enumerate(simple) if k == kind]
+            ks = ks_all[:, members] % 4 if kind[0] in _PERIOD_2PI else ks_all[:, members]
+            ok = near[members]
+            for value in np.unique(ks):
+                if _ops_of(op, ((("k", int(value)),))) is None:
+                    ok &= ~np.any(ks == value, axis=0)
+            for m, j in enumerate(members):
+                if not ok[m]:
+                    out.update(simple[j][2])
+    return out
 
 
 def _slot_text(slot: _Slot, combo: tuple[int, ...]) -> str | None:
     text = slot.texts.get(combo)
     if text is None:
-        params = tuple(("k", k) for k in combo)
-        key = (slot.op.name, slot.op.num_qubits, params)
-        if key not in _OPS:
-            _OPS[key] = _gate_ops(slot.op, params)
-        ops = _OPS[key]
+        ops = _ops_of(slot.op, tuple(("k", k) for k in combo))
         if ops is None:
             return None
         text = slot.texts[combo] = _gate_text(ops, slot.qubits, slot.noise)
@@ -307,16 +437,9 @@ def compile_circuit(circuit: QuantumCircuit, noise: PauliNoise | None) -> Progra
             if seconds > 0:
                 pieces.append(_channel_text(noise.delay(qubits[0], seconds), qubits))  # type: ignore[union-attr]
         elif any(isinstance(p, ParameterExpression) for p in op.params):
-            if getattr(op, "blocks", None):
+            sources = _sources(op, columns)
+            if sources is None:
                 return None
-            sources: list[tuple[str, Any]] = []
-            for p in op.params:
-                if isinstance(p, ParameterExpression):
-                    sources.append(("col", columns[p]) if p in columns else ("expr", p))
-                elif _is_real(p):
-                    sources.append(("const", float(p)))
-                else:
-                    return None
             pieces.append("")
             slots.append(_Slot(len(pieces) - 1, op, qubits, sources, channel))
         else:

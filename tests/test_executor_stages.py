@@ -90,6 +90,79 @@ def test_circuits_that_must_not_be_split() -> None:
     assert [p.qubits for p in compaction.plan_packs(dyn)] == [(0, 1)]
 
 
+def test_unbounded_components_share_one_first_pack_however_wide() -> None:
+    qc = QuantumCircuit(9, 9)
+    qc.h(0)
+    qc.cx(0, 1)  # one component of two qubits
+    for q in range(2, 9):
+        qc.x(q)
+    qc.measure(range(9), range(9))
+    packs = compaction.plan_packs(qc, width=4, unbounded=frozenset(range(1, 9)))
+    # qubits 2-8 (all in ``unbounded``) together; 0-1 is not wholly in it: packed by width
+    assert [p.qubits for p in packs] == [(2, 3, 4, 5, 6, 7, 8), (0, 1)]
+    result = AerSampler(seed=1).run([SamplerPub.coerce((p.circuit, None, 20)) for p in packs])
+    counts = compaction.merge_bins([r.data for r in result.result()]).c.get_counts()
+    assert set(counts) <= {"111111100", "111111111"} and sum(counts.values()) == 20
+    everything = compaction.plan_packs(qc, width=4, unbounded=frozenset(range(9)))
+    assert [p.qubits for p in everything] == [tuple(range(9))]
+
+
+def six_phase_qubits() -> tuple[QuantumCircuit, list[int]]:
+    """Six independent ``ibm_fez`` qubits, each flipped, then turned about Z by its own
+    parameter and measured: every shot reads all ones, whatever the angles (Clifford or
+    not). Built on the device's qubits directly, so that no pass removes the rotations."""
+    base = to_isa(QuantumCircuit(6, 6))
+    physical = list(base.layout.final_index_layout())
+    for i, q in enumerate(physical):
+        base.x(q)
+        base.rz(Parameter(f"a{i}"), q)
+        base.measure(q, i)
+    return base, physical
+
+
+def test_the_qubits_stim_can_run_for_every_parameter_set() -> None:
+    from emulator.stim_sampler import non_clifford_qubits
+
+    circuit, physical = six_phase_qubits()
+    clifford = np.array([[0.0, np.pi / 2, np.pi, -np.pi / 2, 2 * np.pi, 0.0]])
+    assert non_clifford_qubits(circuit, clifford) == set()
+    one_off = np.vstack([clifford, clifford])
+    one_off[1, 5] = 0.3  # the second set turns the last qubit by a non-Clifford angle
+    assert non_clifford_qubits(circuit, one_off) == {physical[5]}
+    fixed = circuit.copy()
+    fixed.t(physical[2])  # not Clifford whatever the parameters
+    assert non_clifford_qubits(fixed, one_off) == {physical[2], physical[5]}
+    dyn = QuantumCircuit(2, 1)
+    dyn.measure(0, 0)
+    with dyn.if_test((dyn.clbits[0], 1)):
+        dyn.x(1)
+    assert non_clifford_qubits(dyn, np.zeros((1, 0))) is None
+
+
+@pytest.mark.parametrize("noise", ["none", "full"])
+def test_an_items_clifford_qubits_run_as_one_stim_circuit(noise: str) -> None:
+    """The qubits of an executor item that stay Clifford for every parameter set go into one
+    pack however wide, which Stim samples (a twirled device-wide circuit: one circuit, not
+    one per 4 qubits); the others are packed as before. With the ``full`` noise level, which
+    Aer simulates, every pack stays narrow."""
+    circuit, physical = six_phase_qubits()
+    values = np.array([[0.0, np.pi / 2, np.pi, -np.pi / 2, 2 * np.pi, 0.0]] * 2)
+    values[1, 5] = 0.3
+    program = QuantumProgram(shots=8)
+    program.append_circuit_item(circuit, circuit_arguments=values)
+    params = json.loads(params_json(program))
+    params["options"] = {"experimental": {"noise_level": noise}}
+    job = classical.preprocess("executor", json.dumps(params), "fez")
+    qubits = job.metadata["pub_qubits"]
+    if noise == "none":
+        assert qubits == [tuple(sorted(physical[:5])), (physical[5],)]
+        assert job.simulation is not None and job.simulation.methods[0] == "stim"
+        bits = run(job)[0]["c"]  # type: ignore[index]
+        assert bits.shape == (2, 8, 6) and bits.all()  # every qubit of every shot reads 1
+    else:
+        assert len(qubits) == 2 and all(len(q) <= compaction.PACK_WIDTH for q in qubits)
+
+
 def test_pack_parameters_select_their_columns() -> None:
     a, b = Parameter("a"), Parameter("b")
     qc = QuantumCircuit(2)
