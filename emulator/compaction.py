@@ -41,7 +41,8 @@ _GROUND_OPS = frozenset({"barrier", "delay", "measure", "reset"})
 #: qubits, 96 parameter sets of 128 shots): each pack costs Aer's per-shot result conversion, so
 #: fewer packs are faster without noise (width 1: 7 s, 4: 3.5 s, 8: 2 s), while a noisy pack runs
 #: Aer's density-matrix method, whose cost grows as 4^width (with noise, width 4: 6.5 s,
-#: 8: 44 s, 12: 6 min). The pre-processing stage does not know whether noise is on, so 4.
+#: 8: 44 s, 12: 6 min). So 4, for what Aer runs; what Stim runs goes into one pack whatever
+#: its width (``plan_packs(unbounded=...)``, from the executor).
 PACK_WIDTH = 4
 
 

@@ -10,8 +10,9 @@ element of every item and returns the bits; all mitigation happens on the client
   (``QUANTUM_PROGRAM_PARAMS_CONVERTERS``), check the circuits against the device (ISA, shots,
   ``rep_delay``, ``meas_level``, executions), draw each samplex item's randomizations exactly as
   IBM's local runner does (``fake_provider.executor.broadcast_sample``), cut each circuit into
-  the narrow packs Aer simulates (:mod:`emulator.compaction`), and model the QPU time chunk by
-  chunk (:mod:`emulator.timing`).
+  packs (:mod:`emulator.compaction`): its qubits that stay Clifford for every parameter set in
+  one, however wide, for Stim, the others into the narrow packs Aer simulates; and model the
+  QPU time chunk by chunk (:mod:`emulator.timing`).
 - the QPU runs the packs with :func:`emulator.classical.sample`, like any other job;
 - :func:`finish` (a lane): put the packs' bits back together and encode the schema's
   ``QuantumProgramResultModel`` (same version as the params), with ``chunk_timing`` spans that
