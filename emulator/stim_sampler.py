@@ -231,26 +231,13 @@ def _all_multiples(
     """Per slot, its angles in multiples of π/2 for every row of parameter values (shape
     ``(rows, parameters of the gate)``), or ``None`` when some row makes its gate
     non-Clifford. The slots whose one parameter is a column of the values (a twirled
-    circuit's ``rz``: hundreds in a device-wide one) are checked together, in one array
-    operation and once per gate kind and multiple; one at a time, they were most of an
-    executor job's simulation plan."""
+    circuit's ``rz``: hundreds in a device-wide one) go through :func:`_column_gates`; one at a
+    time, they were most of an executor job's simulation plan."""
     out: list[np.ndarray | None] = [None] * len(slots)
     simple = [i for i, s in enumerate(slots) if len(s.sources) == 1 and s.sources[0][0] == "col"]
-    if simple:
-        ks_all, near = _column_multiples(rows, [slots[i].sources[0][1] for i in simple])
-        kinds: dict[tuple[str, int], list[int]] = {}
-        for j, i in enumerate(simple):
-            kinds.setdefault((slots[i].op.name, slots[i].op.num_qubits), []).append(j)
-        for (name, _), members in kinds.items():
-            ks = ks_all[:, members] % 4 if name in _PERIOD_2PI else ks_all[:, members]
-            ok = near[members]
-            op = slots[simple[members[0]]].op
-            for value in np.unique(ks):
-                if _ops_of(op, ((("k", int(value)),))) is None:
-                    ok &= ~np.any(ks == value, axis=0)
-            for m, j in enumerate(members):
-                if ok[m]:
-                    out[simple[j]] = ks[:, m : m + 1]
+    gates = [(slots[i].sources[0][1], slots[i].op) for i in simple]
+    for i, ks in zip(simple, _column_gates(rows, gates), strict=True):
+        out[i] = ks
     vectorised = set(simple)
     for i, slot in enumerate(slots):
         if i not in vectorised:
@@ -258,12 +245,34 @@ def _all_multiples(
     return out
 
 
-def _column_multiples(rows: np.ndarray, cols: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """The values of ``cols`` in multiples of π/2, rounded, and per column whether every row
-    is within :data:`ANGLE_TOLERANCE` of one."""
-    k = rows[:, cols] / (math.pi / 2)
+def _column_gates(
+    rows: np.ndarray, gates: Sequence[tuple[int, Instruction]]
+) -> list[np.ndarray | None]:
+    """For gates whose one parameter is column ``c`` of ``rows`` (``(c, operation)``): per
+    gate, its angle in multiples of π/2 for every row (shape ``(rows, 1)``), or ``None`` when
+    some row makes it non-Clifford. One array operation for all of them, and one Stim lookup
+    per gate kind (name, width) and multiple, not per gate."""
+    out: list[np.ndarray | None] = [None] * len(gates)
+    if not gates:
+        return out
+    k = rows[:, [c for c, _ in gates]] / (math.pi / 2)
     rounded = np.rint(k)
-    return rounded.astype(np.int64), np.all(np.abs(k - rounded) <= ANGLE_TOLERANCE, axis=0)
+    near = np.all(np.abs(k - rounded) <= ANGLE_TOLERANCE, axis=0)
+    ks_all = rounded.astype(np.int64)
+    kinds: dict[tuple[str, int], list[int]] = {}
+    for j, (_, op) in enumerate(gates):
+        kinds.setdefault((op.name, op.num_qubits), []).append(j)
+    for (name, _), members in kinds.items():
+        ks = ks_all[:, members] % 4 if name in _PERIOD_2PI else ks_all[:, members]
+        ok = near[members]
+        op = gates[members[0]][1]
+        for value in np.unique(ks):
+            if _ops_of(op, (("k", int(value)),)) is None:
+                ok &= ~np.any(ks == value, axis=0)
+        for m, j in enumerate(members):
+            if ok[m]:
+                out[j] = ks[:, m : m + 1]
+    return out
 
 
 def _ops_of(op: Instruction, params: tuple[Any, ...]) -> StimOps | None:
@@ -363,18 +372,10 @@ def non_clifford_qubits(circuit: QuantumCircuit, rows: np.ndarray) -> set[int] |
     for slot, ks in zip(slots, _all_multiples(slots, rows, columns), strict=True):
         if ks is None:
             out.update(slot.qubits)
-    if simple:
-        ks_all, near = _column_multiples(rows, [c for c, _, _ in simple])
-        for kind, op in kinds.items():
-            members = [j for j, (_, k, _) in enumerate(simple) if k == kind]
-            ks = ks_all[:, members] % 4 if kind[0] in _PERIOD_2PI else ks_all[:, members]
-            ok = near[members]
-            for value in np.unique(ks):
-                if _ops_of(op, ((("k", int(value)),))) is None:
-                    ok &= ~np.any(ks == value, axis=0)
-            for m, j in enumerate(members):
-                if not ok[m]:
-                    out.update(simple[j][2])
+    gates = [(column, kinds[kind]) for column, kind, _ in simple]
+    for (_, _, qubits), ks in zip(simple, _column_gates(rows, gates), strict=True):
+        if ks is None:
+            out.update(qubits)
     return out
 
 
