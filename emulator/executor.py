@@ -342,19 +342,18 @@ def prepare(
 
 
 def _stim_qubits(circuit: QuantumCircuit, values: np.ndarray) -> frozenset[int] | None:
-    """The live qubits of ``circuit`` that stay Clifford for every parameter set of ``values``
-    (Stim runs the components made of them in one pack, whatever its width). A twirled
-    device-wide circuit is mostly such qubits: the TREX calibration of an executor Estimator
-    job on ``ibm_fez`` (156 measured qubits, twirled) was 39 packs of 4 qubits, each sampled
-    on its own for each of the 8 randomizations."""
-    from .compaction import live_qubits
+    """The qubits of ``circuit`` that stay Clifford for every parameter set of ``values``
+    (Stim runs the components made of them in one pack, whatever its width; ``plan_packs``
+    looks only at live ones). A twirled device-wide circuit is mostly such qubits: the TREX
+    calibration of an executor Estimator job on ``ibm_fez`` (156 measured qubits, twirled)
+    was 39 packs of 4 qubits, each sampled on its own for each of the 8 randomizations."""
     from .stim_sampler import non_clifford_qubits
 
     rows = np.asarray(values, dtype=float).reshape(math.prod(values.shape[:-1]), -1)
     bad = non_clifford_qubits(circuit, rows)
     if bad is None:
         return None
-    return frozenset(q for q in live_qubits(circuit) if q not in bad)
+    return frozenset(range(circuit.num_qubits)) - bad
 
 
 def _check_samplex(where: str, samplex: Any, circuit: QuantumCircuit) -> None:
