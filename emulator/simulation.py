@@ -15,7 +15,8 @@ Methods. ``stim``: Clifford circuits (angles multiples of π/2 after binding) at
 ``pauli`` level, any width (:mod:`emulator.stim_sampler`). Everything else runs on Aer:
 ``density_matrix`` for noisy circuits with more shots than amplitudes (Aer's own rule),
 ``statevector`` while ``16 · 2^n`` bytes fit in ``max_memory_mb``, else
-``matrix_product_state``. Noisy Aer runs are one trajectory per shot (with Aer's shot branching,
+``matrix_product_state``. Noiseless ``statevector`` circuits measured only at their end are
+sampled from their exact probabilities (:mod:`emulator.ideal`), not by Aer's sampler. Noisy Aer runs are one trajectory per shot (with Aer's shot branching,
 which shares the trajectory until the first error), which is why the ``full`` level costs what
 it does and why the budget exists.
 """
@@ -24,7 +25,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -328,6 +330,7 @@ def run(
         JobInputError: ``EXECUTION_FAILED`` when Aer cannot simulate a circuit (e.g. it needs
             more than ``max_memory_mb``).
     """
+    from .ideal import sample_pubs as sample_ideal
     from .stim_sampler import sample_pub
 
     data: list[Any] = [None] * len(pubs)
@@ -344,6 +347,18 @@ def run(
             "max_memory_mb": simulation.max_memory_mb,
         }
         model = _aer_noise(source, live, simulation, user_models, pubs, indices)
+        if model is None and method == "statevector":
+            with _aer_errors(simulation.max_memory_mb):
+                ideal = sample_ideal(
+                    [pubs[k] for k in indices],
+                    seed,
+                    max_threads=max_threads,
+                    max_memory_mb=simulation.max_memory_mb,
+                )
+            if ideal is not None:
+                for k, pub_data in zip(indices, ideal, strict=True):
+                    data[k] = pub_data
+                continue
         if model is not None:
             options["noise_model"] = model
             options["shot_branching_enable"] = method == "statevector"
@@ -391,21 +406,28 @@ def _aer_noise(
 
 
 def _aer(options: dict[str, Any], pubs: list[SamplerPub], seed: int | None) -> list[DataBin]:
-    from qiskit_aer.aererror import AerError
     from qiskit_aer.primitives import SamplerV2
 
     sampler = SamplerV2(seed=seed, options={"backend_options": options})
+    with _aer_errors(options["max_memory_mb"]), warnings.catch_warnings():
+        # e.g. "no output classical registers": IBM returns an empty DataBin, so do we.
+        warnings.simplefilter("ignore")
+        result = sampler.run(pubs).result()
+    return [pub_result.data for pub_result in result]
+
+
+@contextmanager
+def _aer_errors(max_memory_mb: int) -> Iterator[None]:
+    """Aer's failures as the job's: ``EXECUTION_FAILED``, with a hint when memory ran out."""
+    from qiskit_aer.aererror import AerError
+
     try:
-        with warnings.catch_warnings():
-            # e.g. "no output classical registers": IBM returns an empty DataBin, so do we.
-            warnings.simplefilter("ignore")
-            result = sampler.run(pubs).result()
+        yield
     except AerError as exc:
         raise JobInputError(
             ErrorCode.EXECUTION_FAILED,
-            f"The simulation failed: {exc}" + _memory_hint(str(exc), options["max_memory_mb"]),
+            f"The simulation failed: {exc}" + _memory_hint(str(exc), max_memory_mb),
         ) from None
-    return [pub_result.data for pub_result in result]
 
 
 def _memory_hint(message: str, max_memory_mb: int) -> str:

@@ -490,7 +490,8 @@ def sample_pub(pub: SamplerPub, noise: PauliNoise | None, seed: int | None) -> D
         ValueError: a parameter set makes the circuit non-Clifford (see :func:`pub_is_clifford`).
     """
     import stim
-    from qiskit.primitives.containers import BitArray, DataBin
+
+    from .ideal import data_bin
 
     circuit, shots = pub.circuit, int(pub.shots)
     shape = tuple(pub.parameter_values.shape)
@@ -498,8 +499,7 @@ def sample_pub(pub: SamplerPub, noise: PauliNoise | None, seed: int | None) -> D
     multiples = program.multiples(_rows(pub)) if program is not None else None
     if program is None or multiples is None:
         raise ValueError("the PUB is not a Clifford circuit")
-    regs = [(creg.name, [circuit.find_bit(b).index for b in creg]) for creg in circuit.cregs]
-    arrays: dict[str, list[np.ndarray]] = {name: [] for name, _ in regs}
+    rows = []
     rng = np.random.default_rng(seed)
     records = program.records
     for row in range(math.prod(shape)):
@@ -510,12 +510,5 @@ def sample_pub(pub: SamplerPub, noise: PauliNoise | None, seed: int | None) -> D
         bits = np.zeros((shots, circuit.num_clbits), dtype=bool)
         for record, clbit in enumerate(records):  # a later measurement overwrites its clbit
             bits[:, clbit] = samples[:, record]
-        for name, clbits in regs:
-            arrays[name].append(BitArray.from_bool_array(bits[:, clbits], order="little").array)
-    meas = {}
-    for name, clbits in regs:
-        nbytes = (len(clbits) + 7) // 8
-        # A PUB with no parameter sets (shape (0,)) has no rows: an empty array of its shape.
-        rows = np.stack(arrays[name]) if arrays[name] else np.zeros((0, shots, nbytes), np.uint8)
-        meas[name] = BitArray(rows.reshape((*shape, shots, nbytes)), len(clbits))
-    return DataBin(**meas, shape=shape)
+        rows.append(bits)
+    return data_bin(circuit, shape, shots, rows)

@@ -142,7 +142,11 @@ async def test_two_vqe_optimizers_share_one_session(
     optimizers = summary["optimizers"]
     assert set(optimizers) == {"COBYLA", "Nelder-Mead"}
     for method, entry in optimizers.items():
-        assert abs(entry["energy"] - exact) < 0.1, (method, entry["energy"])
+        # Both went most of the way down from the start (+1.32 at x0 = 1). How far depends on
+        # the shot stream, which the fixed seed makes one path among many: over 8 seeds, each
+        # optimizer ended 0.01-0.25 above the minimum (the emulator's sampling before and
+        # after it drew shots from exact probabilities), so not within 0.1 as by luck before.
+        assert abs(entry["energy"] - exact) < 0.35, (method, entry["energy"])
         assert entry["nfev"] == len(entry["history"]) > 10
     assert summary["session_id"]
     # both ran in the one session, told apart by their job tags
