@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .derived import derived
+
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit
     from qiskit.primitives.containers import DataBin, PubResult
@@ -144,8 +146,6 @@ def plan_estimator_pub(
     back into expectation values. ``first_index`` is the ``sampler_pubs`` index the first
     circuit will get.
     """
-    from qiskit import ClassicalRegister
-
     observables = pub.observables
     obs_sparse = observables.sparse_observables_array().reshape(-1)
     num_obs = len(obs_sparse)
@@ -186,21 +186,23 @@ def plan_estimator_pub(
             group_bases = np.vstack([group_bases, row[None, :]])
             members.append([t])
 
-    circuits: list[QuantumCircuit] = []
     groups: list[GroupPlan] = []
     reg_base = _fresh_register_name(pub.circuit)
+    # Per group, its measured qubits and the basis of each: what its circuit is made of.
+    measurements = tuple(
+        tuple(
+            (q, int(group_bases[g, col[q]])) for q in qubits_used if group_bases[g, col[q]] != _NONE
+        )
+        for g in range(len(members))
+    )
+    circuits = derived(
+        pub.circuit,
+        ("measurement circuits", reg_base, measurements, _gates_key(basis_gates)),
+        lambda: _measurement_circuits(pub.circuit, reg_base, measurements, basis_gates),
+    )
     for g, term_list in enumerate(members):
-        measured = [q for q in qubits_used if group_bases[g, col[q]] != _NONE]
+        measured = [q for q, _ in measurements[g]]
         bit = {q: j for j, q in enumerate(measured)}
-        creg = ClassicalRegister(len(measured), f"{reg_base}{g}")
-        circuit = pub.circuit.copy()
-        circuit.add_register(creg)
-        for q in measured:
-            for gate in basis_gates.get(int(group_bases[g, col[q]]), ()):
-                circuit.append(gate, [q], copy=False)
-        for q in measured:
-            circuit.measure(q, creg[bit[q]])
-        circuits.append(circuit)
 
         local = {t: k for k, t in enumerate(term_list)}
         parity = np.zeros((len(measured), len(term_list)), dtype=np.float64)
@@ -217,7 +219,7 @@ def plan_estimator_pub(
         groups.append(
             GroupPlan(
                 sampler_index=first_index + g,
-                creg=creg.name,
+                creg=f"{reg_base}{g}",
                 qubits=tuple(measured),
                 parity=parity,
                 zeros=zeros,
@@ -237,6 +239,40 @@ def plan_estimator_pub(
         groups=tuple(groups),
     )
     return circuits, plan
+
+
+def _measurement_circuits(
+    circuit: QuantumCircuit,
+    reg_base: str,
+    measurements: tuple[tuple[tuple[int, int], ...], ...],
+    basis_gates: dict[int, tuple[Any, ...]],
+) -> list[QuantumCircuit]:
+    """Per group, ``circuit`` with the group's basis changes and measurements into a register
+    of its own (``{reg_base}{g}``). Built once per circuit and groups (:func:`derived`): a
+    program that sends the same circuit and observables again gets the same circuit objects,
+    so what pre-processing and the QPU derive from them is derived once too."""
+    from qiskit import ClassicalRegister
+
+    circuits = []
+    for g, group in enumerate(measurements):
+        creg = ClassicalRegister(len(group), f"{reg_base}{g}")
+        measured = circuit.copy()
+        measured.add_register(creg)
+        for q, basis in group:
+            for gate in basis_gates.get(basis, ()):
+                measured.append(gate, [q], copy=False)
+        for j, (q, _) in enumerate(group):
+            measured.measure(q, creg[j])
+        circuits.append(measured)
+    return circuits
+
+
+def _gates_key(basis_gates: dict[int, tuple[Any, ...]]) -> tuple[Any, ...]:
+    """What tells two devices' basis changes apart: each gate's name and parameters."""
+    return tuple(
+        (basis, tuple((gate.name, tuple(map(float, gate.params))) for gate in gates))
+        for basis, gates in sorted(basis_gates.items())
+    )
 
 
 def _fresh_register_name(circuit: QuantumCircuit) -> str:

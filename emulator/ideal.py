@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .derived import derived
+
 if TYPE_CHECKING:
     from qiskit.circuit import QuantumCircuit
     from qiskit.primitives.containers import DataBin
@@ -79,14 +81,14 @@ def sample_pubs(
     """
     measurements = []
     for pub in pubs:
-        found = terminal_measurements(pub.circuit)
+        found = _ideal(pub.circuit)[0]
         sets = pub.parameter_values.size
         if found is None or sets == 0 or (not pub.circuit.num_parameters and sets != 1):
             return None
         if sets * 2 ** len(found) > MAX_PROBABILITIES:
             return None
         measurements.append(found)
-    probabilities = _probabilities(pubs, measurements, max_threads, max_memory_mb)
+    probabilities = _probabilities(pubs, max_threads, max_memory_mb)
     rng = np.random.default_rng(seed)
     data = []
     for pub, found, rows in zip(pubs, measurements, probabilities, strict=True):
@@ -104,26 +106,19 @@ def sample_pubs(
 
 def _probabilities(
     pubs: Sequence[SamplerPub],
-    measurements: Sequence[list[tuple[int, int]]],
     max_threads: int,
     max_memory_mb: int,
 ) -> list[list[np.ndarray]]:
     """One Aer run for all ``pubs``: per PUB, the measured qubits' probabilities for each of
     its parameter sets (in the order of ``parameter_values``, flattened)."""
-    import qiskit_aer.library  # noqa: F401  (QuantumCircuit.save_probabilities)
     from qiskit_aer import AerSimulator
     from qiskit_aer.aererror import AerError
 
     circuits = []
     binds: list[dict[Any, Any]] = []
-    for pub, found in zip(pubs, measurements, strict=True):
+    for pub in pubs:
         circuit = pub.circuit
-        unmeasured = circuit.copy_empty_like()
-        for instruction in circuit.data:
-            if instruction.operation.name != "measure":
-                unmeasured._append(instruction)
-        unmeasured.save_probabilities([qubit for qubit, _ in found], label="p")
-        circuits.append(unmeasured)
+        circuits.append(_ideal(circuit)[1])
         # As Aer's SamplerV2 binds a PUB's parameter sets: one array of values per parameter.
         values = pub.parameter_values.as_array(circuit.parameters)
         binds.append({p: values[..., k].ravel() for k, p in enumerate(circuit.parameters)})
@@ -142,6 +137,27 @@ def _probabilities(
             [np.asarray(next(experiments).data.p) for _ in range(pub.parameter_values.size)]
         )
     return rows
+
+
+def _ideal(circuit: QuantumCircuit) -> tuple[list[tuple[int, int]] | None, Any]:
+    """:func:`terminal_measurements` of ``circuit`` and, when they are terminal, the circuit
+    without them that saves their qubits' probabilities; once per circuit (the QPU's worker
+    opens a repeated circuit into the same object)."""
+
+    def compute() -> tuple[list[tuple[int, int]] | None, Any]:
+        import qiskit_aer.library  # noqa: F401  (QuantumCircuit.save_probabilities)
+
+        found = terminal_measurements(circuit)
+        if found is None:
+            return None, None
+        unmeasured = circuit.copy_empty_like()
+        for instruction in circuit.data:
+            if instruction.operation.name != "measure":
+                unmeasured._append(instruction)
+        unmeasured.save_probabilities([qubit for qubit, _ in found], label="p")
+        return found, unmeasured
+
+    return derived(circuit, "ideal", compute)
 
 
 def data_bin(

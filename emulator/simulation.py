@@ -16,9 +16,9 @@ Methods. ``stim``: Clifford circuits (angles multiples of π/2 after binding) at
 ``density_matrix`` for noisy circuits with more shots than amplitudes (Aer's own rule),
 ``statevector`` while ``16 · 2^n`` bytes fit in ``max_memory_mb``, else
 ``matrix_product_state``. Noiseless ``statevector`` circuits measured only at their end are
-sampled from their exact probabilities (:mod:`emulator.ideal`), not by Aer's sampler. Noisy Aer runs are one trajectory per shot (with Aer's shot branching,
-which shares the trajectory until the first error), which is why the ``full`` level costs what
-it does and why the budget exists.
+sampled from their exact probabilities (:mod:`emulator.ideal`), not by Aer's sampler. Noisy Aer
+runs are one trajectory per shot (with Aer's shot branching, which shares the trajectory until
+the first error), which is why the ``full`` level costs what it does and why the budget exists.
 """
 
 from __future__ import annotations

@@ -773,6 +773,56 @@ def test_a_repeated_circuit_is_checked_timed_and_compacted_once(
     assert key not in derived.FACTS
 
 
+def test_a_repeated_estimator_pub_is_measured_checked_and_compacted_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An optimizer's Estimator loop: the same circuit and observables with new values each
+    job. The measurement circuits (basis changes and measurements per group) are built once
+    and shared, so what pre-processing derives from them (duration, compaction, shape, Stim
+    program) is derived once too; other observables get circuits of their own; every job's
+    values are its own."""
+    from emulator import costs, estimation, stim_sampler
+
+    calls: dict[str, int] = {}
+    monkeypatch.setattr(
+        estimation,
+        "_measurement_circuits",
+        _counted(calls, "measurement", estimation._measurement_circuits),
+    )
+    for module, name in ((costs, "shape_of"), (stim_sampler, "compile_circuit")):
+        monkeypatch.setattr(module, name, _counted(calls, name, getattr(module, name)))
+    theta = Parameter("theta")
+    circuit = QuantumCircuit(2)
+    circuit.ry(theta, 0)
+    circuit.cx(0, 1)
+    isa = to_isa(circuit)
+    obs = [observable(label, isa) for label in ("ZZ", "XX", "ZI")]
+    values = (0.3, 1.1, 2.0)  # not Clifford: sampled by the ideal path, not Stim
+    texts = [estimator_params([(isa, obs, [v])]) for v in values]
+    payloads = {payload for text in texts for payload in _qpy_payloads(text)}
+    jobs, results = [], []
+    for text in texts:
+        prepared, result = run("estimator", text)
+        jobs.append(prepared)
+        results.append(result[0].data.evs)
+    # one payload or two (QPY's register order, see above): built and derived once for each;
+    # two groups (Z and X bases), so two circuits each time they are built
+    assert calls["measurement"] == len(payloads)
+    assert calls["shape_of"] == calls["compile_circuit"] == 2 * len(payloads)
+    shared = {tuple(id(pub.circuit) for pub in job.sampler_pubs) for job in jobs}
+    assert len(shared) == len(payloads) < len(jobs)
+    # ZZ, XX, ZI of ry(theta) then cx: 1, sin(theta), cos(theta)
+    for evs, value in zip(results, values, strict=True):
+        want = [1.0, math.sin(value), math.cos(value)]
+        assert np.allclose(evs, want, atol=0.08), (evs, want)
+    # other observables (a Y basis): their own measurement circuits
+    other, _ = run("estimator", estimator_params([(isa, observable("YY", isa), [0.3])]))
+    assert calls["measurement"] == len(payloads) + 1
+    assert {id(pub.circuit) for pub in other.sampler_pubs}.isdisjoint(
+        {id(pub.circuit) for job in jobs for pub in job.sampler_pubs}
+    )
+
+
 def _counted(calls: dict[str, int], name: str, real: Any) -> Any:
     def wrapper(*args: Any) -> Any:
         calls[name] = calls.get(name, 0) + 1

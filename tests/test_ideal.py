@@ -220,3 +220,26 @@ def _instants() -> tuple[Any, Any]:
 
     start = datetime(2026, 1, 2, tzinfo=UTC)
     return start, start + timedelta(seconds=1)
+
+
+def test_a_repeated_circuit_is_prepared_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An optimizer's loop sends the QPU the same circuit object with new values: its
+    measurements are read and its measurement-free copy built once, and each job still gets
+    its own values' distribution."""
+    calls: list[QuantumCircuit] = []
+    real = ideal.terminal_measurements
+
+    def counted(circuit: QuantumCircuit) -> list[tuple[int, int]] | None:
+        calls.append(circuit)
+        return real(circuit)
+
+    monkeypatch.setattr(ideal, "terminal_measurements", counted)
+    theta = Parameter("theta")
+    qc = QuantumCircuit(1, 1)
+    qc.ry(theta, 0)
+    qc.measure(0, 0)
+    for value in (0.4, 2.5, 0.4):
+        (data,) = ideal.sample_pubs([pub(qc, [value])], 9, **SETTINGS) or []
+        one = math.sin(value / 2) ** 2
+        close(data.c.get_counts(), {"0": 1 - one, "1": one}, 4000)
+    assert calls == [qc]
