@@ -37,9 +37,10 @@ import numpy as np
 from aioruntime.protocol import ErrorCode
 
 from .backends import device_limits, device_target, served_name
-from .compaction import plan_packs
-from .timing import TimingParams, circuit_duration_s, quantum_seconds
-from .validation import CIRCUITS, JobInputError, _check_circuit, check_rep_delay
+from .compaction import Pack, plan_packs
+from .derived import derived
+from .timing import TimingParams, quantum_seconds
+from .validation import CIRCUITS, JobInputError, check_rep_delay
 
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit
@@ -214,7 +215,7 @@ def prepare(
     from qiskit_ibm_runtime.fake_provider.executor.broadcast_sample import broadcast_sample
     from samplomatic.quantum_program import SamplexItem
 
-    from .classical import PreparedJob
+    from .classical import PreparedJob, _check_isa, _duration_s
 
     version, program, options = _decode(params)
     _check_meas_level(program.meas_level)
@@ -242,7 +243,7 @@ def prepare(
                 f"{where}: the circuit contains boxes; build boxed circuits into a template "
                 "circuit and a samplex (samplomatic.build) and submit them as a samplex item.",
             )
-        _check_circuit(where, circuit, target, device)
+        _check_isa(where, circuit, target, device_source, device)
         shape = tuple(int(n) for n in item.shape)
         if 0 in shape:  # nothing to run; the stages after this one would fail on it
             raise JobInputError(
@@ -266,7 +267,7 @@ def prepare(
             values = item.circuit_arguments
         values = np.broadcast_to(values, (*shape, circuit.num_parameters))
         first = len(sampler_pubs)
-        for pack in plan_packs(circuit, unbounded=_stim_qubits(circuit, values) if stim else None):
+        for pack in _packs(circuit, _stim_qubits(circuit, values) if stim else None):
             columns = values[..., list(pack.parameter_index)]
             bindings = (
                 BindingsArray({tuple(pack.circuit.parameters): columns})
@@ -278,7 +279,7 @@ def prepare(
             )
             pub_qubits.append(pack.qubits)
         items.append(ItemPlan(shape, tuple(range(first, len(sampler_pubs))), outputs))
-        durations.append(circuit_duration_s(circuit, target))
+        durations.append(_duration_s(circuit, target, device_source))
 
     sizes = [math.prod(item.shape) for item in items]
     executions = sum(sizes) * program.shots
@@ -339,6 +340,13 @@ def prepare(
         },
         notes=tuple(notes),
     )
+
+
+def _packs(circuit: QuantumCircuit, unbounded: frozenset[int] | None) -> list[Pack]:
+    """:func:`plan_packs` of ``circuit``, once per circuit and ``unbounded`` while the circuit
+    lives (a repeated circuit item's jobs share its packs, so what the simulation plan derives
+    from them is derived once too; the packs are only read)."""
+    return derived(circuit, ("packs", unbounded), lambda: plan_packs(circuit, unbounded=unbounded))
 
 
 def _stim_qubits(circuit: QuantumCircuit, values: np.ndarray) -> frozenset[int] | None:

@@ -335,48 +335,77 @@ def non_clifford_qubits(circuit: QuantumCircuit, rows: np.ndarray) -> set[int] |
     every set: the executor packs it into one circuit however wide (``plan_packs``).
 
     A gate whose one parameter is a column (a twirl's ``rz``) is checked with the others of
-    its kind in one array operation, without building its Python operation."""
-    from qiskit.circuit import Parameter, ParameterExpression
+    its kind in one array operation, without building its Python operation. The pass over the
+    instructions (what does not depend on ``rows``) is made once per circuit
+    (:class:`_CliffordScan`): a repeated circuit's jobs check only their values."""
+    from .derived import derived
 
-    columns = {p: i for i, p in enumerate(circuit.parameters)}
-    qindex = {q: i for i, q in enumerate(circuit.qubits)}
-    out: set[int] = set()
-    slots: list[_Slot] = []
-    simple: list[tuple[int, tuple[str, int], tuple[int, ...]]] = []  # column, kind, qubits
-    kinds: dict[tuple[str, int], Instruction] = {}  # one operation per kind, for its Stim ops
-    for inst in circuit.data:
-        name = inst.name
-        if name in _NON_GATES:
-            continue
-        if inst.is_control_flow():
-            return None
-        qubits = tuple(qindex[q] for q in inst.qubits)
-        params = inst.params
-        if not params and name in _FIXED:
-            continue
-        if len(params) == 1 and isinstance(params[0], Parameter) and params[0] in columns:
-            kind = (name, len(qubits))
-            if kind not in kinds:
-                kinds[kind] = inst.operation
-            simple.append((columns[params[0]], kind, qubits))
-            continue
-        op = inst.operation
-        if any(isinstance(p, ParameterExpression) for p in op.params):
-            sources = _sources(op, columns)
-            if sources is None:
-                out.update(qubits)
-            else:
-                slots.append(_Slot(0, op, qubits, sources, ""))
-        elif clifford_ops(op) is None:
-            out.update(qubits)
-    for slot, ks in zip(slots, _all_multiples(slots, rows, columns), strict=True):
+    scan = derived(circuit, "clifford scan", lambda: _CliffordScan.of(circuit))
+    if scan is None:
+        return None
+    out = set(scan.fixed)
+    for slot, ks in zip(scan.slots, _all_multiples(scan.slots, rows, scan.columns), strict=True):
         if ks is None:
             out.update(slot.qubits)
-    gates = [(column, kinds[kind]) for column, kind, _ in simple]
-    for (_, _, qubits), ks in zip(simple, _column_gates(rows, gates), strict=True):
+    gates = [(column, scan.kinds[kind]) for column, kind, _ in scan.simple]
+    for (_, _, qubits), ks in zip(scan.simple, _column_gates(rows, gates), strict=True):
         if ks is None:
             out.update(qubits)
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class _CliffordScan:
+    """What :func:`non_clifford_qubits` reads from a circuit's instructions, whatever the
+    parameter values."""
+
+    columns: dict[Any, int]
+    fixed: frozenset[int]
+    """Qubits of gates that are never Clifford (a fixed ``t``, a complex parameter...)."""
+    slots: list[_Slot]
+    """Parametric gates checked per parameter set, one at a time or by kind."""
+    simple: list[tuple[int, tuple[str, int], tuple[int, ...]]]
+    """Gates whose one parameter is a column: ``(column, (name, width), qubits)``."""
+    kinds: dict[tuple[str, int], Instruction]
+    """One operation per kind of ``simple`` gate, for its Stim ops."""
+
+    @classmethod
+    def of(cls, circuit: QuantumCircuit) -> _CliffordScan | None:
+        """``None`` when the circuit has control flow (Stim runs none of it)."""
+        from qiskit.circuit import Parameter, ParameterExpression
+
+        columns = {p: i for i, p in enumerate(circuit.parameters)}
+        qindex = {q: i for i, q in enumerate(circuit.qubits)}
+        fixed: set[int] = set()
+        slots: list[_Slot] = []
+        simple: list[tuple[int, tuple[str, int], tuple[int, ...]]] = []
+        kinds: dict[tuple[str, int], Instruction] = {}
+        for inst in circuit.data:
+            name = inst.name
+            if name in _NON_GATES:
+                continue
+            if inst.is_control_flow():
+                return None
+            qubits = tuple(qindex[q] for q in inst.qubits)
+            params = inst.params
+            if not params and name in _FIXED:
+                continue
+            if len(params) == 1 and isinstance(params[0], Parameter) and params[0] in columns:
+                kind = (name, len(qubits))
+                if kind not in kinds:
+                    kinds[kind] = inst.operation
+                simple.append((columns[params[0]], kind, qubits))
+                continue
+            op = inst.operation
+            if any(isinstance(p, ParameterExpression) for p in op.params):
+                sources = _sources(op, columns)
+                if sources is None:
+                    fixed.update(qubits)
+                else:
+                    slots.append(_Slot(0, op, qubits, sources, ""))
+            elif clifford_ops(op) is None:
+                fixed.update(qubits)
+        return cls(columns, frozenset(fixed), slots, simple, kinds)
 
 
 def _slot_text(slot: _Slot, combo: tuple[int, ...]) -> str | None:

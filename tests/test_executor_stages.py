@@ -258,6 +258,54 @@ def test_a_repeated_program_decodes_its_circuits_once_and_leaves_them(version: s
     assert fresh.sampler_pubs[0].circuit == second.sampler_pubs[0].circuit
 
 
+def test_a_repeated_circuit_item_is_checked_timed_and_packed_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An optimizer's loop on the executor: the same circuit item, new arguments each job. The
+    ISA check, the modelled duration, the pass over the instructions that finds the Clifford
+    qubits, and the packs are made once per decoded circuit; the packs' circuits are shared
+    (so the simulation plan derives from them once too); each job still gets its own
+    arguments' bits, and a circuit that becomes non-Clifford for some arguments is packed as
+    such."""
+    from emulator import stim_sampler
+
+    calls: dict[str, int] = {}
+
+    def counting(owner: Any, name: str) -> None:
+        real = getattr(owner, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            calls[name] = calls.get(name, 0) + 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, wrapper)
+
+    counting(classical, "_check_circuit")
+    counting(classical, "circuit_duration_s")
+    counting(executor, "plan_packs")
+    counting(stim_sampler._CliffordScan, "of")
+    isa = to_isa(rotated_bell())
+    values = (0.0, np.pi, 0.0, 1.2)  # Clifford three times (one Stim pack), then not
+    texts = []
+    for value in values:
+        program = QuantumProgram(shots=64)
+        program.append_circuit_item(isa, circuit_arguments=np.array([[value]]))
+        texts.append(params_json(program))
+    jobs = [classical.preprocess("executor", text, "fez") for text in texts]
+    # QPY writes a layout's registers in a set's order: one payload or two, each decoded once
+    payload = [json.loads(t)["quantum_program"]["circuits"]["b64_data"] for t in texts]
+    n = len(set(payload))
+    assert calls["_check_circuit"] == calls["circuit_duration_s"] == calls["of"] == n
+    # packs once per decoded circuit and Clifford qubits (the last job's differ)
+    kinds = {(p, value == 1.2) for p, value in zip(payload, values, strict=True)}
+    assert calls["plan_packs"] == len(kinds)
+    shared = {tuple(id(pub.circuit) for pub in job.sampler_pubs) for job in jobs[:3]}
+    assert len(shared) == len(set(payload[:3])) < 3
+    bits = [run(job)[0]["meas"].sum(axis=-1) for job in jobs]  # type: ignore[index]
+    assert (bits[0] == 0).all() and (bits[1] == 2).all() and (bits[2] == 0).all()
+    assert set(np.unique(bits[3])) <= {0, 2} and 0 < (bits[3] == 2).sum() < 64
+
+
 @pytest.mark.parametrize("shape", [(0, 1), (2, 0, 1)])
 def test_an_item_with_no_elements_is_refused(shape: tuple[int, ...]) -> None:
     """A circuit item whose arguments hold no parameter set has nothing to run: a validation
