@@ -798,7 +798,8 @@ def test_a_repeated_estimator_pub_is_measured_checked_and_compacted_once(
     isa = to_isa(circuit)
     obs = [observable(label, isa) for label in ("ZZ", "XX", "ZI")]
     values = (0.3, 1.1, 2.0)  # not Clifford: sampled by the ideal path, not Stim
-    texts = [estimator_params([(isa, obs, [v])]) for v in values]
+    seed = {"simulator": {"seed_simulator": 11}}
+    texts = [estimator_params([(isa, obs, [v])], seed) for v in values]
     payloads = {payload for text in texts for payload in _qpy_payloads(text)}
     jobs, results = [], []
     for text in texts:

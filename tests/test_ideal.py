@@ -201,7 +201,8 @@ def test_an_estimator_job_takes_the_path_and_its_values_are_exact(
     pm = generate_preset_pass_manager(optimization_level=1, target=device_target("fez"))
     isa = pm.run(qc)
     observable = SparsePauliOp.from_list([("ZZI", 1.0), ("IXX", 0.5), ("YIZ", -0.3)])
-    params = params_json([EstimatorPub.coerce((isa, observable.apply_layout(isa.layout)))])
+    pubs = [EstimatorPub.coerce((isa, observable.apply_layout(isa.layout)))]
+    params = params_json(pubs, {"simulator": {"seed_simulator": 4}})
     prepared = preprocess("estimator", params, "fez")
     assert prepared.simulation is not None
     assert set(prepared.simulation.methods) == {"statevector"}
