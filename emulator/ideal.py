@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -79,29 +81,50 @@ def sample_pubs(
     Raises:
         AerError: Aer cannot simulate a circuit (e.g. out of memory).
     """
-    measurements = []
+    plans = []
     for pub in pubs:
-        found = _ideal(pub.circuit)[0]
+        plan = _ideal(pub.circuit)
         sets = pub.parameter_values.size
-        if found is None or sets == 0 or (not pub.circuit.num_parameters and sets != 1):
+        if plan is None or sets == 0 or (not pub.circuit.num_parameters and sets != 1):
             return None
-        if sets * 2 ** len(found) > MAX_PROBABILITIES:
+        if sets * 2 ** len(plan.found) > MAX_PROBABILITIES:
             return None
-        measurements.append(found)
+        plans.append(plan)
     probabilities = _probabilities(pubs, max_threads, max_memory_mb)
     rng = np.random.default_rng(seed)
     data = []
-    for pub, found, rows in zip(pubs, measurements, probabilities, strict=True):
-        shots = int(pub.shots)
+    for pub, plan, rows in zip(pubs, plans, probabilities, strict=True):
+        shots, shape = int(pub.shots), tuple(pub.parameter_values.shape)
+        draws = [rng.choice(p.size, size=shots, p=p / p.sum()) for p in rows]
+        if plan.tables is not None:
+            data.append(_from_tables(plan.tables, draws, shape, shots))
+            continue
         bits = []
-        for p in rows:
-            outcomes = rng.choice(p.size, size=shots, p=p / p.sum())
+        for outcomes in draws:
             row = np.zeros((shots, pub.circuit.num_clbits), dtype=bool)
-            for k, (_, clbit) in enumerate(found):  # qubit k of the vector is bit k
+            for k, (_, clbit) in enumerate(plan.found):  # qubit k of the vector is bit k
                 row[:, clbit] = (outcomes >> k) & 1
             bits.append(row)
-        data.append(data_bin(pub.circuit, tuple(pub.parameter_values.shape), shots, bits))
+        data.append(data_bin(pub.circuit, shape, shots, bits))
     return data
+
+
+def _from_tables(
+    tables: dict[str, tuple[np.ndarray, int]],
+    draws: Sequence[np.ndarray],
+    shape: tuple[int, ...],
+    shots: int,
+) -> DataBin:
+    """The ``DataBin`` of one PUB from its drawn outcomes (one array per parameter set): each
+    register's bytes looked up per outcome (:attr:`_Ideal.tables`)."""
+    from qiskit.primitives.containers import BitArray, DataBin
+
+    meas = {}
+    for name, (table, num_bits) in tables.items():
+        rows = [table[outcomes] for outcomes in draws]
+        stacked = np.stack(rows) if rows else np.zeros((0, shots, table.shape[1]), np.uint8)
+        meas[name] = BitArray(stacked.reshape((*shape, shots, table.shape[1])), num_bits)
+    return DataBin(**meas, shape=shape)
 
 
 def _probabilities(
@@ -111,20 +134,18 @@ def _probabilities(
 ) -> list[list[np.ndarray]]:
     """One Aer run for all ``pubs``: per PUB, the measured qubits' probabilities for each of
     its parameter sets (in the order of ``parameter_values``, flattened)."""
-    from qiskit_aer import AerSimulator
     from qiskit_aer.aererror import AerError
 
     circuits = []
     binds: list[dict[Any, Any]] = []
     for pub in pubs:
-        circuit = pub.circuit
-        circuits.append(_ideal(circuit)[1])
+        plan = _ideal(pub.circuit)
+        assert plan is not None  # sample_pubs checked
+        circuits.append(plan.unmeasured)
         # As Aer's SamplerV2 binds a PUB's parameter sets: one array of values per parameter.
-        values = pub.parameter_values.as_array(circuit.parameters)
-        binds.append({p: values[..., k].ravel() for k, p in enumerate(circuit.parameters)})
-    simulator = AerSimulator(
-        method="statevector", max_parallel_threads=max_threads, max_memory_mb=max_memory_mb
-    )
+        values = pub.parameter_values.as_array(pub.circuit.parameters)
+        binds.append({p: values[..., k].ravel() for k, p in enumerate(pub.circuit.parameters)})
+    simulator = _simulator(max_threads, max_memory_mb)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = simulator.run(circuits, shots=1, parameter_binds=binds).result()
@@ -139,25 +160,75 @@ def _probabilities(
     return rows
 
 
-def _ideal(circuit: QuantumCircuit) -> tuple[list[tuple[int, int]] | None, Any]:
-    """:func:`terminal_measurements` of ``circuit`` and, when they are terminal, the circuit
-    without them that saves their qubits' probabilities; once per circuit (the QPU's worker
-    opens a repeated circuit into the same object)."""
+@cache
+def _simulator(max_threads: int, max_memory_mb: int) -> Any:
+    """One statevector simulator per setting, reused by every run (making one took 0.1 ms)."""
+    from qiskit_aer import AerSimulator
 
-    def compute() -> tuple[list[tuple[int, int]] | None, Any]:
+    return AerSimulator(
+        method="statevector", max_parallel_threads=max_threads, max_memory_mb=max_memory_mb
+    )
+
+
+#: The most bytes of lookup tables one circuit's registers may take (:attr:`_Ideal.tables`).
+_TABLE_BYTES = 2**20
+
+
+@dataclass(frozen=True, slots=True)
+class _Ideal:
+    """What the ideal path needs of a circuit whose measurements are terminal."""
+
+    found: list[tuple[int, int]]
+    """:func:`terminal_measurements`: ``(qubit, clbit)``; qubit ``k`` of the probability
+    vector is the ``k``-th of them."""
+    unmeasured: Any
+    """The circuit without its measurements, saving the measured qubits' probabilities."""
+    tables: dict[str, tuple[np.ndarray, int]] | None
+    """Per classical register, its packed bytes (as ``BitArray`` holds them) for each outcome
+    of the probability vector, and its width; ``None`` when they would take more than
+    :data:`_TABLE_BYTES` (the shots' bits are then set one measured qubit at a time). A
+    draw's bits are one lookup: 0.27 -> 0.11 ms for 4096 shots of 4 bits."""
+
+
+def _ideal(circuit: QuantumCircuit) -> _Ideal | None:
+    """The ideal path's plan of ``circuit`` (``None`` when its measurements are not terminal),
+    once per circuit (the QPU's worker opens a repeated circuit into the same object)."""
+
+    def compute() -> _Ideal | None:
         import qiskit_aer.library  # noqa: F401  (QuantumCircuit.save_probabilities)
 
         found = terminal_measurements(circuit)
         if found is None:
-            return None, None
+            return None
         unmeasured = circuit.copy_empty_like()
         for instruction in circuit.data:
             if instruction.operation.name != "measure":
                 unmeasured._append(instruction)
         unmeasured.save_probabilities([qubit for qubit, _ in found], label="p")
-        return found, unmeasured
+        return _Ideal(found, unmeasured, _tables(circuit, found))
 
     return derived(circuit, "ideal", compute)
+
+
+def _tables(
+    circuit: QuantumCircuit, found: list[tuple[int, int]]
+) -> dict[str, tuple[np.ndarray, int]] | None:
+    outcomes = 2 ** len(found)
+    widths = [(len(creg) + 7) // 8 for creg in circuit.cregs]
+    if outcomes * sum(widths) > _TABLE_BYTES:
+        return None
+    index = np.arange(outcomes)
+    bit_of = {clbit: k for k, (_, clbit) in enumerate(found)}
+    tables = {}
+    for creg, nbytes in zip(circuit.cregs, widths, strict=True):
+        table = np.zeros((outcomes, nbytes), dtype=np.uint8)
+        for position, bit in enumerate(creg):
+            k = bit_of.get(circuit.find_bit(bit).index)
+            if k is not None:  # BitArray: big-endian bytes, bit 0 the last byte's lowest
+                bits = ((index >> k) & 1) << (position % 8)
+                table[:, nbytes - 1 - position // 8] |= bits.astype(np.uint8)
+        tables[creg.name] = (table, len(creg))
+    return tables
 
 
 def data_bin(

@@ -1037,3 +1037,39 @@ async def test_stages_run_in_worker_processes(isa_bell: QuantumCircuit) -> None:
     finally:
         await plane.aclose()
     assert info.value.code == ErrorCode.VALIDATION
+
+
+@pytest.mark.parametrize("shape", [(), (3,), (2, 2)])
+def test_group_moments_from_outcome_counts_equal_the_shot_by_shot_ones(
+    monkeypatch: pytest.MonkeyPatch, shape: tuple[int, ...]
+) -> None:
+    """A narrow group's expectation values and variances come from a table of its outcomes
+    and their counts; the shot-by-shot computation (wide groups) gives the same numbers, for
+    Pauli terms and projectors, any shots (one included) and parameter shapes."""
+    from qiskit.primitives.containers import BitArray, DataBin
+
+    from emulator import estimation
+
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        bits, terms, observables = (int(x) for x in rng.integers(1, [11, 6, 4]))
+        shots = int(rng.choice([1, 2, 37, 256]))
+        kinds = rng.integers(0, 4, (bits, terms))  # none, Pauli, projector on 0, on 1
+        group = estimation.GroupPlan(
+            0,
+            "c",
+            tuple(range(bits)),
+            parity=(kinds == 1).astype(float),
+            zeros=(kinds == 2).astype(float),
+            ones=(kinds == 3).astype(float),
+            coeffs=rng.normal(size=(terms, observables)),
+        )
+        sampled = rng.integers(0, 2, (*shape, shots, bits)).astype(bool)
+        data = DataBin(c=BitArray.from_bool_array(sampled, order="little"), shape=shape)
+        counted = estimation._group_moments(group, data, shots)
+        with monkeypatch.context() as patch:
+            patch.setattr(estimation, "_TABLE_BITS", -1)  # every group shot by shot
+            by_shot = estimation._group_moments(group, data, shots)
+        for a, b in zip(counted, by_shot, strict=True):
+            assert a.shape == b.shape == (*shape, observables)
+            assert np.allclose(a, b, rtol=1e-12, atol=1e-12)

@@ -244,3 +244,28 @@ def test_a_repeated_circuit_is_prepared_once(monkeypatch: pytest.MonkeyPatch) ->
         one = math.sin(value / 2) ** 2
         close(data.c.get_counts(), {"0": 1 - one, "1": one}, 4000)
     assert calls == [qc]
+
+
+def test_the_lookup_tables_give_the_bits_of_setting_them_one_by_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A register's bytes looked up per drawn outcome are the bytes of setting each measured
+    clbit and packing: the same arrays, bit for bit, for the same seed (registers of one and
+    two bytes, unwritten clbits, a parameter grid)."""
+    theta = Parameter("theta")
+    qc = two_registers()
+    qc.data.insert(0, qc.data[0].replace(operation=qc.data[0].operation.__class__(theta)))
+    values = np.array([[0.2], [1.3], [2.9]])
+
+    def sample(circuit: QuantumCircuit) -> Any:
+        (data,) = ideal.sample_pubs([pub(circuit, values, shots=500)], 21, **SETTINGS) or []
+        return data
+
+    tabled = sample(qc.copy())
+    monkeypatch.setattr(ideal, "_TABLE_BYTES", 0)
+    one_by_one = sample(qc.copy())  # a new circuit object: planned again, without tables
+    assert ideal._ideal(qc.copy()).tables is None  # type: ignore[union-attr]
+    for name in ("a", "b"):
+        assert np.array_equal(tabled[name].array, one_by_one[name].array), name
+        assert tabled[name].num_bits == one_by_one[name].num_bits
+        assert tabled[name].shape == one_by_one[name].shape == (3,)
