@@ -10,7 +10,8 @@ Post-processing (:func:`estimator_pub_result`): per shot, each term's value is c
 measured bits (a parity for Pauli factors, an indicator for projector factors); an observable's
 per-shot value in a group is ``Σ coeff · term``; the expectation value is the mean over shots summed
 over groups, and its variance ``Σ_groups var(per-shot value) / shots`` (groups are independent
-samples). No error mitigation, twirling or dynamical decoupling is applied.
+samples). A group of a few bits computes each outcome's value once and weighs it by how many shots
+gave it, which is the same sum. No error mitigation, twirling or dynamical decoupling is applied.
 
 Everything here is pure and picklable: plans travel between worker processes.
 """
