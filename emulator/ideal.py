@@ -30,7 +30,7 @@ from .derived import derived
 
 if TYPE_CHECKING:
     from qiskit.circuit import QuantumCircuit
-    from qiskit.primitives.containers import DataBin
+    from qiskit.primitives.containers import BitArray, DataBin
     from qiskit.primitives.containers.sampler_pub import SamplerPub
 
 __all__ = ["MAX_PROBABILITIES", "data_bin", "sample_pubs", "terminal_measurements"]
@@ -90,7 +90,7 @@ def sample_pubs(
         if sets * 2 ** len(plan.found) > MAX_PROBABILITIES:
             return None
         plans.append(plan)
-    probabilities = _probabilities(pubs, max_threads, max_memory_mb)
+    probabilities = _probabilities(pubs, plans, max_threads, max_memory_mb)
     rng = np.random.default_rng(seed)
     data = []
     for pub, plan, rows in zip(pubs, plans, probabilities, strict=True):
@@ -117,18 +117,18 @@ def _from_tables(
 ) -> DataBin:
     """The ``DataBin`` of one PUB from its drawn outcomes (one array per parameter set): each
     register's bytes looked up per outcome (:attr:`_Ideal.tables`)."""
-    from qiskit.primitives.containers import BitArray, DataBin
+    from qiskit.primitives.containers import DataBin
 
-    meas = {}
-    for name, (table, num_bits) in tables.items():
-        rows = [table[outcomes] for outcomes in draws]
-        stacked = np.stack(rows) if rows else np.zeros((0, shots, table.shape[1]), np.uint8)
-        meas[name] = BitArray(stacked.reshape((*shape, shots, table.shape[1])), num_bits)
+    meas = {
+        name: _bit_array([table[outcomes] for outcomes in draws], shape, shots, num_bits)
+        for name, (table, num_bits) in tables.items()
+    }
     return DataBin(**meas, shape=shape)
 
 
 def _probabilities(
     pubs: Sequence[SamplerPub],
+    plans: Sequence[_Ideal],
     max_threads: int,
     max_memory_mb: int,
 ) -> list[list[np.ndarray]]:
@@ -138,9 +138,7 @@ def _probabilities(
 
     circuits = []
     binds: list[dict[Any, Any]] = []
-    for pub in pubs:
-        plan = _ideal(pub.circuit)
-        assert plan is not None  # sample_pubs checked
+    for pub, plan in zip(pubs, plans, strict=True):
         circuits.append(plan.unmeasured)
         # As Aer's SamplerV2 binds a PUB's parameter sets: one array of values per parameter.
         values = pub.parameter_values.as_array(pub.circuit.parameters)
@@ -242,9 +240,19 @@ def data_bin(
     meas = {}
     for creg in circuit.cregs:
         clbits = [circuit.find_bit(b).index for b in creg]
-        nbytes = (len(clbits) + 7) // 8
         arrays = [BitArray.from_bool_array(bits[:, clbits], order="little").array for bits in rows]
-        # A PUB with no parameter sets (shape (0,)) has no rows: an empty array of its shape.
-        stacked = np.stack(arrays) if arrays else np.zeros((0, shots, nbytes), np.uint8)
-        meas[creg.name] = BitArray(stacked.reshape((*shape, shots, nbytes)), len(clbits))
+        meas[creg.name] = _bit_array(arrays, shape, shots, len(clbits))
     return DataBin(**meas, shape=shape)
+
+
+def _bit_array(
+    rows: Sequence[np.ndarray], shape: tuple[int, ...], shots: int, num_bits: int
+) -> BitArray:
+    """One register's ``BitArray`` shaped like the PUB, from its packed bytes per parameter set
+    (``(shots, bytes)`` each, in the flattened order of ``shape``)."""
+    from qiskit.primitives.containers import BitArray
+
+    nbytes = (num_bits + 7) // 8
+    # A PUB with no parameter sets (shape (0,)) has no rows: an empty array of its shape.
+    stacked = np.stack(rows) if rows else np.zeros((0, shots, nbytes), np.uint8)
+    return BitArray(stacked.reshape((*shape, shots, nbytes)), num_bits)
