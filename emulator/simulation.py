@@ -245,10 +245,9 @@ def _shape(circuit: QuantumCircuit) -> costs.Shape:
 def _clifford(pub: SamplerPub) -> bool:
     """:func:`emulator.stim_sampler.pub_is_clifford`, the circuit compiled once per circuit
     (its parameter values are checked for every PUB)."""
-    from .stim_sampler import binds_to_clifford, compile_circuit
+    from .stim_sampler import binds_to_clifford, noiseless_program
 
-    circuit = pub.circuit
-    return binds_to_clifford(derived(circuit, "stim", lambda: compile_circuit(circuit, None)), pub)
+    return binds_to_clifford(noiseless_program(pub.circuit), pub)
 
 
 def _seconds(value: float) -> str:

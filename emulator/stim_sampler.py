@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .derived import derived
+
 if TYPE_CHECKING:
     import stim
     from qiskit import QuantumCircuit
@@ -38,6 +40,7 @@ __all__ = [
     "binds_to_clifford",
     "compile_circuit",
     "is_clifford",
+    "noiseless_program",
     "non_clifford_qubits",
     "pub_is_clifford",
     "sample_pub",
@@ -338,8 +341,6 @@ def non_clifford_qubits(circuit: QuantumCircuit, rows: np.ndarray) -> set[int] |
     its kind in one array operation, without building its Python operation. The pass over the
     instructions (what does not depend on ``rows``) is made once per circuit
     (:class:`_CliffordScan`): a repeated circuit's jobs check only their values."""
-    from .derived import derived
-
     scan = derived(circuit, "clifford scan", lambda: _CliffordScan.of(circuit))
     if scan is None:
         return None
@@ -480,6 +481,12 @@ def compile_circuit(circuit: QuantumCircuit, noise: PauliNoise | None) -> Progra
     return Program(pieces, slots, records, columns)
 
 
+def noiseless_program(circuit: QuantumCircuit) -> Program | None:
+    """:func:`compile_circuit` without noise, once per circuit (a job's circuits are only read;
+    the plan's Clifford check and the sampling share it)."""
+    return derived(circuit, "stim", lambda: compile_circuit(circuit, None))
+
+
 def _is_real(value: Any) -> bool:
     return isinstance(value, float | int) and not isinstance(value, bool)
 
@@ -524,7 +531,7 @@ def sample_pub(pub: SamplerPub, noise: PauliNoise | None, seed: int | None) -> D
 
     circuit, shots = pub.circuit, int(pub.shots)
     shape = tuple(pub.parameter_values.shape)
-    program = compile_circuit(circuit, noise)
+    program = noiseless_program(circuit) if noise is None else compile_circuit(circuit, noise)
     multiples = program.multiples(_rows(pub)) if program is not None else None
     if program is None or multiples is None:
         raise ValueError("the PUB is not a Clifford circuit")

@@ -17,6 +17,7 @@ from aioruntime.protocol import CircuitMemo, DecodeLimitError, DecodeLimits, Err
 
 from . import estimation
 from .backends import DeviceLimits
+from .derived import derived
 
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit
@@ -436,11 +437,34 @@ def _estimator_pub(i: int, raw: Any, opts: dict[str, Any], cap: int) -> tuple[An
 def _check_rzz_angles(i: int, pub: Any) -> None:
     """IBM calibrates the fractional ``rzz`` gate for angles in [0, π/2] only, bound parameter
     values included; the official client checks this before sending, so the same check (its
-    own function) refuses what other clients send."""
+    own function) refuses what other clients send. A circuit without ``rzz`` passes it
+    whatever its values: that is known once per circuit, and its jobs skip the official walk
+    over the instructions (which builds each one's Python operation)."""
     from qiskit_ibm_runtime.utils.utils import is_valid_rzz_pub
 
+    circuit = pub.circuit
+    if not derived(circuit, "has rzz", lambda: _has_rzz(circuit)):
+        return
     if message := is_valid_rzz_pub(pub):
         raise JobInputError(ErrorCode.VALIDATION, f"pubs[{i}]: {message}")
+
+
+def _has_rzz(circuit: QuantumCircuit) -> bool:
+    """Whether ``circuit`` has an ``rzz`` gate, control-flow blocks included (where the
+    official check looks too)."""
+    from qiskit.circuit import CONTROL_FLOW_OP_NAMES, ControlFlowOp
+
+    ops = circuit.count_ops()
+    if "rzz" in ops:
+        return True
+    if CONTROL_FLOW_OP_NAMES.isdisjoint(ops):
+        return False
+    return any(
+        _has_rzz(block)
+        for inst in circuit.data
+        if isinstance(inst.operation, ControlFlowOp)
+        for block in inst.operation.blocks
+    )
 
 
 # ---------------------------------------------------------------------------------------------

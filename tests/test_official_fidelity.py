@@ -411,3 +411,44 @@ def test_usage_is_the_model_and_spans_follow_the_clock(
     # held until K x usage had passed (or longer, when Aer was slower: the lag)
     assert span >= scale * scaled.usage() - 1e-3
     assert lag >= 0.0
+
+
+def test_rzz_angles_are_checked_only_in_circuits_with_rzz(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fixed angle out of [0, π/2], at the top or inside a control-flow block, is refused
+    by the official check; a circuit without ``rzz`` (even with blocks) never runs it."""
+    from qiskit.primitives.containers.sampler_pub import SamplerPub
+    from qiskit_ibm_runtime.utils import utils
+
+    from emulator import validation
+
+    walked: list[Any] = []
+    official = utils.is_valid_rzz_pub
+
+    def counted(pub: Any) -> str:
+        walked.append(pub.circuit)
+        message: str = official(pub)
+        return message
+
+    monkeypatch.setattr(utils, "is_valid_rzz_pub", counted)
+    top = QuantumCircuit(2, 1)
+    top.rzz(2.0, 0, 1)
+    nested = QuantumCircuit(2, 1)
+    nested.measure(0, 0)
+    with nested.if_test((nested.clbits[0], 1)):
+        nested.rzz(-0.3, 0, 1)
+    for circuit in (top, nested):
+        with pytest.raises(validation.JobInputError, match=r"pubs\[0\]: .*range \[0, pi/2\]"):
+            validation._check_rzz_angles(0, SamplerPub.coerce(circuit))
+    fine = QuantumCircuit(2, 1)
+    fine.rzz(0.7, 0, 1)
+    validation._check_rzz_angles(0, SamplerPub.coerce(fine))
+    assert walked == [top, nested, fine]
+
+    plain = QuantumCircuit(2, 1)
+    plain.h(0)
+    plain.measure(0, 0)
+    with plain.if_test((plain.clbits[0], 1)):
+        plain.x(1)
+    for _ in range(3):
+        validation._check_rzz_angles(0, SamplerPub.coerce(plain))
+    assert walked == [top, nested, fine]

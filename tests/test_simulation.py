@@ -219,3 +219,30 @@ def test_aer_out_of_memory_fails_cleanly() -> None:
         run([pub(qc, shots=10)], [tuple(range(22))], "fez", by_hand)
     assert info.value.code == ErrorCode.EXECUTION_FAILED
     assert "Insufficient memory" in info.value.message and "--sim-memory" in info.value.message
+
+
+def test_a_clifford_circuit_is_compiled_for_stim_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan's Clifford check and the noiseless sampling share one Stim program per
+    circuit: a repeated circuit's jobs compile nothing, and each draws its own seed's bits."""
+    from emulator import stim_sampler
+
+    compiled: list[QuantumCircuit] = []
+    real = stim_sampler.compile_circuit
+
+    def counted(circuit: QuantumCircuit, noise: Any) -> Any:
+        compiled.append(circuit)
+        return real(circuit, noise)
+
+    monkeypatch.setattr(stim_sampler, "compile_circuit", counted)
+    qc = ghz(3)
+    ones = []
+    for seed in (1, 2, 1):
+        pubs = [pub(qc, shots=200)]
+        simulation = plan(pubs, level=NoiseLevel.NONE, settings=SETTINGS)
+        assert simulation.methods == ("stim",)
+        (data,), _ = run(pubs, [(0, 1, 2)], "fez", simulation, seed=seed)
+        counts = data.meas.get_counts()
+        assert set(counts) == {"000", "111"} and sum(counts.values()) == 200
+        ones.append(counts["111"])
+    assert compiled == [qc]
+    assert ones[0] == ones[2]  # the same seed, the same bits
