@@ -54,7 +54,7 @@ class RunPlan:
         plan = cls(
             batch_n=batch_n.Params(n=10),
             two_vqe=two_vqe.Params(maxiter=10),
-            overhead=overhead.Params(reps=10, warmup=1),
+            overhead=overhead.Params(reps=10, rounds=2, warmup=1),
             fan_out=fan_out.Params(n=200),
             label="quick",
         )

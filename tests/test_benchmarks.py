@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -345,6 +346,20 @@ def test_plans_from_the_command_line(tmp_path: Path) -> None:
     assert picked.out_dir == tmp_path
     assert full.jobs() > quick.jobs() > demo.jobs() > 0
     assert full.emulator == "process" and plan("--emulator", "thread").emulator == "thread"
+
+
+def test_overhead_clients_take_turns_in_blocks_that_add_up_to_reps() -> None:
+    """Aer, aioruntime and the executor path take ``rounds`` turns each, their counted
+    repetitions split evenly (never more turns than repetitions); the official client runs at
+    most ``official_reps`` times after them; the job count for the progress bar adds it up."""
+    blocks = overhead._blocks
+    assert blocks(overhead.Params()) == [50] * 6
+    assert blocks(overhead.Params(reps=10, rounds=4)) == [3, 3, 2, 2]
+    assert blocks(overhead.Params(reps=2, rounds=6)) == [1, 1]
+    assert blocks(overhead.Params(reps=5, rounds=0)) == [5]
+    prm = overhead.Params(reps=10, rounds=4, warmup=2, official_reps=3)
+    assert overhead.jobs(prm) == 3 * (10 + 4 * 2) + (3 + 2)
+    assert overhead.jobs(replace(prm, official=False)) == 3 * (10 + 4 * 2)
 
 
 def test_bad_arguments_fail_before_anything_starts(capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,16 +12,25 @@ shots. Each client sends it ``reps`` times, waiting for each result before the n
   Its ``result()`` polls the job status every 0.5 s in job mode (``RuntimeJobV2.
   wait_for_final_state``), so its latency is mostly that poll interval.
 
-The first ``warmup`` repetitions of each client are not counted. For aioruntime the emulator's
-stage times split each latency into the emulator's pipeline (first lane entry to last lane
-exit) and the rest (client encode/decode, HTTP, storage, waking the waiter).
+Aer and aioruntime's two paths take turns: ``rounds`` rounds, each a block of Aer's
+repetitions, then aioruntime's, then the executor's (``reps`` in all per client, split evenly),
+the first ``warmup`` of each block not counted. The target is a difference of two medians, and
+a shared machine's speed drifts within seconds (Aer's own p50 over 50 runs moved between 0.78
+and 1.23 ms from one second to the next): measured one client after the other, the drift went
+into the difference. Taking turns puts each client in every phase of the run; each block starts
+warm, as a loop of jobs runs. The official client (0.5 s a job) runs after, at most
+``official_reps`` times.
+
+For aioruntime the emulator's stage times split each latency into the emulator's pipeline
+(first lane entry to last lane exit) and the rest (client encode/decode, HTTP, storage, waking
+the waiter).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -36,43 +45,52 @@ NAME = "overhead"
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Params:
-    reps: int = 50
+    #: Counted repetitions per client (Aer, aioruntime, its executor path).
+    reps: int = 300
+    #: Turns the clients take; each takes ``reps / rounds`` (and ``warmup``) per turn.
+    rounds: int = 6
+    #: Uncounted repetitions at the start of each block.
     warmup: int = 3
     shots: int = 100
     #: Target (instant clock): aioruntime median - Aer median ≤ this, in ms.
     added_ms_max: float = 3.0
     official: bool = True
+    #: The official client's counted repetitions, at most (each waits for a 0.5 s poll).
+    official_reps: int = 50
+
+
+def _blocks(prm: Params) -> list[int]:
+    """Counted repetitions in each of a client's blocks: ``reps`` split over the rounds."""
+    rounds = max(1, min(prm.rounds, prm.reps))
+    return [prm.reps // rounds + (i < prm.reps % rounds) for i in range(rounds)]
+
+
+def _official_params(prm: Params) -> Params:
+    return replace(prm, reps=min(prm.reps, prm.official_reps), rounds=1)
 
 
 def jobs(params: Params) -> int:
-    per_client = params.reps + params.warmup
-    return per_client * (4 if params.official else 3)
+    per_client = params.reps + params.warmup * len(_blocks(params))
+    official = _official_params(params)
+    return 3 * per_client + (official.reps + official.warmup if params.official else 0)
 
 
 def run(bench: Bench, params: Params) -> WorkloadResult:
-    latencies: dict[str, list[float]] = {}
-    aio = bench.run(lambda: _aioruntime(bench, params))
+    aio = bench.run(lambda: _interleaved(bench, params))
     isa = aio.pop("isa")
-    latencies["aer in-process"] = _aer(bench, params, isa)
-    latencies["aioruntime"] = aio["latencies"]
-    latencies["aioruntime executor"] = aio["executor_latencies"]
+    latencies: dict[str, list[float]] = aio.pop("latencies")
     if params.official:
         latencies["official"] = _official(bench, params, isa)
     return _result(bench, params, latencies, aio)
 
 
-def _aer(bench: Bench, prm: Params, isa: Any) -> list[float]:
-    from qiskit_aer.primitives import SamplerV2
-
-    bench.progress.describe(f"{NAME} [{bench.clock}] aer in-process")
-    return _time_blocking_runs(bench, prm, SamplerV2(), isa, "Aer")
-
-
-def _time_blocking_runs(bench: Bench, prm: Params, sampler: Any, isa: Any, who: str) -> list[float]:
-    """Wall seconds of ``prm.reps`` blocking ``sampler.run(...).result()`` calls, after
-    ``prm.warmup`` untimed ones."""
+def _time_blocking_runs(
+    bench: Bench, prm: Params, sampler: Any, isa: Any, who: str, reps: int | None = None
+) -> list[float]:
+    """Wall seconds of ``reps`` (default ``prm.reps``) blocking ``sampler.run(...).result()``
+    calls, after ``prm.warmup`` untimed ones."""
     out = []
-    for i in range(prm.warmup + prm.reps):
+    for i in range(prm.warmup + (prm.reps if reps is None else reps)):
         t0 = wall()
         result = sampler.run([isa], shots=prm.shots).result()
         elapsed = wall() - t0
@@ -84,42 +102,55 @@ def _time_blocking_runs(bench: Bench, prm: Params, sampler: Any, isa: Any, who: 
     return out
 
 
-async def _aioruntime(bench: Bench, prm: Params) -> dict[str, Any]:
+async def _interleaved(bench: Bench, prm: Params) -> dict[str, Any]:
+    """Aer, aioruntime and aioruntime's executor path taking turns (see the module's doc)."""
+    from qiskit_aer.primitives import SamplerV2
+
     from aioruntime import AsyncExecutorSamplerV2, AsyncSamplerV2
 
-    bench.progress.describe(f"{NAME} [{bench.clock}] aioruntime")
+    latencies: dict[str, list[float]] = {
+        "aer in-process": [],
+        "aioruntime": [],
+        "aioruntime executor": [],
+    }
+    counted: list[Any] = []
+    spans: list[tuple[float, float]] = []
     async with bench.service() as service:
         backend = await service.backend(BACKEND)
         isa = trivial_pub(backend.target)
-        latencies, counted, spans = await _time_async_runs(
-            bench, prm, AsyncSamplerV2(mode=backend), isa
+        aer, sampler, executor = (
+            SamplerV2(),
+            AsyncSamplerV2(mode=backend),
+            AsyncExecutorSamplerV2(mode=backend),
         )
+        for turn, reps in enumerate(_blocks(prm), 1):
+            bench.progress.describe(f"{NAME} [{bench.clock}] turn {turn}: aer in-process")
+            # Blocking on the loop on purpose: nothing else runs on it between jobs.
+            latencies["aer in-process"] += _time_blocking_runs(bench, prm, aer, isa, "Aer", reps)
+            bench.progress.describe(f"{NAME} [{bench.clock}] turn {turn}: aioruntime")
+            times, jobs_, spans_ = await _time_async_runs(bench, prm, sampler, isa, reps)
+            latencies["aioruntime"] += times
+            counted += jobs_
+            spans += spans_
+            bench.progress.describe(f"{NAME} [{bench.clock}] turn {turn}: aioruntime executor")
+            times, _, _ = await _time_async_runs(bench, prm, executor, isa, reps)
+            latencies["aioruntime executor"] += times
         bodies = await asyncio.gather(*(job.metrics() for job in counted))
-        bench.progress.describe(f"{NAME} [{bench.clock}] aioruntime executor")
-        executor, _, _ = await _time_async_runs(
-            bench, prm, AsyncExecutorSamplerV2(mode=backend), isa
-        )
     timings = [
         JobTiming.from_metrics(job.job_id(), body)
         for job, body in zip(counted, bodies, strict=True)
     ]
     phases = [_phases(body, t, *span) for body, t, span in zip(bodies, timings, spans, strict=True)]
-    return {
-        "isa": isa,
-        "latencies": latencies,
-        "executor_latencies": executor,
-        "timings": timings,
-        "phases": phases,
-    }
+    return {"isa": isa, "latencies": latencies, "timings": timings, "phases": phases}
 
 
 async def _time_async_runs(
-    bench: Bench, prm: Params, sampler: Any, isa: Any
+    bench: Bench, prm: Params, sampler: Any, isa: Any, reps: int
 ) -> tuple[list[float], list[Any], list[tuple[float, float]]]:
-    """Wall seconds of ``prm.reps`` ``await (await sampler.run(...))`` calls after
-    ``prm.warmup`` untimed ones, with their jobs and their spans on the epoch clock."""
+    """Wall seconds of ``reps`` ``await (await sampler.run(...))`` calls after ``prm.warmup``
+    untimed ones, with their jobs and their spans on the epoch clock."""
     latencies, counted, spans = [], [], []
-    for i in range(prm.warmup + prm.reps):
+    for i in range(prm.warmup + reps):
         t0, epoch0 = wall(), time.time()
         job = await sampler.run([isa], shots=prm.shots)
         result = await job
@@ -166,7 +197,8 @@ def _official(bench: Bench, prm: Params, isa: Any) -> list[float]:
 
     bench.progress.describe(f"{NAME} [{bench.clock}] official client")
     backend = bench.official_service().backend(BACKEND)
-    return _time_blocking_runs(bench, prm, SamplerV2(mode=backend), isa, "the official client")
+    sampler = SamplerV2(mode=backend)
+    return _time_blocking_runs(bench, _official_params(prm), sampler, isa, "the official client")
 
 
 def _result(
