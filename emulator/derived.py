@@ -2,8 +2,9 @@
 
 A program sends the same circuit again and again, and the job decoder then returns the same
 object (``aioruntime.protocol.CircuitMemo``), which nothing may change: so what pre-processing
-derives from it (its duration on the device, its live qubits and compaction, the ISA check,
-its shape and Stim program for the simulation plan, its pickle for the next stage) holds for
+derives from it (its duration on the device, its live qubits and compaction, the ISA check
+and whether the ``rzz`` angle check applies, its shape and the Stim program the simulation
+plan and the sampling share, its pickle for the next stage) holds for
 every job of it. Without this they took over half of a trivial ``ibm_fez`` job's
 pre-processing. An entry goes when its object is collected (``weakref.finalize``), before its
 ``id`` can name another object.
