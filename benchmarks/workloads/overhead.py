@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -65,14 +65,10 @@ def _blocks(prm: Params) -> list[int]:
     return [prm.reps // rounds + (i < prm.reps % rounds) for i in range(rounds)]
 
 
-def _official_params(prm: Params) -> Params:
-    return replace(prm, reps=min(prm.reps, prm.official_reps), rounds=1)
-
-
 def jobs(params: Params) -> int:
     per_client = params.reps + params.warmup * len(_blocks(params))
-    official = _official_params(params)
-    return 3 * per_client + (official.reps + official.warmup if params.official else 0)
+    official = min(params.reps, params.official_reps) + params.warmup
+    return 3 * per_client + (official if params.official else 0)
 
 
 def run(bench: Bench, params: Params) -> WorkloadResult:
@@ -85,12 +81,12 @@ def run(bench: Bench, params: Params) -> WorkloadResult:
 
 
 def _time_blocking_runs(
-    bench: Bench, prm: Params, sampler: Any, isa: Any, who: str, reps: int | None = None
+    bench: Bench, prm: Params, sampler: Any, isa: Any, who: str, reps: int
 ) -> list[float]:
-    """Wall seconds of ``reps`` (default ``prm.reps``) blocking ``sampler.run(...).result()``
-    calls, after ``prm.warmup`` untimed ones."""
+    """Wall seconds of ``reps`` blocking ``sampler.run(...).result()`` calls, after
+    ``prm.warmup`` untimed ones."""
     out = []
-    for i in range(prm.warmup + (prm.reps if reps is None else reps)):
+    for i in range(prm.warmup + reps):
         t0 = wall()
         result = sampler.run([isa], shots=prm.shots).result()
         elapsed = wall() - t0
@@ -198,7 +194,8 @@ def _official(bench: Bench, prm: Params, isa: Any) -> list[float]:
     bench.progress.describe(f"{NAME} [{bench.clock}] official client")
     backend = bench.official_service().backend(BACKEND)
     sampler = SamplerV2(mode=backend)
-    return _time_blocking_runs(bench, _official_params(prm), sampler, isa, "the official client")
+    reps = min(prm.reps, prm.official_reps)
+    return _time_blocking_runs(bench, prm, sampler, isa, "the official client", reps)
 
 
 def _result(
